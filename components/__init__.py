@@ -1,0 +1,1 @@
+"""Step logic of the QA evaluation: plain typed functions, no ClearML, heavy imports inside."""

@@ -1,0 +1,76 @@
+"""Atomic file writes and checksums: a crash never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Size and sha256, the pair recorded for every artifact and checked after every copy."""
+    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def _atomic_open(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return os.fdopen(fd, "w", encoding="utf-8", newline="\n"), Path(tmp)
+
+
+def _commit(fh, tmp: Path, path: Path) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    path = Path(path)
+    fh, tmp = _atomic_open(path)
+    try:
+        fh.write(text)
+        _commit(fh, tmp, path)
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
+    """Streams records to a temp file, then renames: memory stays flat for large sets."""
+    path = Path(path)
+    fh, tmp = _atomic_open(path)
+    try:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        _commit(fh, tmp, path)
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)

