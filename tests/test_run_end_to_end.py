@@ -1,0 +1,134 @@
+"""The `make run` entry point in a real subprocess: three files that agree with each other."""
+
+import hashlib
+import json
+import statistics
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def check_run_folder(run_dir, expected_examples: int) -> dict:
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    predictions = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
+    memory = json.loads((run_dir / "memory_usage.json").read_text(encoding="utf-8"))
+
+    assert results["status"] == "completed"
+    assert results["counts"]["examples"] == len(predictions) == expected_examples
+    assert results["dataset"]["count"] == expected_examples
+    assert len({p["question_id"] for p in predictions}) == expected_examples
+    scored = [p["token_recall"] for p in predictions if p["token_recall"] is not None]
+    assert results["counts"]["scored"] == len(scored)
+    assert results["token_recall"]["mean"] == pytest.approx(statistics.fmean(scored))
+    for name in ("predictions.json", "memory_usage.json"):
+        data = (run_dir / name).read_bytes()
+        assert results["artifacts"][name]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert results["artifacts"][name]["bytes"] == len(data)
+    for record in predictions:
+        assert set(record) >= {
+            "question_id",
+            "question",
+            "answers",
+            "prediction",
+            "token_recall",
+            "exact_match",
+            "prompt_tokens",
+            "output_tokens",
+        }
+    assert {"model_load", "generate"} <= set(memory["stages"])
+    assert memory["peak_rss_bytes"] == results["memory"]["peak_rss_bytes"] > 0
+    assert memory["sampler_overhead_fraction"] < 0.01
+    assert results["throughput"]["questions_per_s"] > 0
+    assert results["throughput"]["output_tokens_per_s"] > 0
+    assert results["config"]["model"]["name"] == results["model"]["name"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
+    return results
+
+
+def test_make_run_writes_three_consistent_files(tmp_path):
+    proc = run_cli(
+        "dataset.limit=5",
+        "inference.max_new_tokens=12",
+        "inference.dtype=float32",
+        "inference.seed=123",
+        f"experiment.output_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_run_folder(tmp_path / "smollm2_135m_sample", 5)
+    assert results["inference"]["backend"] == "transformers"
+    assert results["inference"]["dtype"] == "float32"
+    assert results["inference"]["seed"] == 123
+    assert results["model"]["source"] == "gguf-cache"
+    assert "token recall" in proc.stdout
+    assert "questions/s" in proc.stdout
+    assert str(tmp_path / "smollm2_135m_sample" / "results.json") in proc.stdout
+
+
+def test_any_qa_pairs_file_and_experiment_name(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text(
+        '{"question_id": "q1", "question": "What is the capital of Italy?", "answer": ["Rome"]}\n'
+        '{"question_id": "q2", "question": "What colour is the sky?", "answer": ["?"]}\n',
+        encoding="utf-8",
+    )
+    proc = run_cli(
+        "dataset=qa_pairs",
+        f"dataset.path={data}",
+        "experiment.name=mine",
+        "inference.max_new_tokens=8",
+        f"experiment.output_dir={tmp_path / 'out'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_run_folder(tmp_path / "out" / "mine", 2)
+    assert results["counts"]["unscorable"] == 1
+    assert results["unscorable_ids"] == ["q2"]
+
+
+def test_malformed_line_fails_fast_with_its_line_number(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(
+        '{"question_id": "q1", "question": "Q?", "answer": ["a"]}\n'
+        '{"question_id": "q2", "question": "Q?", "answer": []}\n',
+        encoding="utf-8",
+    )
+    proc = run_cli("dataset=qa_pairs", f"dataset.path={data}", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert f"{data}:2: answer: is an empty list" in proc.stderr
+    assert "step inference" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "qa_pairs" / "results.json").exists()
+
+
+def test_config_error_names_the_key(tmp_path):
+    proc = run_cli("inference.batch_size=0", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "inference.batch_size" in proc.stderr
+
+
+def test_nq_open_from_shared_data(tmp_path, nq_open_path):
+    proc = run_cli(
+        "dataset=nq_open",
+        f"dataset.path={nq_open_path}",
+        "dataset.limit=6",
+        "inference.max_new_tokens=10",
+        f"experiment.output_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_run_folder(tmp_path / "smollm2_135m_nq_open", 6)
+    assert results["dataset"]["lines_in_file"] >= 3000
+
+
+def test_makefile_run_target_passes_args_through():
+    import subprocess
+
+    out = subprocess.run(
+        ["make", "-n", "run", "ARGS=dataset.limit=3 model=qwen3_0.6b"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "-m pipelines.run dataset.limit=3 model=qwen3_0.6b" in out

@@ -1,0 +1,64 @@
+import pytest
+
+from components.scoring import exact_match, normalize_answer, summarize, token_recall, word_tokens
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answers", "expected"),
+    [
+        ("Paris", ["Paris"], 1.0),
+        ("The capital of France is Paris.", ["Paris"], 1.0),
+        ("paris!!!", ["PARIS"], 1.0),
+        ("William", ["William Shakespeare"], 0.5),
+        ("Shakespeare wrote it", ["William Shakespeare", "Shakespeare"], 1.0),
+        ("London", ["Paris"], 0.0),
+        ("", ["Paris"], 0.0),
+        ("the city of Zürich", ["Zürich"], 1.0),
+        ("Zurich", ["Zürich"], 0.0),
+        ("STRASSE", ["Straße"], 1.0),
+        ("Dvořák", ["Antonín Dvořák"], 0.5),
+        ("東京", ["東京"], 1.0),
+        ("It is 100 degrees", ["100 degrees Celsius"], 2 / 3),
+        ("New-York", ["New York"], 1.0),
+        ("paris paris paris", ["Paris Paris"], 1.0),
+    ],
+)
+def test_token_recall_hand_worked(prediction, answers, expected):
+    assert token_recall(prediction, answers) == pytest.approx(expected)
+
+
+def test_answers_without_word_tokens_are_unscorable_not_zero():
+    assert token_recall("anything", ["?!", "..."]) is None
+    assert token_recall("anything", [""]) is None
+
+
+def test_unscorable_answers_are_skipped_when_another_answer_scores():
+    assert token_recall("Paris", ["...", "Paris"]) == 1.0
+
+
+def test_word_tokens_are_sets_of_casefolded_words():
+    assert word_tokens("The THE the, a-b") == {"the", "a", "b"}
+
+
+def test_exact_match_normalizes_case_punctuation_and_articles():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert exact_match("the Eiffel tower.", ["Eiffel Tower"])
+    assert not exact_match("The Eiffel Tower in Paris", ["Eiffel Tower"])
+    assert not exact_match("", ["?"])
+
+
+def test_summary_counts_unscorable_apart():
+    summary = summarize([1.0, 0.5, None, 0.0], [True, False, None, False])
+    assert summary.examples == 4
+    assert summary.scored == 3
+    assert summary.unscorable == 1
+    assert summary.token_recall_mean == pytest.approx(0.5)
+    assert summary.token_recall_median == pytest.approx(0.5)
+    assert summary.token_recall_share_full == pytest.approx(1 / 3)
+    assert summary.exact_match == pytest.approx(1 / 3)
+
+
+def test_summary_of_nothing_scorable_has_no_mean():
+    summary = summarize([None], [None])
+    assert summary.token_recall_mean is None
+    assert summary.exact_match is None
