@@ -31,7 +31,7 @@ def _nvml_handles() -> list[Any]:
 class MemoryMonitor:
     """Samples every ``interval`` seconds on a daemon thread; ``stage()`` names what runs."""
 
-    def __init__(self, interval: float = 0.25, keep_samples: int = 20_000) -> None:
+    def __init__(self, interval: float = 0.5, keep_samples: int = 20_000) -> None:
         self.interval = interval
         self.keep_samples = keep_samples
         self.samples: list[dict[str, Any]] = []
@@ -74,8 +74,9 @@ class MemoryMonitor:
                 if entry is None:
                     entry = {"device": index}
                     devices.append(entry)
-                entry["allocated"] = int(torch.cuda.memory_allocated(index))
-                entry["reserved"] = int(torch.cuda.memory_reserved(index))
+                # Peak counters (reset at each stage) catch spikes between two samples.
+                entry["allocated"] = int(torch.cuda.max_memory_allocated(index))
+                entry["reserved"] = int(torch.cuda.max_memory_reserved(index))
         return devices
 
     def sample(self) -> None:
@@ -138,7 +139,8 @@ class MemoryMonitor:
             stage["started"] = time.perf_counter() - self._t0
         torch = _torch_if_cuda()
         if torch is not None:
-            torch.cuda.reset_peak_memory_stats()
+            for index in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(index)
         self.sample()
 
     def leave(self, name: str) -> None:

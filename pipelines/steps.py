@@ -46,7 +46,7 @@ def inference_step(
     from components.artifacts import read_jsonl, write_jsonl_atomic
     from components.backends import GenerationParams, create_backend, resolve_backend_name
     from components.device import resolve_device, resolve_dtype
-    from components.model_files import resolve_model
+    from components.model_files import ModelFilesError, resolve_model
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
     from components.seeding import seed_everything
 
@@ -60,7 +60,14 @@ def inference_step(
         device = resolve_device(str(inference.get("device", "auto")))
         dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
         backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
-        tokenizer = load_tokenizer(files.path, model.get("revision"))
+        try:
+            tokenizer = load_tokenizer(files.path, model.get("revision"))
+        except OSError as exc:
+            raise ModelFilesError(
+                f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). Hub ids "
+                "load from the Hugging Face cache of a worker that has the model; here, use "
+                "model=smollm2_135m or point model.path at a local folder."
+            ) from exc
         fmt = PromptFormat(
             template=str(inference["prompt_template"]),
             system_prompt=str(inference.get("system_prompt") or ""),

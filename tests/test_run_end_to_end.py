@@ -132,3 +132,15 @@ def test_makefile_run_target_passes_args_through():
         check=True,
     ).stdout
     assert "-m pipelines.run dataset.limit=3 model=qwen3_0.6b" in out
+
+
+def test_hub_model_missing_from_the_cache_says_what_to_do(tmp_path):
+    proc = run_cli(
+        "model=qwen3_0.6b",
+        "dataset.limit=1",
+        f"experiment.output_dir={tmp_path}",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert proc.returncode == 2
+    assert "model.path: cannot load 'Qwen/Qwen3-0.6B'" in proc.stderr
+    assert "model=smollm2_135m" in proc.stderr
