@@ -59,3 +59,14 @@ bench: install-dev ## Benchmark the backends; writes bench/results/inference_cpu
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
+
+DAYS ?= 90
+SRC ?=
+DEST ?= downloads
+
+.PHONY: retention fetch
+retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 ARGS="storage.endpoint=http://minio:9000"
+	$(PY) -m pipelines.artifacts_cli retention --days $(DAYS) $(ARGS)
+
+fetch: install ## Download + verify an experiment's artifacts: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID DEST=dir
+	$(PY) -m pipelines.artifacts_cli fetch $(SRC) --dest $(DEST) $(ARGS)

@@ -53,18 +53,25 @@ def execute(cfg: DictConfig) -> int:
 
     from components.dataset import DatasetError
     from components.model_files import ModelFilesError
+    from components.storage import StorageError
     from pipelines.local import run_local
 
     try:
         container = to_container(cfg)
         outputs = run_local(container)
-    except (ConfigError, DatasetError, ModelFilesError) as exc:
+    except (ConfigError, DatasetError, ModelFilesError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     publish = outputs["publish"]
     with open(publish["results_path"], encoding="utf-8") as fh:
         results = json.load(fh)
     paths = [publish["results_path"], *(a["path"] for a in publish["artifacts"].values())]
+    uploaded = publish.get("uploaded") or {}
+    if uploaded:
+        kept = (
+            "kept" if not results["config"]["experiment"]["cleanup_local_artifacts"] else "deleted"
+        )
+        paths = [f"{info['url']}  (verified; local copy {kept})" for info in uploaded.values()]
     print(format_summary(results, paths), flush=True)
     return 0
 

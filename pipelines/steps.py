@@ -180,6 +180,7 @@ def publish_step(
 
     from components.artifacts import file_info, write_json_atomic
     from components.results import build_results
+    from components.storage import StorageSettings, publish_run
 
     artifact_files = [scores["predictions_path"]]
     if run.get("memory_path") and Path(run["memory_path"]).is_file():
@@ -188,4 +189,14 @@ def publish_step(
     results = build_results(config, dataset, inference, scores, run, artifacts)
     results_path = Path(run_dir) / "results.json"
     write_json_atomic(results_path, results)
-    return {"results_path": str(results_path), "artifacts": artifacts}
+    uploaded = {}
+    settings = StorageSettings.from_config(config.get("storage") or {})
+    if settings is not None:
+        uploaded = publish_run(
+            settings,
+            run_dir,
+            run["experiment"],
+            run["run_id"],
+            cleanup_local=bool(config["experiment"].get("cleanup_local_artifacts")),
+        )
+    return {"results_path": str(results_path), "artifacts": artifacts, "uploaded": uploaded}

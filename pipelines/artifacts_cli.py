@@ -1,0 +1,79 @@
+"""Get an experiment's files back from S3, and keep the bucket small.
+
+    python -m pipelines.artifacts_cli fetch s3://HOST:PORT/BUCKET/PREFIX/EXP.ID --dest DIR
+    python -m pipelines.artifacts_cli fetch --task-id TASK_ID --dest DIR   # needs a server
+    python -m pipelines.artifacts_cli retention --days 90 storage.endpoint=http://minio:9000
+
+Trailing ``key=value`` arguments are Hydra overrides of conf/ (storage.endpoint, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from components.storage import StorageError, StorageSettings, download_verified, set_retention
+from pipelines.config import ConfigError, compose, to_container
+
+
+def _settings(overrides: list[str]) -> StorageSettings:
+    settings = StorageSettings.from_config(to_container(compose(overrides))["storage"])
+    if settings is None:
+        raise ConfigError("storage.endpoint: is required (storage.endpoint=http://HOST:PORT)")
+    return settings
+
+
+def _task_prefix(task_id: str) -> str:
+    """The run prefix of a ClearML task, read from its artifact links."""
+    from clearml import Task
+
+    task = Task.get_task(task_id=task_id)
+    for artifact in task.artifacts.values():
+        url = artifact.url or ""
+        if "/artifacts/" in url:
+            return url.split("/artifacts/")[0]
+    raise StorageError(f"task {task_id} has no artifacts in S3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="download and verify an experiment's artifacts")
+    fetch.add_argument(
+        "source", nargs="?", help="s3://host:port/bucket/prefix/EXP.ID, or a key prefix"
+    )
+    fetch.add_argument("--task-id", help="a ClearML task id instead of a URL")
+    fetch.add_argument("--dest", required=True)
+    retention = sub.add_parser("retention", help="expire objects under storage.prefix after N days")
+    retention.add_argument("--days", type=int, required=True)
+    for p in (fetch, retention):
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. storage.endpoint=...")
+    args, extra = parser.parse_known_args(argv)
+    overrides = [*args.overrides, *extra]
+    try:
+        if args.command == "fetch":
+            if args.source and "=" in args.source and not args.source.startswith("s3://"):
+                overrides.insert(0, args.source)
+                args.source = None
+            if bool(args.source) == bool(args.task_id):
+                parser.error("fetch needs a source URL/prefix or --task-id (one of them)")
+            source = args.source or _task_prefix(args.task_id)
+            for path in download_verified(_settings(overrides), source, args.dest):
+                print(f"{path}  (sha256 verified)")
+        else:
+            settings = _settings(overrides)
+            rules = set_retention(settings, args.days)
+            print(f"lifecycle rules on bucket {settings.bucket} at {settings.endpoint}:")
+            for rule in rules:
+                prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
+                days = rule.get("Expiration", {}).get("Days")
+                status = rule["Status"]
+                print(f"  {rule.get('ID')}: prefix {prefix!r}, expire after {days} days, {status}")
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

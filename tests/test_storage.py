@@ -1,0 +1,180 @@
+"""Artifacts in S3 against a real S3 endpoint (moto's standalone server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from components.storage import (
+    LIFECYCLE_RULE_ID,
+    StorageError,
+    StorageSettings,
+    client,
+    download_verified,
+    publish_run,
+    safe_name,
+    set_retention,
+)
+from tests.conftest import ROOT, run_cli
+
+CREDS = {"AWS_ACCESS_KEY_ID": "test-key-id-XYZ", "AWS_SECRET_ACCESS_KEY": "test-secret-XYZ"}
+BUCKET = "clearml-artifacts"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def settings(s3_endpoint, monkeypatch, tmp_path):
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
+    settings = StorageSettings.from_config({"endpoint": s3_endpoint, "bucket": BUCKET})
+    s3 = client(settings)
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    return settings
+
+
+def fake_run(tmp_path, size: int = 1000):
+    run_dir = tmp_path / "exp"
+    run_dir.mkdir()
+    for name in ("results.json", "predictions.json", "memory_usage.json"):
+        (run_dir / name).write_bytes(json.dumps({"name": name, "pad": "x" * size}).encode())
+    return run_dir
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_output_uri_and_key_layout(settings):
+    assert settings.output_uri == f"s3://{settings.host}/{BUCKET}/slm-experiments"
+    assert settings.run_key("my exp/../x", "abc123") == "slm-experiments/my_exp___x.abc123"
+    assert safe_name("../../etc/passwd") == "etc_passwd"
+    assert "\n" not in safe_name("a\nb")
+
+
+def test_publish_uploads_verified_keeps_local_by_default(settings, tmp_path):
+    run_dir = fake_run(tmp_path)
+    uploaded = publish_run(settings, run_dir, "smollm2_135m_sample", "run1")
+    assert set(uploaded) == {"experiment_results", "model_predictions", "memory_usage"}
+    key = uploaded["model_predictions"]["key"]
+    assert (
+        key
+        == "slm-experiments/smollm2_135m_sample.run1/artifacts/model_predictions/predictions.json"
+    )
+    body = client(settings).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert body == (run_dir / "predictions.json").read_bytes()
+    assert uploaded["model_predictions"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert uploaded["model_predictions"]["url"].startswith(f"s3://{settings.host}/{BUCKET}/")
+    assert all((run_dir / n).is_file() for n in ("results.json", "predictions.json"))
+
+
+def test_cleanup_deletes_local_copies_only_after_verified_upload(settings, tmp_path):
+    run_dir = fake_run(tmp_path, size=9 * 2**20)  # above the multipart threshold
+    uploaded = publish_run(settings, run_dir, "exp", "run2", cleanup_local=True)
+    assert len(uploaded) == 3
+    assert run_dir.is_dir() and list(run_dir.iterdir()) == []
+
+
+def test_failed_upload_keeps_every_local_file(settings, tmp_path):
+    run_dir = fake_run(tmp_path)
+    down = StorageSettings.from_config(
+        {"endpoint": f"http://127.0.0.1:{closed_port()}", "max_attempts": 2, "connect_timeout": 1}
+    )
+    with pytest.raises(StorageError, match="failed after 2 attempts"):
+        publish_run(down, run_dir, "exp", "run3", cleanup_local=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "memory_usage.json",
+        "predictions.json",
+        "results.json",
+    ]
+
+
+def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
+    run_dir = fake_run(tmp_path)
+    uploaded = publish_run(settings, run_dir, "exp", "run4")
+    prefix_url = uploaded["experiment_results"]["url"].split("/artifacts/")[0]
+    files = download_verified(settings, prefix_url, tmp_path / "back")
+    assert len(files) == 3
+    got = tmp_path / "back" / "artifacts" / "model_predictions" / "predictions.json"
+    assert got.read_bytes() == (run_dir / "predictions.json").read_bytes()
+
+    s3 = client(settings)
+    key = uploaded["model_predictions"]["key"]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"tampered", Metadata={"sha256": "0" * 64})
+    with pytest.raises(StorageError, match="sha256"):
+        download_verified(settings, prefix_url, tmp_path / "again")
+
+
+def test_retention_rule_is_set_and_read_back(settings):
+    rules = set_retention(settings, 90)
+    ours = [r for r in rules if r["ID"] == LIFECYCLE_RULE_ID]
+    assert len(ours) == 1
+    assert ours[0]["Expiration"]["Days"] == 90
+    assert ours[0]["Filter"]["Prefix"] == "slm-experiments/"
+    rules = set_retention(settings, 30)
+    assert [r["Expiration"]["Days"] for r in rules if r["ID"] == LIFECYCLE_RULE_ID] == [30]
+
+
+def test_retention_cli_prints_the_rules(settings, s3_endpoint):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.artifacts_cli",
+            "retention",
+            "--days",
+            "45",
+            f"storage.endpoint={s3_endpoint}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "expire after 45 days" in proc.stdout
+
+
+@pytest.mark.slow
+def test_make_run_with_storage_uploads_under_the_layout(settings, s3_endpoint, tmp_path):
+    proc = run_cli(
+        "dataset.limit=2",
+        "inference.max_new_tokens=6",
+        f"storage.endpoint={s3_endpoint}",
+        f"experiment.output_dir={tmp_path}",
+        env=CREDS,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "smollm2_135m_sample" / "results.json").read_text())
+    prefix = f"slm-experiments/smollm2_135m_sample.{results['run_id']}/artifacts/"
+    listed = client(settings).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+    assert sorted(o["Key"][len(prefix) :] for o in listed) == [
+        "experiment_results/results.json",
+        "memory_usage/memory_usage.json",
+        "model_predictions/predictions.json",
+    ]
+    assert "verified; local copy kept" in proc.stdout
+    assert (tmp_path / "smollm2_135m_sample" / "predictions.json").is_file()
+    everything = proc.stdout + proc.stderr
+    for path in (tmp_path / "smollm2_135m_sample").iterdir():
+        everything += path.read_text(encoding="utf-8")
+    assert CREDS["AWS_SECRET_ACCESS_KEY"] not in everything
+    assert CREDS["AWS_ACCESS_KEY_ID"] not in everything
