@@ -54,6 +54,7 @@ def matmul_gflops(dtype_name: str, device: str, n: int = 2048, repeats: int = 10
 
 def run_variant(backend, prompts, examples, params, batch_size: int) -> dict:
     backend.batch_size = batch_size
+    backend.generate(prompts[:batch_size][:4], params)  # warm-up: first-call setup is not speed
     started = time.perf_counter()
     generations = backend.generate(prompts, params)
     seconds = time.perf_counter() - started

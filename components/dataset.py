@@ -125,6 +125,8 @@ def load_qa_dataset(path: str | Path, limit: int | None = None) -> LoadedDataset
     The whole file is validated even with a limit, so a run on 10 questions does not
     hide a broken line 3,000 that a full run would later die on.
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"dataset.limit: must be >= 1, got {limit}")
     path = Path(path)
     shown = str(path)
     if not path.is_file():

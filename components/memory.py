@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 _active: MemoryMonitor | None = None
+IDLE = "idle"  # between stages: sampled, but not an enclosing stage of anything
 
 
 def _nvml_handles() -> list[Any]:
@@ -36,10 +37,11 @@ class MemoryMonitor:
         self.keep_samples = keep_samples
         self.samples: list[dict[str, Any]] = []
         self.stages: dict[str, dict[str, Any]] = {}
-        self.stage_name = "startup"
+        self.stage_name = IDLE
         self._stack: list[str] = []
         self._children: list[psutil.Process] | None = None
         self._samples_taken = 0
+        self._epoch = 0
         self._process = psutil.Process()
         self._nvml = _nvml_handles()
         self._stop = threading.Event()
@@ -80,30 +82,37 @@ class MemoryMonitor:
         return devices
 
     def sample(self) -> None:
-        started = time.perf_counter()
+        """Measures outside the lock, credits under it: to the running stage and every
+        stage it is nested in. A sample that straddles a stage switch is dropped, so it
+        can never be credited to the wrong stage."""
         cpu_started = time.thread_time()
-        rss, gpu = self._rss(), self._gpu()
-        self._samples_taken += 1
         with self._lock:
-            stage = self.stages.setdefault(self.stage_name, _new_stage())
-            stage["peak_rss_bytes"] = max(stage["peak_rss_bytes"], rss)
-            for dev in gpu:
-                key = str(dev["device"])
-                peaks = stage["peak_gpu_bytes"].setdefault(key, {})
-                for field in ("used", "allocated", "reserved"):
-                    if field in dev:
-                        peaks[field] = max(peaks.get(field, 0), dev[field])
-            if len(self.samples) < self.keep_samples:
-                self.samples.append(
-                    {
-                        "t": round(started - self._t0, 3),
-                        "stage": self.stage_name,
-                        "rss_bytes": rss,
-                        "gpu": gpu,
-                    }
-                )
-        # CPU time of this thread: what sampling costs the run, whatever the GIL waits.
-        self.sampling_seconds += time.thread_time() - cpu_started
+            outer = [n for n in self._stack if n != IDLE]
+            epoch, chain = self._epoch, [*outer, self.stage_name]
+        started = time.perf_counter()
+        rss, gpu = self._rss(), self._gpu()
+        with self._lock:
+            self._samples_taken += 1
+            if epoch == self._epoch:
+                for name in chain:
+                    stage = self.stages.setdefault(name, _new_stage())
+                    stage["peak_rss_bytes"] = max(stage["peak_rss_bytes"], rss)
+                    for dev in gpu:
+                        peaks = stage["peak_gpu_bytes"].setdefault(str(dev["device"]), {})
+                        for field in ("used", "allocated", "reserved"):
+                            if field in dev:
+                                peaks[field] = max(peaks.get(field, 0), dev[field])
+                if len(self.samples) < self.keep_samples:
+                    self.samples.append(
+                        {
+                            "t": round(started - self._t0, 3),
+                            "stage": chain[-1],
+                            "rss_bytes": rss,
+                            "gpu": gpu,
+                        }
+                    )
+            # CPU time of this thread: what sampling costs the run, whatever the GIL waits.
+            self.sampling_seconds += time.thread_time() - cpu_started
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -133,6 +142,7 @@ class MemoryMonitor:
         Stages nest: a step's sub-stages (model_load, generate) take over while they run.
         """
         with self._lock:
+            self._epoch += 1
             self._stack.append(self.stage_name)
             self.stage_name = name
             stage = self.stages.setdefault(name, _new_stage())
@@ -141,6 +151,8 @@ class MemoryMonitor:
         if torch is not None:
             for index in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(index)
+        with self._lock:
+            self._epoch += 1  # drops samples that read the counters before the reset
         self.sample()
 
     def leave(self, name: str) -> None:
@@ -150,7 +162,8 @@ class MemoryMonitor:
             stage["seconds"] = stage.get("seconds", 0.0) + (
                 time.perf_counter() - self._t0 - stage.pop("started")
             )
-            self.stage_name = self._stack.pop() if self._stack else "idle"
+            self.stage_name = self._stack.pop() if self._stack else IDLE
+            self._epoch += 1
 
     def report(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self._t0

@@ -77,7 +77,14 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # Only a tied output head may be absent; anything else would cache random weights.
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ModelFilesError(
+            f"{gguf_path.name}: weights do not match the model built from its config "
+            f"(missing {sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     plain.tie_weights()
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(target)

@@ -128,6 +128,11 @@ def build_results(
             "peak_rss_bytes_by_stage": {
                 name: stage["peak_rss_bytes"] for name, stage in memory.get("stages", {}).items()
             },
+            "peak_gpu_bytes_by_stage": {
+                name: stage["peak_gpu_bytes"]
+                for name, stage in memory.get("stages", {}).items()
+                if stage["peak_gpu_bytes"]
+            },
         },
         "environment": run.get("environment", {}),
         "artifacts": artifacts,

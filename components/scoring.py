@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 import statistics
-import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def word_tokens(text: str) -> set[str]:
@@ -36,15 +35,15 @@ def token_recall(prediction: str, answers: Sequence[str]) -> float | None:
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
-    text = text.casefold().translate(_PUNCT)
+    """SQuAD-style: case-folded, no punctuation (any script's), no articles, single spaces."""
+    text = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.casefold())
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> bool:
     pred = normalize_answer(prediction)
-    return any(pred == normalize_answer(a) for a in answers if normalize_answer(a))
+    return any(pred == normalize_answer(a) for a in answers)
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
     try:
         import numpy as np
 

@@ -11,6 +11,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
+CHOICES = {
+    "backend": ("auto", "transformers", "vllm"),
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
 class ConfigError(ValueError):
     """A config value cannot work; the message names the key."""
 
@@ -74,6 +81,14 @@ def validate(cfg: dict[str, Any]) -> None:
     top_p = inference.get("top_p")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ConfigError(f"inference.top_p: must be in (0, 1], got {top_p!r}")
+    for key, choices in CHOICES.items():
+        if inference.get(key) not in choices:
+            raise ConfigError(
+                f"inference.{key}: {inference.get(key)!r} is not one of {', '.join(choices)}"
+            )
+    seed = inference.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"inference.seed: must be an integer or null, got {seed!r}")
     if "{question}" not in str(inference.get("prompt_template", "")):
         raise ConfigError("inference.prompt_template: must contain {question}")
     if not str(cfg["experiment"].get("name") or "").strip():

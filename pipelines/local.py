@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from components.artifacts import write_json_atomic, write_text_atomic
-from components.memory import MemoryMonitor, stage
+from components.memory import IDLE, MemoryMonitor, stage
 from components.results import environment
 from pipelines.config import PROJECT_ROOT, validate
 from pipelines.definition import STEPS, StepSpec
@@ -36,17 +36,32 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, Any]:
-    """Executes every step in order; returns the step outputs (paths and metrics)."""
+def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Before publish: stop sampling, write memory_usage.json and the config as run."""
     import yaml
 
-    validate(cfg)
-    experiment = str(cfg["experiment"]["name"])
-    run_dir = Path(cfg["experiment"]["output_dir"]) / experiment
-    run_dir.mkdir(parents=True, exist_ok=True)
+    monitor.stop()
+    memory = monitor.report()
+    memory_path = write_json_atomic(run_dir / "memory_usage.json", memory)
     write_text_atomic(
         run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
     )
+    return {
+        "finished_at": _now(),
+        "memory": memory,
+        "memory_path": str(memory_path),
+        "stage_seconds": {k: v["seconds"] for k, v in memory["stages"].items() if k != IDLE},
+    }
+
+
+def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, Any]:
+    """Executes every step in order; returns the step outputs (paths and metrics).
+
+    Nothing is written to the run folder before the dataset has been validated.
+    """
+    validate(cfg)
+    experiment = str(cfg["experiment"]["name"])
+    run_dir = Path(cfg["experiment"]["output_dir"]) / experiment
     run: dict[str, Any] = {
         "dir": str(run_dir),
         "cache_dir": cache_dir,
@@ -62,19 +77,10 @@ def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, An
     try:
         for spec in STEPS:
             if spec.name == "publish":
-                monitor.stop()
-                memory = monitor.report()
-                memory_path = write_json_atomic(run_dir / "memory_usage.json", memory)
-                run["meta"].update(
-                    finished_at=_now(),
-                    memory=memory,
-                    memory_path=str(memory_path),
-                    stage_seconds={k: v["seconds"] for k, v in memory["stages"].items()},
-                )
-            kwargs = _resolve_inputs(spec, cfg, outputs, run)
+                run["meta"].update(_close_run(monitor, run_dir, cfg))
             log.info("step %s", spec.name)
             with stage(spec.name):
-                outputs[spec.name] = spec.function(**kwargs)
+                outputs[spec.name] = spec.function(**_resolve_inputs(spec, cfg, outputs, run))
     finally:
         monitor.stop()
     return outputs

@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.config import ConfigError, to_container
+from pipelines.config import to_container
 
 log = logging.getLogger("pipelines.run")
 
@@ -51,7 +51,6 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
 def execute(cfg: DictConfig) -> int:
     import json
 
-    from components.dataset import DatasetError
     from components.model_files import ModelFilesError
     from components.storage import StorageError
     from pipelines.local import run_local
@@ -59,7 +58,7 @@ def execute(cfg: DictConfig) -> int:
     try:
         container = to_container(cfg)
         outputs = run_local(container)
-    except (ConfigError, DatasetError, ModelFilesError, StorageError) as exc:
+    except (ValueError, ModelFilesError, StorageError) as exc:  # ConfigError, DatasetError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     publish = outputs["publish"]

@@ -59,6 +59,10 @@ def test_qa_pairs_without_a_path_names_the_key():
         ("inference.temperature=-0.5", "inference.temperature"),
         ("inference.top_p=0", "inference.top_p"),
         ("inference.prompt_template=Q", "inference.prompt_template"),
+        ("inference.backend=tgi", "inference.backend"),
+        ("inference.device=tpu", "inference.device"),
+        ("inference.dtype=int4", "inference.dtype"),
+        ("inference.seed=abc", "inference.seed"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):

@@ -99,7 +99,7 @@ def test_malformed_line_fails_fast_with_its_line_number(tmp_path):
     assert proc.returncode == 2
     assert f"{data}:2: answer: is an empty list" in proc.stderr
     assert "step inference" not in proc.stdout + proc.stderr
-    assert not (tmp_path / "qa_pairs" / "results.json").exists()
+    assert not (tmp_path / "smollm2_135m_qa_pairs").exists()
 
 
 def test_config_error_names_the_key(tmp_path):

@@ -44,7 +44,8 @@ def test_exact_match_normalizes_case_punctuation_and_articles():
     assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
     assert exact_match("the Eiffel tower.", ["Eiffel Tower"])
     assert not exact_match("The Eiffel Tower in Paris", ["Eiffel Tower"])
-    assert not exact_match("", ["?"])
+    assert exact_match("«Paris»", ["Paris"])
+    assert exact_match("Paris’", ["paris"])
 
 
 def test_summary_counts_unscorable_apart():

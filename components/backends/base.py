@@ -65,13 +65,14 @@ def vllm_installed() -> bool:
 def resolve_backend_name(name: str, device: str) -> str:
     """``auto`` means vLLM where CUDA and vllm are both present, else transformers."""
     if name == "auto":
-        return (
-            "vllm"
-            if device == "cuda" and vllm_installed() and cuda_available()
-            else ("transformers")
-        )
+        return "vllm" if device == "cuda" and vllm_installed() else "transformers"
     if name not in REGISTRY:
         raise ValueError(f"inference.backend: {name!r} is not one of auto, {', '.join(REGISTRY)}")
+    if name == "vllm" and device == "cpu" and cuda_available():
+        raise ValueError(
+            "inference.device: cpu with backend=vllm on a CUDA machine would still run on the "
+            "GPU (vLLM's CUDA build); use inference.backend=transformers for a CPU run"
+        )
     if name == "vllm" and not vllm_installed():
         raise ValueError(
             "inference.backend: vllm is not installed; `pip install .[gpu]` on CUDA machines, "

@@ -42,10 +42,15 @@ class TransformersBackend:
         sampling = (
             {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p}
         )
-        # A fresh config, so defaults shipped with a checkpoint never change what we measure.
+        # Every knob set explicitly: generate() fills unset fields from the checkpoint's
+        # generation_config (top_k, repetition_penalty, ...), which would change what we
+        # measure and differ from vLLM, where they are off unless asked for.
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=not params.greedy,
+            top_k=0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             **sampling,
