@@ -70,3 +70,8 @@ retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 A
 
 fetch: install ## Download + verify an experiment's artifacts: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID DEST=dir
 	$(PY) -m pipelines.artifacts_cli fetch $(SRC) --dest $(DEST) $(ARGS)
+
+QUEUE ?=
+.PHONY: enqueue
+enqueue: install ## Create the ClearML pipeline and enqueue it: make enqueue QUEUE=gpu ARGS="model=... dataset=..."
+	$(PY) -m pipelines.clearml_pipeline $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)

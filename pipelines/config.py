@@ -93,3 +93,89 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("inference.prompt_template: must contain {question}")
     if not str(cfg["experiment"].get("name") or "").strip():
         raise ConfigError("experiment.name: must not be empty")
+
+
+# Pipeline parameters (the `Args` a user edits after cloning in the ClearML UI) and the config
+# key each one sets. The `eval_` prefix keeps them clear of Hydra's own argument names.
+KNOBS: dict[str, str] = {
+    "eval_model": "model",
+    "eval_dataset": "dataset",
+    "eval_dataset_path": "dataset.path",
+    "eval_limit": "dataset.limit",
+    "eval_batch_size": "inference.batch_size",
+    "eval_max_new_tokens": "inference.max_new_tokens",
+    "eval_temperature": "inference.temperature",
+}
+DEFAULT_EXPERIMENT_NAME = "${model.name}_${dataset.name}"
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def knob_values(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The knobs' current values, read from a resolved config."""
+    values = {}
+    for knob, key in KNOBS.items():
+        section, _, leaf = key.partition(".")
+        values[knob] = cfg[section]["name"] if not leaf else cfg[section].get(leaf)
+    return values
+
+
+def portable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as attached to a pipeline: resolved, except two values resolved where a
+    step runs: a default experiment name (``${model.name}_${dataset.name}``, so a knob edit
+    renames the experiment) and a dataset path given by interpolation (``${project_root:..}``,
+    ``${oc.env:..}``: the agent's checkout and environment, not the submitting machine's)."""
+    container = to_container(cfg)
+    raw_name = OmegaConf.to_container(cfg.experiment, resolve=False)["name"]
+    if raw_name == DEFAULT_EXPERIMENT_NAME:
+        container["experiment"]["name"] = DEFAULT_EXPERIMENT_NAME
+    raw_path = OmegaConf.to_container(cfg.dataset, resolve=False).get("path")
+    if isinstance(raw_path, str) and raw_path.startswith("${"):
+        container["dataset"]["path"] = raw_path
+    return container
+
+
+def _cast_optional_int(value: Any, knob: str) -> int | None:
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        return int(float(str(value)))
+    except ValueError as exc:
+        raise ConfigError(f"{knob}: expected an integer, got {value!r}") from exc
+
+
+def settle_config(config: dict[str, Any], knobs: dict[str, Any]) -> dict[str, Any]:
+    """Applies pipeline parameters (which arrive as strings) over an attached config.
+
+    A changed model or dataset name swaps in that config group from conf/; leaf values are
+    cast to their types. Returns the fully resolved config a step runs with.
+    """
+    import copy
+
+    cfg = copy.deepcopy(config)
+    for knob, group in (("eval_model", "model"), ("eval_dataset", "dataset")):
+        choice = knobs.get(knob)
+        if choice in (None, "") or str(choice) == str(cfg[group].get("name")):
+            continue
+        choices = group_choices(group)
+        if str(choice) not in choices:
+            raise ConfigError(f"{knob}: unknown {group} {choice!r}; one of {', '.join(choices)}")
+        cfg[group] = to_container(compose([f"{group}={choice}"]))[group]
+    path = knobs.get("eval_dataset_path")
+    if path not in (None, "") and str(path).lower() not in ("none", "null"):
+        cfg["dataset"]["path"] = str(path)
+    if "eval_limit" in knobs:
+        cfg["dataset"]["limit"] = _cast_optional_int(knobs["eval_limit"], "eval_limit")
+    for knob, key, cast in (
+        ("eval_batch_size", "batch_size", int),
+        ("eval_max_new_tokens", "max_new_tokens", int),
+        ("eval_temperature", "temperature", float),
+    ):
+        if knobs.get(knob) not in (None, ""):
+            try:
+                cfg["inference"][key] = cast(float(str(knobs[knob])))
+            except ValueError as exc:
+                raise ConfigError(f"{knob}: expected a number, got {knobs[knob]!r}") from exc
+    return to_container(OmegaConf.create(cfg))

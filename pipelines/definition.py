@@ -73,3 +73,21 @@ STEPS: tuple[StepSpec, ...] = (
         },
     ),
 )
+
+STEP_BY_NAME = {spec.name: spec for spec in STEPS}
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split(".") if dotted else []:
+        tree = tree[part]
+    return tree
+
+
+def resolve_inputs(spec: StepSpec, cfg: dict, outputs: dict, run: dict) -> dict[str, Any]:
+    """Turns a step's input references into the keyword arguments of its function."""
+    kwargs = {}
+    for name, ref in spec.inputs.items():
+        source, _, path = ref.partition(".")
+        tree = {"cfg": cfg, "step": outputs, "run": run}[source]
+        kwargs[name] = _lookup(tree, path)
+    return kwargs

@@ -12,24 +12,9 @@ from components.artifacts import write_json_atomic, write_text_atomic
 from components.memory import IDLE, MemoryMonitor, stage
 from components.results import environment
 from pipelines.config import PROJECT_ROOT, validate
-from pipelines.definition import STEPS, StepSpec
+from pipelines.definition import STEPS, resolve_inputs
 
 log = logging.getLogger(__name__)
-
-
-def _lookup(tree: Any, dotted: str) -> Any:
-    for part in dotted.split(".") if dotted else []:
-        tree = tree[part]
-    return tree
-
-
-def _resolve_inputs(spec: StepSpec, cfg: dict, outputs: dict, run: dict) -> dict[str, Any]:
-    kwargs = {}
-    for name, ref in spec.inputs.items():
-        source, _, path = ref.partition(".")
-        tree = {"cfg": cfg, "step": outputs, "run": run}[source]
-        kwargs[name] = _lookup(tree, path)
-    return kwargs
 
 
 def _now() -> str:
@@ -54,7 +39,9 @@ def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> di
     }
 
 
-def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, Any]:
+def run_local(
+    cfg: dict[str, Any], cache_dir: str | None = None, run_id: str | None = None
+) -> dict[str, Any]:
     """Executes every step in order; returns the step outputs (paths and metrics).
 
     Nothing is written to the run folder before the dataset has been validated.
@@ -67,7 +54,7 @@ def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, An
         "cache_dir": cache_dir,
         "meta": {
             "experiment": experiment,
-            "run_id": uuid.uuid4().hex[:12],
+            "run_id": run_id or uuid.uuid4().hex[:12],
             "started_at": _now(),
             "environment": environment(PROJECT_ROOT),
         },
@@ -80,7 +67,7 @@ def run_local(cfg: dict[str, Any], cache_dir: str | None = None) -> dict[str, An
                 run["meta"].update(_close_run(monitor, run_dir, cfg))
             log.info("step %s", spec.name)
             with stage(spec.name):
-                outputs[spec.name] = spec.function(**_resolve_inputs(spec, cfg, outputs, run))
+                outputs[spec.name] = spec.function(**resolve_inputs(spec, cfg, outputs, run))
     finally:
         monitor.stop()
     return outputs

@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.config import to_container
+from pipelines.config import ConfigError, to_container
 
 log = logging.getLogger("pipelines.run")
 
@@ -53,12 +53,22 @@ def execute(cfg: DictConfig) -> int:
 
     from components.model_files import ModelFilesError
     from components.storage import StorageError
+    from pipelines.clearml_server import ServerNotConfigured
     from pipelines.local import run_local
 
+    session_zip = None
     try:
         container = to_container(cfg)
-        outputs = run_local(container)
-    except (ValueError, ModelFilesError, StorageError) as exc:  # ConfigError, DatasetError too
+        mode = str(container["clearml"].get("mode") or "off")  # YAML reads a bare off as false
+        if mode == "off":
+            outputs = run_local(container)
+        elif mode in ("offline", "server"):
+            from pipelines.clearml_tracking import run_tracked
+
+            outputs, session_zip = run_tracked(cfg, container)
+        else:
+            raise ConfigError(f"clearml.mode: {mode!r} is not one of off, offline, server")
+    except (ValueError, ModelFilesError, StorageError, ServerNotConfigured) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     publish = outputs["publish"]
@@ -71,6 +81,10 @@ def execute(cfg: DictConfig) -> int:
             "kept" if not results["config"]["experiment"]["cleanup_local_artifacts"] else "deleted"
         )
         paths = [f"{info['url']}  (verified; local copy {kept})" for info in uploaded.values()]
+    if session_zip:
+        paths.append(
+            f"{session_zip}  (ClearML offline session: clearml-task --import-offline-session)"
+        )
     print(format_summary(results, paths), flush=True)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_NQ = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
+CREDS = {"AWS_ACCESS_KEY_ID": "test-key-id-XYZ", "AWS_SECRET_ACCESS_KEY": "test-secret-XYZ"}
+BUCKET = "clearml-artifacts"
 SMOLLM2 = {
     "name": "smollm2_135m",
     "path": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -57,3 +60,35 @@ def nq_open_path() -> Path:
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     return ROOT / "data" / "sample" / "qa_pairs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def settings(s3_endpoint, monkeypatch, tmp_path):
+    """Storage settings for the moto server, credentials in the environment, bucket made."""
+    from components.storage import StorageSettings, client
+
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
+    settings = StorageSettings.from_config({"endpoint": s3_endpoint, "bucket": BUCKET})
+    s3 = client(settings)
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    return settings
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

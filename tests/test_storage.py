@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 
@@ -20,33 +19,7 @@ from components.storage import (
     safe_name,
     set_retention,
 )
-from tests.conftest import ROOT, run_cli
-
-CREDS = {"AWS_ACCESS_KEY_ID": "test-key-id-XYZ", "AWS_SECRET_ACCESS_KEY": "test-secret-XYZ"}
-BUCKET = "clearml-artifacts"
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def settings(s3_endpoint, monkeypatch, tmp_path):
-    for key, value in CREDS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
-    settings = StorageSettings.from_config({"endpoint": s3_endpoint, "bucket": BUCKET})
-    s3 = client(settings)
-    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
-        s3.create_bucket(Bucket=BUCKET)
-    return settings
+from tests.conftest import BUCKET, CREDS, ROOT, closed_port, run_cli
 
 
 def fake_run(tmp_path, size: int = 1000):
@@ -55,12 +28,6 @@ def fake_run(tmp_path, size: int = 1000):
     for name in ("results.json", "predictions.json", "memory_usage.json"):
         (run_dir / name).write_bytes(json.dumps({"name": name, "pad": "x" * size}).encode())
     return run_dir
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_output_uri_and_key_layout(settings):

@@ -1,0 +1,89 @@
+"""What ClearML shows for a finished run: single values, scalars, a histogram, a table,
+and each artifact with its size, sha256 and link. Used by offline/server `make run` and by
+the pipeline's publish step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+WORST_BEST_ROWS = 10
+
+
+def _gib(value: int | None) -> float:
+    return round((value or 0) / 2**30, 3)
+
+
+def report_results(
+    task: Any,
+    results: dict[str, Any],
+    predictions: list[dict[str, Any]],
+    artifacts: dict[str, dict[str, Any]],
+) -> None:
+    """``artifacts``: name -> {url or path, bytes, sha256}. URLs are registered as links
+    (the bytes already live in S3); local paths are uploaded by ClearML."""
+    from pathlib import Path
+
+    logger = task.get_logger()
+    gpu = results["memory"].get("peak_gpu_bytes") or {}
+    peak_gpu = max((max(d.values()) for d in gpu.values() if d), default=0)
+    values = {
+        "token_recall": results["token_recall"]["mean"],
+        "exact_match": results["exact_match"],
+        "questions_per_s": results["throughput"]["questions_per_s"],
+        "output_tokens_per_s": results["throughput"]["output_tokens_per_s"],
+        "peak_rss_gib": _gib(results["memory"]["peak_rss_bytes"]),
+        "peak_gpu_gib": _gib(peak_gpu),
+        "examples": results["counts"]["examples"],
+        "unscorable": results["counts"]["unscorable"],
+    }
+    for name, value in values.items():
+        if value is not None:
+            logger.report_single_value(name, float(value))
+    for name in ("token_recall", "exact_match"):
+        if values[name] is not None:
+            logger.report_scalar("metrics", name, float(values[name]), iteration=0)
+    for stage, seconds in results["timing"]["stage_seconds"].items():
+        logger.report_scalar("seconds per stage", stage, float(seconds), iteration=0)
+
+    recalls = [p["token_recall"] for p in predictions if p["token_recall"] is not None]
+    bins = [0] * 10
+    for recall in recalls:
+        bins[min(int(recall * 10), 9)] += 1
+    logger.report_histogram(
+        "token recall",
+        "examples",
+        values=bins,
+        iteration=0,
+        xlabels=[f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)],
+        xaxis="token recall",
+        yaxis="examples",
+    )
+    scored = sorted(
+        (p for p in predictions if p["token_recall"] is not None),
+        key=lambda p: (p["token_recall"], p["question_id"]),
+    )
+    header = ["question_id", "token_recall", "question", "prediction", "answers"]
+    for series, rows in (
+        ("worst", scored[:WORST_BEST_ROWS]),
+        ("best", scored[::-1][:WORST_BEST_ROWS]),
+    ):
+        table = [header] + [
+            [
+                p["question_id"],
+                round(p["token_recall"], 3),
+                p["question"],
+                p["prediction"],
+                " | ".join(p["answers"]),
+            ]
+            for p in rows
+        ]
+        logger.report_table("predictions", series, iteration=0, table_plot=table)
+
+    for name, info in artifacts.items():
+        source = info.get("url") or info["path"]
+        task.upload_artifact(
+            name,
+            artifact_object=source if info.get("url") else Path(source),
+            metadata={"bytes": info["bytes"], "sha256": info["sha256"]},
+            wait_on_upload=True,
+        )

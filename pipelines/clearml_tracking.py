@@ -1,0 +1,69 @@
+"""`make run` with ``clearml.mode=offline|server``: the local pipeline, recorded as a task.
+
+offline: a ClearML offline session (a zip) that ``clearml-task --import-offline-session``
+or ``Task.import_offline_session`` uploads later. server: reported live to the configured
+server (checked first, so a missing server fails fast instead of reaching the demo server).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.clearml_pipeline import CONFIG_NAME
+from pipelines.config import knob_values, portable_config
+
+NO_AUTO_CONNECT = {
+    "detect_repository": False,
+    "hydra": False,
+    "pytorch": False,
+    "tensorflow": False,
+    "tensorboard": False,
+    "matplotlib": False,
+    "joblib": False,
+}
+
+
+def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Returns the step outputs and, offline, the path of the session zip."""
+    from clearml import Task
+
+    from components.artifacts import file_info
+    from components.storage import ARTIFACT_NAMES
+    from pipelines.clearml_report import report_results
+    from pipelines.clearml_server import check_server, prepare_sdk
+    from pipelines.local import run_local
+
+    clearml_cfg = container["clearml"]
+    prepare_sdk()
+    offline = clearml_cfg["mode"] == "offline"
+    if offline:
+        Task.set_offline(True)
+    else:
+        check_server(float(clearml_cfg["ping_timeout_s"]))
+    task = Task.init(
+        project_name=str(clearml_cfg["project"]),
+        task_name=str(container["experiment"]["name"]),
+        task_type="testing",
+        # No framework hooks (we report what we measure) and no repository scan: the scan
+        # of a venv holding torch and vLLM took minutes; results.json records the git commit.
+        auto_connect_frameworks=NO_AUTO_CONNECT,
+        auto_connect_arg_parser=False,
+        reuse_last_task_id=False,
+    )
+    task.connect(knob_values(container), name="Args")
+    task.connect_configuration(portable_config(cfg_node), name=CONFIG_NAME)
+    outputs = run_local(container, run_id=str(task.id))
+
+    publish = outputs["publish"]
+    results = json.loads(Path(publish["results_path"]).read_text(encoding="utf-8"))
+    predictions = json.loads(Path(outputs["score"]["predictions_path"]).read_text(encoding="utf-8"))
+    run_dir = Path(publish["results_path"]).parent
+    artifacts = publish["uploaded"] or {
+        name: file_info(run_dir / filename) for filename, name in ARTIFACT_NAMES.items()
+    }
+    report_results(task, results, predictions, artifacts)
+    folder = task.get_offline_mode_folder() if offline else None
+    task.close()
+    return outputs, f"{folder}.zip" if folder else None

@@ -1,0 +1,169 @@
+"""What each ClearML step runs on its agent: fetch inputs from S3, run the step function
+from the shared definition, store its files in S3, hand on a small JSON string.
+
+Steps never pass data as parameters: the JSON carries the settled config, counts, metrics
+and the S3 URLs of the files (examples, generations, predictions, memory samples).
+Intermediate files go to ``<prefix>/<experiment>.<pipeline id>/steps/<step>/<file>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.artifacts import sha256_file, write_json_atomic
+from components.memory import IDLE, MemoryMonitor, stage
+from components.storage import StorageError, StorageSettings, client, upload_verified
+from pipelines.config import ConfigError, settle_config, validate
+from pipelines.definition import STEP_BY_NAME, resolve_inputs
+
+log = logging.getLogger(__name__)
+
+# Which outputs of each step are files that the next steps read.
+FILE_OUTPUTS = {
+    "load_dataset": ("examples_path",),
+    "inference": ("generations_path",),
+    "score": ("predictions_path",),
+    "publish": (),
+}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def current_ids() -> tuple[Any, str]:
+    """(this step's task, the pipeline's id): the pipeline id names the run in S3."""
+    from clearml import Task
+
+    task = Task.current_task()
+    parent = getattr(task, "parent", None) if task is not None else None
+    return task, str(parent or (task.id if task is not None else "local"))
+
+
+def _storage(cfg: dict[str, Any]) -> StorageSettings:
+    settings = StorageSettings.from_config(cfg.get("storage") or {})
+    if settings is None:
+        raise ConfigError(
+            "storage.endpoint: pipeline steps exchange files through S3; set it "
+            "(e.g. storage.endpoint=http://minio:9000)"
+        )
+    return settings
+
+
+def _download(settings: StorageSettings, url: str, dest: Path) -> Path:
+    from urllib.parse import urlparse
+
+    bucket, _, key = urlparse(url).path.lstrip("/").partition("/")
+    s3 = client(settings)
+    target = dest / Path(key).name
+    s3.download_file(bucket, key, str(target))
+    expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    if expected and sha256_file(target) != expected:
+        raise StorageError(f"{url}: sha256 mismatch after download")
+    return target
+
+
+def _run(name: str, state: dict[str, Any]) -> str:
+    """Runs one step of the shared definition with ``state`` (config + parent outputs)."""
+    cfg = state["config"]
+    settings = _storage(cfg)
+    task, pipeline_id = current_ids()
+    experiment = str(cfg["experiment"]["name"])
+    work = Path(tempfile.mkdtemp(prefix=f"slm-{name}-"))
+
+    outputs: dict[str, dict[str, Any]] = {}
+    for step, out in state["outputs"].items():
+        local = dict(out)
+        for field in FILE_OUTPUTS.get(step, ()):
+            if str(out.get(field, "")).startswith("s3://"):
+                local[field] = str(_download(settings, out[field], work))
+        outputs[step] = local
+
+    meta = dict(state.get("meta") or {})
+    meta.update(experiment=experiment, run_id=pipeline_id)
+    if name == "publish":
+        meta.update(_merge_memory(settings, state, work), finished_at=_now())
+    run = {"dir": str(work), "cache_dir": None, "meta": meta}
+
+    spec = STEP_BY_NAME[name]
+    monitor = MemoryMonitor().start()
+    try:
+        with stage(name):
+            result = spec.function(**resolve_inputs(spec, cfg, outputs, run))
+    finally:
+        monitor.stop()
+
+    base = f"{settings.run_key(experiment, pipeline_id)}/steps/{name}"
+    s3 = client(settings)
+    for field in FILE_OUTPUTS[name]:
+        path = Path(result[field])
+        result[field] = upload_verified(s3, settings, path, f"{base}/{path.name}")["url"]
+    memory_file = write_json_atomic(work / f"memory_{name}.json", monitor.report())
+    memory_url = upload_verified(s3, settings, memory_file, f"{base}/{memory_file.name}")["url"]
+
+    if name == "publish" and task is not None:
+        _report(task, work, result)
+    new_state = {
+        "config": cfg,
+        "meta": meta,
+        "outputs": {**state["outputs"], name: result},
+        "memory": {**state.get("memory", {}), name: memory_url},
+    }
+    return json.dumps(new_state, ensure_ascii=False)
+
+
+def _merge_memory(settings: StorageSettings, state: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One memory_usage.json for the whole run, from each step's own sampler."""
+    merged: dict[str, Any] = {"steps": {}, "stages": {}, "samples": [], "peak_gpu_bytes": {}}
+    for step, url in state.get("memory", {}).items():
+        report = json.loads(_download(settings, url, work).read_text(encoding="utf-8"))
+        merged["steps"][step] = {"sampler_overhead_fraction": report["sampler_overhead_fraction"]}
+        merged["stages"].update({k: v for k, v in report["stages"].items() if k != IDLE})
+        merged["samples"].extend({**s, "step": step} for s in report["samples"])
+        for dev, peaks in report["peak_gpu_bytes"].items():
+            into = merged["peak_gpu_bytes"].setdefault(dev, {})
+            for field, value in peaks.items():
+                into[field] = max(into.get(field, 0), value)
+    merged["peak_rss_bytes"] = max(
+        (s["peak_rss_bytes"] for s in merged["stages"].values()), default=0
+    )
+    merged["sampler_overhead_fraction"] = max(
+        (s["sampler_overhead_fraction"] for s in merged["steps"].values()), default=0.0
+    )
+    path = write_json_atomic(work / "memory_usage.json", merged)
+    return {
+        "memory": merged,
+        "memory_path": str(path),
+        "stage_seconds": {k: v["seconds"] for k, v in merged["stages"].items()},
+    }
+
+
+def _report(task: Any, work: Path, published: dict[str, Any]) -> None:
+    from pipelines.clearml_report import report_results
+
+    results = json.loads(Path(published["results_path"]).read_text(encoding="utf-8"))
+    predictions = json.loads((work / "predictions.json").read_text(encoding="utf-8"))
+    report_results(task, results, predictions, published["uploaded"])
+
+
+def first_step(config_json: str, knobs: dict[str, Any], dataset_sha256: str = "") -> str:
+    """The load-dataset step: settles the config from the pipeline's parameters, checks it,
+    then loads. ``dataset_sha256`` is only part of the cache key (see the pipeline)."""
+    from components.results import environment
+    from pipelines.config import PROJECT_ROOT
+
+    del dataset_sha256
+    cfg = settle_config(json.loads(config_json), knobs)
+    validate(cfg)
+    meta = {"started_at": _now(), "environment": environment(PROJECT_ROOT)}
+    return _run("load_dataset", {"config": cfg, "meta": meta, "outputs": {}})
+
+
+def next_step(name: str, previous: str) -> str:
+    """Any later step: its parent's JSON string in, its own out."""
+    return _run(name, json.loads(previous))
