@@ -72,7 +72,8 @@ def _run(name: str, state: dict[str, Any]) -> str:
     """Runs one step of the shared definition with ``state`` (config + parent outputs)."""
     cfg = state["config"]
     settings = _storage(cfg)
-    task, pipeline_id = current_ids()
+    task, _ = current_ids()
+    pipeline_id = state["meta"]["run_id"]  # set once by the first step: every file, one prefix
     experiment = str(cfg["experiment"]["name"])
     work = Path(tempfile.mkdtemp(prefix=f"slm-{name}-"))
 
@@ -84,8 +85,8 @@ def _run(name: str, state: dict[str, Any]) -> str:
                 local[field] = str(_download(settings, out[field], work))
         outputs[step] = local
 
-    meta = dict(state.get("meta") or {})
-    meta.update(experiment=experiment, run_id=pipeline_id)
+    meta = dict(state["meta"])
+    meta.update(experiment=experiment)
     if name == "publish":
         meta.update(_merge_memory(settings, state, work), finished_at=_now())
     run = {"dir": str(work), "cache_dir": None, "meta": meta}
@@ -160,7 +161,11 @@ def first_step(config_json: str, knobs: dict[str, Any], dataset_sha256: str = ""
     del dataset_sha256
     cfg = settle_config(json.loads(config_json), knobs)
     validate(cfg)
-    meta = {"started_at": _now(), "environment": environment(PROJECT_ROOT)}
+    meta = {
+        "started_at": _now(),
+        "environment": environment(PROJECT_ROOT),
+        "run_id": current_ids()[1],
+    }
     return _run("load_dataset", {"config": cfg, "meta": meta, "outputs": {}})
 
 

@@ -242,3 +242,15 @@ def test_make_enqueue_with_an_unreachable_server_fails_fast(tmp_path):
     )
     assert proc.returncode != 0
     assert "does not answer" in proc.stderr
+
+
+def test_controller_and_cpu_steps_never_import_torch_or_vllm():
+    code = (
+        "import sys\n"
+        "import pipelines.clearml_pipeline, pipelines.remote, pipelines.steps\n"
+        "from pipelines.steps import score_step, load_dataset_step\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "assert 'vllm' not in sys.modules, 'vllm'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
