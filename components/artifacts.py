@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -24,30 +25,27 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(path), "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
-def _atomic_open(path: Path):
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """A text file that appears under ``path`` complete or not at all (temp file + rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return os.fdopen(fd, "w", encoding="utf-8", newline="\n"), Path(tmp)
-
-
-def _commit(fh, tmp: Path, path: Path) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    path = Path(path)
-    fh, tmp = _atomic_open(path)
-    try:
+    with atomic_writer(path) as fh:
         fh.write(text)
-        _commit(fh, tmp, path)
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
@@ -56,17 +54,10 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
     """Streams records to a temp file, then renames: memory stays flat for large sets."""
-    path = Path(path)
-    fh, tmp = _atomic_open(path)
-    try:
+    with atomic_writer(path) as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        _commit(fh, tmp, path)
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:

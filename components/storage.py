@@ -170,6 +170,25 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
     }
 
 
+def _require_bucket(s3, settings: StorageSettings) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchBucket"):
+            raise StorageError(
+                f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
+                f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
+            ) from exc
+        raise StorageError(f"bucket {settings.bucket!r} at {settings.endpoint}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(
+            f"upload to {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}"
+        ) from exc
+
+
 def publish_run(
     settings: StorageSettings,
     run_dir: str | Path,
@@ -181,6 +200,7 @@ def publish_run(
     """Uploads the three artifacts; deletes local copies only after every upload verified."""
     run_dir = Path(run_dir)
     s3 = client(settings)
+    _require_bucket(s3, settings)
     base = settings.run_key(experiment, run_id)
     uploaded: dict[str, dict[str, Any]] = {}
     for filename, artifact in ARTIFACT_NAMES.items():

@@ -74,6 +74,12 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
     ]
 
 
+def test_missing_bucket_says_how_to_create_it(settings, tmp_path):
+    missing = StorageSettings.from_config({"endpoint": settings.endpoint, "bucket": "no-such"})
+    with pytest.raises(StorageError, match="bucket 'no-such' does not exist"):
+        publish_run(missing, fake_run(tmp_path), "exp", "run5")
+
+
 def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
     run_dir = fake_run(tmp_path)
     uploaded = publish_run(settings, run_dir, "exp", "run4")
