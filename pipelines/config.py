@@ -26,9 +26,29 @@ def _project_root(relative: str = "") -> str:
     return str(PROJECT_ROOT / relative) if relative else str(PROJECT_ROOT)
 
 
+def deploy_settings() -> dict[str, str]:
+    """docker/versions.env: image names, tags and pinned versions, kept in one place."""
+    values = {}
+    for line in (PROJECT_ROOT / "docker" / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _deploy(key: str) -> str:
+    try:
+        return deploy_settings()[key]
+    except KeyError as exc:
+        raise ConfigError(f"docker/versions.env: no {key}") from exc
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", _project_root)
+    if not OmegaConf.has_resolver("deploy"):
+        OmegaConf.register_new_resolver("deploy", _deploy)
 
 
 register_resolvers()

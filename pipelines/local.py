@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:

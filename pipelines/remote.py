@@ -33,7 +33,7 @@ FILE_OUTPUTS = {
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def current_ids() -> tuple[Any, str]:

@@ -40,7 +40,9 @@ class TransformersBackend:
         from transformers import GenerationConfig
 
         sampling = (
-            {} if params.greedy else {"temperature": params.temperature, "top_p": params.top_p}
+            {}
+            if params.greedy
+            else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
         )
         # Every knob set explicitly: generate() fills unset fields from the checkpoint's
         # generation_config (top_k, repetition_penalty, ...), which would change what we
@@ -48,7 +50,6 @@ class TransformersBackend:
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,
             do_sample=not params.greedy,
-            top_k=0,
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             pad_token_id=self.pad_id,

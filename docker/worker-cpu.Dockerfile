@@ -1,0 +1,27 @@
+# Slim CPU image for the pipeline controller and the load/score/publish steps: no torch, no vLLM.
+ARG PYTHON_BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_BASE_IMAGE}
+
+ARG CLEARML_VERSION
+ARG CLEARML_AGENT_VERSION
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1 \
+    CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=/usr/local/bin/python
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN pip install --no-cache-dir "clearml==${CLEARML_VERSION}" "clearml-agent==${CLEARML_AGENT_VERSION}"
+
+WORKDIR /opt/slm-qa-eval
+COPY pyproject.toml README.md ./
+COPY components ./components
+COPY pipelines ./pipelines
+COPY conf ./conf
+COPY data ./data
+COPY docker/versions.env ./docker/versions.env
+RUN pip install --no-cache-dir -e .

