@@ -195,14 +195,18 @@ def _new_stage() -> dict[str, Any]:
 
 
 def _torch_if_cuda():
-    """torch only if this process already imported it and uses CUDA: never import it here."""
+    """torch only if this process already imported it and initialized CUDA.
+
+    Never imports torch, and never calls ``is_available()`` from the sampler thread: its first
+    call queries the driver (a noticeable share of a short run's CPU on a GPU machine).
+    """
     import sys
 
     torch = sys.modules.get("torch")
     if torch is None:
         return None
     try:
-        return torch if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return torch if torch.cuda.is_initialized() else None
     except Exception:
         return None
 
