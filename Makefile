@@ -98,7 +98,11 @@ AGENT_MODE = $(if $(filter services,$(QUEUE)),--services-mode --cpu-only,$(if $(
 
 .PHONY: docker-build server-up server-down agent session lint-static
 
-docker-build: ## Build the CPU and CUDA worker images (names, versions: docker/versions.env)
+docker-build: ## Build the CPU and CUDA worker images and the agent image (docker/versions.env)
+	docker build -f docker/agent.Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) \
+	  --build-arg DOCKER_CLI_IMAGE=$(DOCKER_CLI_IMAGE) \
+	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) \
+	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) .
 	docker build -f docker/worker-cpu.Dockerfile -t $(CPU_IMAGE):$(IMAGE_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) \
 	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \

@@ -214,6 +214,20 @@ def publish_run(
     return uploaded
 
 
+def fetch_object(s3, bucket: str, key: str, target: Path) -> Path:
+    """Downloads one object to ``target`` (atomically), checked against its recorded sha256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    s3.download_file(bucket, key, str(tmp))
+    expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    actual, _ = _digests(tmp)
+    if expected and expected != actual:
+        tmp.unlink()
+        raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
+    os.replace(tmp, target)
+    return target
+
+
 def download_verified(
     settings: StorageSettings, url_or_prefix: str, dest: str | Path
 ) -> list[Path]:
@@ -232,17 +246,7 @@ def download_verified(
         for obj in page.get("Contents", []):
             key = obj["Key"]
             relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
-            target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.part")
-            s3.download_file(bucket, key, str(tmp))
-            expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-            actual, _ = _digests(tmp)
-            if expected and expected != actual:
-                tmp.unlink()
-                raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
-            os.replace(tmp, target)
-            written.append(target)
+            written.append(fetch_object(s3, bucket, key, dest / relative))
     if not written:
         raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {settings.endpoint}")
     return written

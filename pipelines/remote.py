@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import sha256_file, write_json_atomic
+from components.artifacts import write_json_atomic
 from components.memory import IDLE, MemoryMonitor, stage
-from components.storage import StorageError, StorageSettings, client, upload_verified
+from components.storage import StorageSettings, client, fetch_object, upload_verified
 from pipelines.config import ConfigError, settle_config, validate
 from pipelines.definition import STEP_BY_NAME, resolve_inputs
 
@@ -59,13 +59,7 @@ def _download(settings: StorageSettings, url: str, dest: Path) -> Path:
     from urllib.parse import urlparse
 
     bucket, _, key = urlparse(url).path.lstrip("/").partition("/")
-    s3 = client(settings)
-    target = dest / Path(key).name
-    s3.download_file(bucket, key, str(target))
-    expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-    if expected and sha256_file(target) != expected:
-        raise StorageError(f"{url}: sha256 mismatch after download")
-    return target
+    return fetch_object(client(settings), bucket, key, dest / Path(key).name)
 
 
 def _run(name: str, state: dict[str, Any]) -> str:

@@ -113,6 +113,8 @@ def test_names_and_versions_agree_everywhere():
         assert f"--queue {queue} " in compose_text
     assert "${GPU_IMAGE}:${IMAGE_TAG} --gpus all" in compose_text
     assert "BUCKET: ${BUCKET}" in compose_text
+    assert compose_text.count("image: ${AGENT_IMAGE}:${IMAGE_TAG}") == 3
+    assert "--network slm-qa-eval-backend" in compose_text
 
     conf_example = (ROOT / "docker" / "clearml.conf.example").read_text()
     assert f'image: "{images["cpu"]}"' in conf_example
