@@ -107,7 +107,7 @@ def build_results(
             "seed": inf_cfg.get("seed"),
             "use_chat_template": inf_cfg["use_chat_template"],
         },
-        "counts": metrics["counts"],
+        "counts": {**metrics["counts"], "resumed": inference.get("resumed", 0)},
         "token_recall": metrics["token_recall"],
         "exact_match": metrics["exact_match"],
         "unscorable_ids": scores["unscorable_ids"],

@@ -6,6 +6,7 @@ python -m pipelines.run model=smollm2_135m dataset=qa_pairs dataset.path=FILE da
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -48,6 +49,14 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+class Stopped(Exception):
+    """SIGTERM (an agent stopping the task, `kill`): leave cleanly, checkpoint intact."""
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def execute(cfg: DictConfig) -> int:
     import json
 
@@ -71,6 +80,15 @@ def execute(cfg: DictConfig) -> int:
     except (ValueError, ModelFilesError, StorageError, ServerNotConfigured) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (Stopped, KeyboardInterrupt) as exc:
+        name = str(exc) or "interrupt"
+        print(
+            f"stopped ({name}): finished answers are kept in the checkpoint under "
+            f"{cfg.experiment.output_dir}/{cfg.experiment.name}/; run the same command again "
+            "to resume",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(exc, Stopped) else 130
     publish = outputs["publish"]
     with open(publish["results_path"], encoding="utf-8") as fh:
         results = json.load(fh)
@@ -98,6 +116,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_stopped)
     _hydra_main()
 
 

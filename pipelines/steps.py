@@ -36,99 +36,142 @@ def inference_step(
     run_dir: str,
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Loads the model (timed apart from generation) and generates one answer per example."""
+    """Generates one answer per example, resuming from this config's checkpoint if any.
+
+    Model loading is timed (and sampled for memory) apart from generation.
+    """
     import time
     from pathlib import Path
 
     from tqdm import tqdm
 
     from components import memory
-    from components.artifacts import read_jsonl, write_jsonl_atomic
+    from components.artifacts import read_jsonl, sha256_file, write_jsonl_atomic
+    from components.checkpoint import Checkpoint, checkpoint_key
+
+    examples = list(read_jsonl(examples_path))
+    checkpoint = Checkpoint(run_dir, checkpoint_key(model, inference, sha256_file(examples_path)))
+    done = checkpoint.load()
+    todo = [e for e in examples if e["question_id"] not in done]
+    if done:
+        print(
+            f"resuming: {len(examples) - len(todo)} of {len(examples)} answers in {checkpoint.path}"
+        )
+
+    with memory.stage("model_load"):
+        started = time.perf_counter()
+        loaded = _load_for_inference(model, inference, [e["question"] for e in todo], cache_dir)
+        load_seconds = time.perf_counter() - started
+
+    def keep(indices: list[int], generations: list) -> None:
+        checkpoint.append(
+            {
+                "question_id": todo[i]["question_id"],
+                "prediction": g.text,
+                "prompt_tokens": g.prompt_tokens,
+                "output_tokens": g.output_tokens,
+            }
+            for i, g in zip(indices, generations, strict=True)
+        )
+
+    with memory.stage("generate"):
+        started = time.perf_counter()
+        desc = f"generate ({loaded['backend_name']})"
+        with tqdm(
+            total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q"
+        ) as bar:
+            if todo:
+                backend = loaded["backend"]
+                backend.generate(
+                    loaded["prompts"], loaded["params"], on_progress=bar.update, on_batch=keep
+                )
+                backend.close()
+        generate_seconds = time.perf_counter() - started
+
+    finished = checkpoint.load()
+    generations_path = Path(run_dir) / "generations.jsonl"
+    write_jsonl_atomic(generations_path, (finished[e["question_id"]] for e in examples))
+    new = [finished[e["question_id"]] for e in todo]
+    output_tokens = sum(g["output_tokens"] for g in new)
+    return {
+        "generations_path": str(generations_path),
+        "checkpoint_path": str(checkpoint.path),
+        "resumed": len(examples) - len(todo),
+        "model_path": loaded["files"].path,
+        "model_source": loaded["files"].source,
+        "gguf_sha256": loaded["files"].gguf_sha256,
+        "backend": loaded["backend_name"],
+        "device": loaded["device"],
+        "dtype": loaded["dtype"],
+        "load_seconds": load_seconds,
+        "generate_seconds": generate_seconds,
+        "prompt_tokens": sum(finished[e["question_id"]]["prompt_tokens"] for e in examples),
+        "output_tokens": sum(finished[e["question_id"]]["output_tokens"] for e in examples),
+        # Speed of what this run generated; resumed answers took no time here.
+        "questions_per_s": len(new) / generate_seconds if new and generate_seconds else None,
+        "output_tokens_per_s": output_tokens / generate_seconds
+        if new and generate_seconds
+        else None,
+    }
+
+
+def _load_for_inference(
+    model: dict[str, Any], inference: dict[str, Any], questions: list[str], cache_dir: str | None
+) -> dict[str, Any]:
+    """Model files, device, dtype, prompts and (only if there is work left) the backend."""
     from components.backends import GenerationParams, create_backend, resolve_backend_name
     from components.device import resolve_device, resolve_dtype
     from components.model_files import ModelFilesError, resolve_model
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
     from components.seeding import seed_everything
 
-    examples = list(read_jsonl(examples_path))
     seed = inference.get("seed")
-    with memory.stage("model_load"):
-        started = time.perf_counter()
-        if seed is not None:
-            seed_everything(int(seed))
-        files = resolve_model(model, cache_dir)
-        device = resolve_device(str(inference.get("device", "auto")))
-        dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
-        backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
-        try:
-            tokenizer = load_tokenizer(files.path, model.get("revision"))
-        except OSError as exc:
-            raise ModelFilesError(
-                f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). Hub ids "
-                "load from the Hugging Face cache of a worker that has the model; here, use "
-                "model=smollm2_135m or point model.path at a local folder."
-            ) from exc
-        fmt = PromptFormat(
-            template=str(inference["prompt_template"]),
-            system_prompt=str(inference.get("system_prompt") or ""),
-            use_chat_template=bool(inference.get("use_chat_template", True))
-            and bool(model.get("chat_template", True)),
-        )
-        prompts = encode_prompts(tokenizer, [e["question"] for e in examples], fmt)
-        backend = create_backend(
-            backend_name,
-            files.path,
-            device=device,
-            dtype=dtype,
-            batch_size=int(inference["batch_size"]),
-            seed=None if seed is None else int(seed),
-            revision=model.get("revision"),
-            **dict(inference.get("vllm") or {}),
-        )
-        load_seconds = time.perf_counter() - started
-
-    params = GenerationParams(
-        max_new_tokens=int(inference["max_new_tokens"]),
-        temperature=float(inference.get("temperature", 0.0)),
-        top_p=float(inference.get("top_p", 1.0)),
-        seed=None if seed is None else int(seed),
-    )
-    with memory.stage("generate"):
-        started = time.perf_counter()
-        with tqdm(total=len(prompts), desc=f"generate ({backend_name})", unit="q") as bar:
-            generations = backend.generate(prompts, params, on_progress=bar.update)
-        generate_seconds = time.perf_counter() - started
-    backend.close()
-
-    generations_path = Path(run_dir) / "generations.jsonl"
-    write_jsonl_atomic(
-        generations_path,
-        (
-            {
-                "question_id": e["question_id"],
-                "prediction": g.text,
-                "prompt_tokens": g.prompt_tokens,
-                "output_tokens": g.output_tokens,
-            }
-            for e, g in zip(examples, generations, strict=True)
-        ),
-    )
-    output_tokens = sum(g.output_tokens for g in generations)
-    return {
-        "generations_path": str(generations_path),
-        "model_path": files.path,
-        "model_source": files.source,
-        "gguf_sha256": files.gguf_sha256,
-        "backend": backend_name,
+    if seed is not None:
+        seed_everything(int(seed))
+    files = resolve_model(model, cache_dir)
+    device = resolve_device(str(inference.get("device", "auto")))
+    dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
+    backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
+    loaded: dict[str, Any] = {
+        "files": files,
         "device": device,
         "dtype": dtype,
-        "load_seconds": load_seconds,
-        "generate_seconds": generate_seconds,
-        "prompt_tokens": sum(g.prompt_tokens for g in generations),
-        "output_tokens": output_tokens,
-        "questions_per_s": len(generations) / generate_seconds if generate_seconds else None,
-        "output_tokens_per_s": output_tokens / generate_seconds if generate_seconds else None,
+        "backend_name": backend_name,
+        "params": GenerationParams(
+            max_new_tokens=int(inference["max_new_tokens"]),
+            temperature=float(inference.get("temperature", 0.0)),
+            top_p=float(inference.get("top_p", 1.0)),
+            seed=None if seed is None else int(seed),
+        ),
     }
+    if not questions:
+        return loaded
+    try:
+        tokenizer = load_tokenizer(files.path, model.get("revision"))
+    except OSError as exc:
+        raise ModelFilesError(
+            f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). Hub ids "
+            "load from the Hugging Face cache of a worker that has the model; here, use "
+            "model=smollm2_135m or point model.path at a local folder."
+        ) from exc
+    fmt = PromptFormat(
+        template=str(inference["prompt_template"]),
+        system_prompt=str(inference.get("system_prompt") or ""),
+        use_chat_template=bool(inference.get("use_chat_template", True))
+        and bool(model.get("chat_template", True)),
+    )
+    loaded["prompts"] = encode_prompts(tokenizer, questions, fmt)
+    loaded["backend"] = create_backend(
+        backend_name,
+        files.path,
+        device=device,
+        dtype=dtype,
+        batch_size=int(inference["batch_size"]),
+        seed=None if seed is None else int(seed),
+        revision=model.get("revision"),
+        **dict(inference.get("vllm") or {}),
+    )
+    return loaded
 
 
 def score_step(examples_path: str, generations_path: str, run_dir: str) -> dict[str, Any]:

@@ -45,8 +45,10 @@ class Backend(Protocol):
         prompts: Sequence[list[int]],
         params: GenerationParams,
         on_progress: Callable[[int], None] | None = None,
+        on_batch: Callable[[list[int], list[Generation]], None] | None = None,
     ) -> list[Generation]:
-        """Returns one Generation per prompt, in the order given."""
+        """Returns one Generation per prompt, in the order given. ``on_batch`` receives each
+        finished batch (prompt indices and their generations) as soon as it is done."""
         ...
 
     def close(self) -> None: ...

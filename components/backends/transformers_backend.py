@@ -62,6 +62,7 @@ class TransformersBackend:
         prompts: Sequence[list[int]],
         params: GenerationParams,
         on_progress: Callable[[int], None] | None = None,
+        on_batch: Callable[[list[int], list[Generation]], None] | None = None,
     ) -> list[Generation]:
         import torch
 
@@ -91,6 +92,8 @@ class TransformersBackend:
                         break
                 text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
                 results[index] = Generation(text, len(prompts[index]), len(kept))
+            if on_batch is not None:
+                on_batch(batch, [results[i] for i in batch])  # type: ignore[misc]
             if on_progress is not None:
                 on_progress(len(batch))
         return [r for r in results if r is not None]

@@ -28,13 +28,14 @@ class VLLMBackend:
         cpu_kvcache_space_gib: float = 2,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
+        chunk_size: int = 1024,
         **_: object,
     ) -> None:
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gib))
         from vllm import LLM
 
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.chunk_size = device, dtype, int(chunk_size)
         options: dict = {
             "model": model_path,
             "revision": revision,
@@ -54,7 +55,10 @@ class VLLMBackend:
         prompts: Sequence[list[int]],
         params: GenerationParams,
         on_progress: Callable[[int], None] | None = None,
+        on_batch: Callable[[list[int], list[Generation]], None] | None = None,
     ) -> list[Generation]:
+        """The engine schedules its own batches within a call; calls hold ``chunk_size``
+        prompts so a killed run keeps every finished chunk (0: the whole list at once)."""
         from vllm import SamplingParams
 
         sampling = SamplingParams(
@@ -64,17 +68,24 @@ class VLLMBackend:
             seed=params.seed,
             skip_special_tokens=True,
         )
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], sampling, use_tqdm=True
-        )
-        results = [
-            Generation(
-                o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids)
+        size = self.chunk_size or len(prompts) or 1
+        results: list[Generation] = []
+        for start in range(0, len(prompts), size):
+            chunk = prompts[start : start + size]
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(p)} for p in chunk], sampling, use_tqdm=True
             )
-            for o in outputs
-        ]
-        if on_progress is not None:
-            on_progress(len(results))
+            done = [
+                Generation(
+                    o.outputs[0].text.strip(), len(o.prompt_token_ids), len(o.outputs[0].token_ids)
+                )
+                for o in outputs
+            ]
+            if on_batch is not None:
+                on_batch(list(range(start, start + len(chunk))), done)
+            if on_progress is not None:
+                on_progress(len(done))
+            results.extend(done)
         return results
 
     def close(self) -> None:

@@ -1,0 +1,116 @@
+"""A run killed mid-inference (SIGKILL or SIGTERM) and started again finishes what is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from components.checkpoint import Checkpoint, checkpoint_key
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+ARGS = [
+    "dataset.limit=12",
+    "inference.batch_size=2",
+    "inference.max_new_tokens=12",
+    "inference.dtype=float32",
+]
+
+
+def start(output_dir, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.run",
+            *ARGS,
+            f"experiment.output_dir={output_dir}",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def wait_for_checkpoint_lines(run_dir, at_least: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        lines = sum(len(p.read_text().splitlines()) for p in run_dir.glob("checkpoint-*.jsonl"))
+        if lines >= at_least:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint written")
+
+
+def predictions(run_dir) -> dict[str, str]:
+    records = json.loads((run_dir / "predictions.json").read_text())
+    return {r["question_id"]: r["prediction"] for r in records}
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    run_dir = tmp_path / "killed" / "smollm2_135m_sample"
+    proc = start(tmp_path / "killed")
+    wait_for_checkpoint_lines(run_dir, 4, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "results.json").exists()
+
+    resumed = start(tmp_path / "killed")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "resuming:" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert 4 <= results["counts"]["resumed"] < 12
+    assert results["counts"]["examples"] == 12
+
+    whole = start(tmp_path / "whole")
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+    uninterrupted = predictions(tmp_path / "whole" / "smollm2_135m_sample")
+    got = predictions(run_dir)
+    assert len(got) == 12
+    assert got == uninterrupted
+
+
+def test_sigterm_stops_cleanly_and_a_changed_config_starts_afresh(tmp_path):
+    run_dir = tmp_path / "smollm2_135m_sample"
+    proc = start(tmp_path)
+    wait_for_checkpoint_lines(run_dir, 2, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert time.monotonic() - sent < 30
+    assert "run the same command again to resume" in err
+    (checkpoint,) = run_dir.glob("checkpoint-*.jsonl")
+    for line in checkpoint.read_text().splitlines():
+        json.loads(line)  # every line whole
+
+    changed = start(tmp_path, "inference.max_new_tokens=10")
+    out, err = changed.communicate(timeout=600)
+    assert changed.returncode == 0, err[-3000:]
+    assert "resuming:" not in out
+    assert json.loads((run_dir / "results.json").read_text())["counts"]["resumed"] == 0
+
+
+def test_a_line_cut_short_is_redone_not_trusted(tmp_path):
+    key = checkpoint_key({"name": "m"}, {"batch_size": 1, "seed": 1}, "abc")
+    assert key == checkpoint_key({"name": "m"}, {"batch_size": 8, "seed": 1}, "abc")
+    assert key != checkpoint_key({"name": "m"}, {"batch_size": 1, "seed": 2}, "abc")
+    ckpt = Checkpoint(tmp_path, key)
+    ckpt.append([{"question_id": "a", "prediction": "x"}])
+    with ckpt.path.open("a") as fh:
+        fh.write('{"question_id": "b", "predi')  # SIGKILL mid-write
+    ckpt.append([{"question_id": "c", "prediction": "z"}])
+    assert set(ckpt.load()) == {"a", "c"}
