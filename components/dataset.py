@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_REPORTED_PROBLEMS = 20
@@ -65,6 +65,7 @@ class LoadedDataset:
     sha256: str
     examples: list[QAExample]
     lines_in_file: int
+    skipped: list[Problem] = field(default_factory=list)
 
 
 def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | None, list[Problem]]:
@@ -119,14 +120,23 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(fh, start=1)
 
 
-def load_qa_dataset(path: str | Path, limit: int | None = None) -> LoadedDataset:
+ON_ERROR = ("strict", "skip")
+
+
+def load_qa_dataset(
+    path: str | Path, limit: int | None = None, on_error: str = "strict"
+) -> LoadedDataset:
     """Validates every line of ``path`` and returns the first ``limit`` examples.
 
     The whole file is validated even with a limit, so a run on 10 questions does not
-    hide a broken line 3,000 that a full run would later die on.
+    hide a broken line 3,000 that a full run would later die on. ``on_error="skip"`` goes
+    on past bad lines and lists every one of them in ``skipped`` (nothing is dropped
+    silently); the default stops.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"dataset.limit: must be >= 1, got {limit}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"dataset.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
     path = Path(path)
     shown = str(path)
     if not path.is_file():
@@ -135,6 +145,7 @@ def load_qa_dataset(path: str | Path, limit: int | None = None) -> LoadedDataset
     problems: list[Problem] = []
     total_problems = 0
     examples: list[QAExample] = []
+    skipped: list[Problem] = []
     first_line: dict[str, int] = {}
     lines = 0
     for line_no, raw in iter_lines(path):
@@ -170,12 +181,14 @@ def load_qa_dataset(path: str | Path, limit: int | None = None) -> LoadedDataset
                         first_line[example.question_id] = line_no
                         examples.append(example)
         total_problems += len(found)
-        if len(problems) < MAX_REPORTED_PROBLEMS:
+        if on_error == "skip":
+            skipped.extend(found)
+        elif len(problems) < MAX_REPORTED_PROBLEMS:
             problems.extend(found)
-    if total_problems:
+    if total_problems and on_error == "strict":
         raise DatasetError(shown, problems, total_problems)
     if not examples:
         raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
     if limit is not None:
         examples = examples[:limit]
-    return LoadedDataset(str(path), digest.hexdigest(), examples, lines)
+    return LoadedDataset(str(path), digest.hexdigest(), examples, lines, skipped)

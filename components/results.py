@@ -95,6 +95,8 @@ def build_results(
             "lines_in_file": dataset["lines_in_file"],
             "limit": config["dataset"].get("limit"),
             "count": dataset["count"],
+            "on_error": config["dataset"].get("on_error", "strict"),
+            "skipped_lines": dataset.get("skipped_lines", []),
         },
         "inference": {
             "backend": inference["backend"],
@@ -107,7 +109,11 @@ def build_results(
             "seed": inf_cfg.get("seed"),
             "use_chat_template": inf_cfg["use_chat_template"],
         },
-        "counts": {**metrics["counts"], "resumed": inference.get("resumed", 0)},
+        "counts": {
+            **metrics["counts"],
+            "resumed": inference.get("resumed", 0),
+            "skipped_lines": len(dataset.get("skipped_lines", [])),
+        },
         "token_recall": metrics["token_recall"],
         "exact_match": metrics["exact_match"],
         "unscorable_ids": scores["unscorable_ids"],

@@ -101,6 +101,10 @@ def validate(cfg: dict[str, Any]) -> None:
     top_p = inference.get("top_p")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ConfigError(f"inference.top_p: must be in (0, 1], got {top_p!r}")
+    if cfg["dataset"].get("on_error", "strict") not in ("strict", "skip"):
+        raise ConfigError(
+            f"dataset.on_error: {cfg['dataset'].get('on_error')!r} is not one of strict, skip"
+        )
     for key, choices in CHOICES.items():
         if inference.get(key) not in choices:
             raise ConfigError(

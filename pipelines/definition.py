@@ -31,6 +31,7 @@ STEPS: tuple[StepSpec, ...] = (
         inputs={
             "dataset_path": "cfg.dataset.path",
             "limit": "cfg.dataset.limit",
+            "on_error": "cfg.dataset.on_error",
             "run_dir": "run.dir",
         },
     ),

@@ -10,14 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 
-def load_dataset_step(dataset_path: str, limit: int | None, run_dir: str) -> dict[str, Any]:
+def load_dataset_step(
+    dataset_path: str, limit: int | None, run_dir: str, on_error: str = "strict"
+) -> dict[str, Any]:
     """Validates the whole file, then writes the examples this run will use."""
     from pathlib import Path
 
     from components.artifacts import write_jsonl_atomic
     from components.dataset import load_qa_dataset
 
-    dataset = load_qa_dataset(dataset_path, None if limit is None else int(limit))
+    dataset = load_qa_dataset(dataset_path, None if limit is None else int(limit), str(on_error))
+    for problem in dataset.skipped[:20]:
+        print(f"skipped {problem}")
+    if len(dataset.skipped) > 20:
+        print(f"skipped {len(dataset.skipped) - 20} more lines (all listed in results.json)")
     examples_path = Path(run_dir) / "examples.jsonl"
     write_jsonl_atomic(examples_path, (e.to_record() for e in dataset.examples))
     return {
@@ -26,6 +32,9 @@ def load_dataset_step(dataset_path: str, limit: int | None, run_dir: str) -> dic
         "dataset_sha256": dataset.sha256,
         "count": len(dataset.examples),
         "lines_in_file": dataset.lines_in_file,
+        "skipped_lines": [
+            {"line": p.line, "field": p.field, "reason": p.message} for p in dataset.skipped
+        ],
     }
 
 

@@ -101,3 +101,24 @@ def test_real_nq_open_file_loads(nq_open_path):
     dataset = load_qa_dataset(nq_open_path, limit=20)
     assert len(dataset.examples) == 20
     assert dataset.lines_in_file >= 3000
+
+
+def test_skip_mode_goes_on_and_lists_every_bad_line(tmp_path):
+    content = (
+        line(question_id="a", question="Q1?", answer=["x"])
+        + "{broken\n"
+        + line(question_id="b", question="", answer=["y"])
+        + line(question_id="a", question="Q3?", answer=["z"])
+        + line(question_id="c", question="Q4?", answer="w")
+    )
+    dataset = load_qa_dataset(write(tmp_path, content), on_error="skip")
+    assert [e.question_id for e in dataset.examples] == ["a", "c"]
+    assert [(p.line, p.field) for p in dataset.skipped] == [
+        (2, "json"),
+        (3, "question"),
+        (4, "question_id"),
+    ]
+    with pytest.raises(DatasetError, match="3 invalid line"):
+        load_qa_dataset(write(tmp_path, content))
+    with pytest.raises(ValueError, match="dataset.on_error"):
+        load_qa_dataset(write(tmp_path, content), on_error="ignore")

@@ -144,3 +144,35 @@ def test_hub_model_missing_from_the_cache_says_what_to_do(tmp_path):
     assert proc.returncode == 2
     assert "model.path: cannot load 'Qwen/Qwen3-0.6B'" in proc.stderr
     assert "model=smollm2_135m" in proc.stderr
+
+
+def test_skip_mode_records_skipped_lines_in_results(tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    data.write_text(
+        '{"question_id": "q1", "question": "What is the capital of Italy?", "answer": ["Rome"]}\n'
+        '{"question_id": "q2", "answer": ["x"]}\n'
+        "not json\n",
+        encoding="utf-8",
+    )
+    proc = run_cli(
+        "dataset=qa_pairs",
+        f"dataset.path={data}",
+        "dataset.on_error=skip",
+        "inference.max_new_tokens=6",
+        f"experiment.output_dir={tmp_path / 'out'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_run_folder(tmp_path / "out" / "smollm2_135m_qa_pairs", 1)
+    assert results["counts"]["skipped_lines"] == 2
+    assert results["dataset"]["skipped_lines"] == [
+        {"line": 2, "field": "question", "reason": "is missing"},
+        {"line": 3, "field": "json", "reason": "Expecting value (column 1)"},
+    ]
+    assert f"skipped {data}:2: question: is missing" in proc.stdout
+
+
+def test_unknown_model_lists_the_choices(tmp_path):
+    proc = run_cli("model=gpt5", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "Could not find 'model/gpt5'" in proc.stderr
+    assert "smollm2_135m" in proc.stderr and "qwen3_0.6b" in proc.stderr
