@@ -70,9 +70,14 @@ DAYS ?= 90
 SRC ?=
 DEST ?= downloads
 
-.PHONY: retention fetch
+EXPERIMENT ?=
+.PHONY: retention fetch publish
 retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 ARGS="storage.endpoint=http://minio:9000"
 	$(PY) -m pipelines.artifacts_cli retention --days $(DAYS) $(ARGS)
+
+publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
+	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.artifacts_cli publish --run-dir outputs/$(EXPERIMENT) $(ARGS)
 
 fetch: install ## Download + verify an experiment's artifacts: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID DEST=dir
 	$(PY) -m pipelines.artifacts_cli fetch $(SRC) --dest $(DEST) $(ARGS)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from components.device import cpu_has_native_bf16
+from components.secrets import redact
 
 PACKAGES = (
     "slm-qa-eval",
@@ -142,5 +143,5 @@ def build_results(
         },
         "environment": run.get("environment", {}),
         "artifacts": artifacts,
-        "config": config,
+        "config": redact(config),
     }

@@ -134,6 +134,7 @@ def _digests(path: Path) -> tuple[str, str]:
 
 def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict[str, Any]:
     """Uploads, then checks size, sha256 and ETag on the server before calling it done."""
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -151,7 +152,7 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
             Config=transfer,
         )
         head = s3.head_object(Bucket=settings.bucket, Key=key)
-    except (BotoCoreError, ClientError, OSError) as exc:
+    except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
         raise StorageError(
             f"upload of {path} to s3://{settings.bucket}/{key} at {settings.endpoint} failed "
             f"after {settings.max_attempts} attempts: {exc}"
@@ -182,7 +183,10 @@ def _require_bucket(s3, settings: StorageSettings) -> None:
                 f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
                 f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
             ) from exc
-        raise StorageError(f"bucket {settings.bucket!r} at {settings.endpoint}: {exc}") from exc
+        raise StorageError(
+            f"bucket {settings.bucket!r} at {settings.endpoint}: failed after "
+            f"{settings.max_attempts} attempts: {exc}"
+        ) from exc
     except BotoCoreError as exc:
         raise StorageError(
             f"upload to {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}"

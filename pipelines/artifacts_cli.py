@@ -3,6 +3,7 @@
     python -m pipelines.artifacts_cli fetch s3://HOST:PORT/BUCKET/PREFIX/EXP.ID --dest DIR
     python -m pipelines.artifacts_cli fetch --task-id TASK_ID --dest DIR   # needs a server
     python -m pipelines.artifacts_cli retention --days 90 storage.endpoint=http://minio:9000
+    python -m pipelines.artifacts_cli publish --run-dir outputs/EXP storage.endpoint=...   # retry
 
 Trailing ``key=value`` arguments are Hydra overrides of conf/ (storage.endpoint, ...).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from components.storage import StorageError, StorageSettings, download_verified, set_retention
 from pipelines.config import ConfigError, compose, to_container
@@ -35,6 +37,35 @@ def _task_prefix(task_id: str) -> str:
     raise StorageError(f"task {task_id} has no artifacts in S3")
 
 
+def _publish_again(run_dir: Path, overrides: list[str]) -> None:
+    """Uploads a run whose upload failed, under its original run id, after checking the
+    local files still match the sizes and sha256 recorded in results.json."""
+    import json
+
+    from components.artifacts import file_info
+    from components.storage import publish_run
+
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise StorageError(f"{results_path}: not found; finish the run first (make run)")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    for name, recorded in results["artifacts"].items():
+        now = file_info(run_dir / name)
+        if (now["bytes"], now["sha256"]) != (recorded["bytes"], recorded["sha256"]):
+            raise StorageError(f"{run_dir / name}: changed since the run recorded it; not uploaded")
+    cfg = to_container(compose(overrides))
+    cleanup = bool(cfg["experiment"]["cleanup_local_artifacts"])
+    uploaded = publish_run(
+        _settings(overrides),
+        run_dir,
+        results["experiment"],
+        results["run_id"],
+        cleanup_local=cleanup,
+    )
+    for info in uploaded.values():
+        print(f"{info['url']}  (verified)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--dest", required=True)
     retention = sub.add_parser("retention", help="expire objects under storage.prefix after N days")
     retention.add_argument("--days", type=int, required=True)
-    for p in (fetch, retention):
+    publish = sub.add_parser("publish", help="upload a finished local run (after a failed upload)")
+    publish.add_argument("--run-dir", required=True, help="outputs/<experiment>")
+    for p in (fetch, retention, publish):
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. storage.endpoint=...")
     args, extra = parser.parse_known_args(argv)
     overrides = [*args.overrides, *extra]
@@ -60,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             source = args.source or _task_prefix(args.task_id)
             for path in download_verified(_settings(overrides), source, args.dest):
                 print(f"{path}  (sha256 verified)")
+        elif args.command == "publish":
+            _publish_again(Path(args.run_dir), overrides)
         else:
             settings = _settings(overrides)
             rules = set_retention(settings, args.days)

@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from components.secrets import redact
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -158,7 +160,7 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
     raw_path = OmegaConf.to_container(cfg.dataset, resolve=False).get("path")
     if isinstance(raw_path, str) and raw_path.startswith("${"):
         container["dataset"]["path"] = raw_path
-    return container
+    return redact(container)
 
 
 def _cast_optional_int(value: Any, knob: str) -> int | None:

@@ -11,6 +11,7 @@ from typing import Any
 from components.artifacts import write_json_atomic, write_text_atomic
 from components.memory import IDLE, MemoryMonitor, stage
 from components.results import environment
+from components.secrets import redact
 from pipelines.config import PROJECT_ROOT, validate
 from pipelines.definition import STEPS, resolve_inputs
 
@@ -29,7 +30,7 @@ def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> di
     memory = monitor.report()
     memory_path = write_json_atomic(run_dir / "memory_usage.json", memory)
     write_text_atomic(
-        run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+        run_dir / "config.yaml", yaml.safe_dump(redact(cfg), sort_keys=False, allow_unicode=True)
     )
     return {
         "finished_at": _now(),

@@ -68,3 +68,23 @@ def test_qa_pairs_without_a_path_names_the_key():
 def test_invalid_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(to_container(compose([override])))
+
+
+def test_secrets_are_redacted_wherever_a_config_is_saved():
+    from components.secrets import REDACTED, redact
+
+    cfg = {
+        "storage": {"endpoint": "http://m:9000", "secret_key": "s3cr3t", "aws_access_key_id": "k"},
+        "items": [{"api_token": "t"}, {"name": "x"}],
+        "password": None,
+    }
+    assert redact(cfg) == {
+        "storage": {
+            "endpoint": "http://m:9000",
+            "secret_key": REDACTED,
+            "aws_access_key_id": REDACTED,
+        },
+        "items": [{"api_token": REDACTED}, {"name": "x"}],
+        "password": None,
+    }
+    assert cfg["storage"]["secret_key"] == "s3cr3t"  # a copy, not an edit

@@ -133,6 +133,8 @@ def test_make_run_with_storage_uploads_under_the_layout(settings, s3_endpoint, t
         "inference.max_new_tokens=6",
         f"storage.endpoint={s3_endpoint}",
         f"experiment.output_dir={tmp_path}",
+        # A secret put in the config by mistake must not reach any output either.
+        f"+storage.secret_key={CREDS['AWS_SECRET_ACCESS_KEY']}",
         env=CREDS,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -151,3 +153,4 @@ def test_make_run_with_storage_uploads_under_the_layout(settings, s3_endpoint, t
         everything += path.read_text(encoding="utf-8")
     assert CREDS["AWS_SECRET_ACCESS_KEY"] not in everything
     assert CREDS["AWS_ACCESS_KEY_ID"] not in everything
+    assert results["config"]["storage"]["secret_key"] == "***redacted***"
