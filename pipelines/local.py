@@ -12,6 +12,7 @@ from components.artifacts import write_json_atomic, write_text_atomic
 from components.memory import IDLE, MemoryMonitor, stage
 from components.results import environment
 from components.secrets import redact
+from components.storage import safe_name
 from pipelines.config import PROJECT_ROOT, validate
 from pipelines.definition import STEPS, resolve_inputs
 
@@ -48,7 +49,7 @@ def run_local(
     Nothing is written to the run folder before the dataset has been validated.
     """
     validate(cfg)
-    experiment = str(cfg["experiment"]["name"])
+    experiment = safe_name(str(cfg["experiment"]["name"]))  # never a path out of output_dir
     run_dir = Path(cfg["experiment"]["output_dir"]) / experiment
     run: dict[str, Any] = {
         "dir": str(run_dir),

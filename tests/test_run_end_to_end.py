@@ -171,6 +171,18 @@ def test_skip_mode_records_skipped_lines_in_results(tmp_path):
     assert f"skipped {data}:2: question: is missing" in proc.stdout
 
 
+def test_experiment_name_cannot_escape_the_output_folder(tmp_path):
+    proc = run_cli(
+        "experiment.name=../../escape",
+        "dataset.limit=1",
+        "inference.max_new_tokens=4",
+        f"experiment.output_dir={tmp_path / 'out'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["escape"]
+    assert not (tmp_path / "escape").exists()
+
+
 def test_unknown_model_lists_the_choices(tmp_path):
     proc = run_cli("model=gpt5", f"experiment.output_dir={tmp_path}")
     assert proc.returncode != 0

@@ -88,6 +88,18 @@ def test_publish_again_refuses_files_changed_since_the_run(settings, tmp_path, s
     assert main(["publish", "--run-dir", str(run_dir), f"storage.endpoint={s3_endpoint}"]) == 2
 
 
+def test_a_slow_endpoint_times_out_with_a_clear_error(settings, tmp_path):
+    run_dir = run_dir_with_results(tmp_path)
+    with FaultProxy(settings.endpoint) as proxy:
+        proxy.delay = 2.0
+        slow = StorageSettings.from_config(
+            {"endpoint": proxy.endpoint, "bucket": BUCKET, "max_attempts": 2, "read_timeout": 0.5}
+        )
+        with pytest.raises(StorageError, match="failed after 2 attempts"):
+            publish_run(slow, run_dir, "exp", "r2", cleanup_local=True)
+    assert len(local_names(run_dir)) == 3
+
+
 def test_a_failed_multipart_upload_is_aborted(settings, tmp_path):
     run_dir = run_dir_with_results(tmp_path, size=10 * 2**20)  # above the multipart threshold
     with FaultProxy(settings.endpoint) as proxy:
