@@ -5,7 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|private_key|credential", re.I)
+# Whole name segments only: `api_token` and `aws_access_key_id` are secrets, `max_new_tokens`
+# is not.
+_SECRET_KEY = re.compile(
+    r"(^|_)(secret|secret_key|password|passwd|token|api_key|access_key|private_key|"
+    r"credentials?)($|_)",
+    re.I,
+)
 REDACTED = "***redacted***"
 
 

@@ -77,6 +77,7 @@ def test_secrets_are_redacted_wherever_a_config_is_saved():
         "storage": {"endpoint": "http://m:9000", "secret_key": "s3cr3t", "aws_access_key_id": "k"},
         "items": [{"api_token": "t"}, {"name": "x"}],
         "password": None,
+        "inference": {"max_new_tokens": 32, "tokenizer": "x"},
     }
     assert redact(cfg) == {
         "storage": {
@@ -86,5 +87,6 @@ def test_secrets_are_redacted_wherever_a_config_is_saved():
         },
         "items": [{"api_token": REDACTED}, {"name": "x"}],
         "password": None,
+        "inference": {"max_new_tokens": 32, "tokenizer": "x"},
     }
     assert cfg["storage"]["secret_key"] == "s3cr3t"  # a copy, not an edit
