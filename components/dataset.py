@@ -28,10 +28,6 @@ class QAExample:
             "answers": list(self.answers),
         }
 
-    @classmethod
-    def from_record(cls, record: dict) -> QAExample:
-        return cls(record["question_id"], record["question"], tuple(record["answers"]))
-
 
 @dataclass(frozen=True)
 class Problem:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import psutil
@@ -94,14 +94,13 @@ class MemoryMonitor:
         with self._lock:
             self._samples_taken += 1
             if epoch == self._epoch:
+                by_device = {
+                    d["device"]: {k: v for k, v in d.items() if k != "device"} for d in gpu
+                }
                 for name in chain:
                     stage = self.stages.setdefault(name, _new_stage())
                     stage["peak_rss_bytes"] = max(stage["peak_rss_bytes"], rss)
-                    for dev in gpu:
-                        peaks = stage["peak_gpu_bytes"].setdefault(str(dev["device"]), {})
-                        for field in ("used", "allocated", "reserved"):
-                            if field in dev:
-                                peaks[field] = max(peaks.get(field, 0), dev[field])
+                    merge_gpu_peaks(stage["peak_gpu_bytes"], by_device)
                 if len(self.samples) < self.keep_samples:
                     self.samples.append(
                         {
@@ -175,10 +174,7 @@ class MemoryMonitor:
             peak_rss = max((s["peak_rss_bytes"] for s in stages.values()), default=0)
             peak_gpu: dict[str, dict[str, int]] = {}
             for stage in stages.values():
-                for dev, peaks in stage["peak_gpu_bytes"].items():
-                    merged = peak_gpu.setdefault(dev, {})
-                    for field, value in peaks.items():
-                        merged[field] = max(merged.get(field, 0), value)
+                merge_gpu_peaks(peak_gpu, stage["peak_gpu_bytes"])
             return {
                 "interval_seconds": self.interval,
                 "samples_kept": len(self.samples),
@@ -188,6 +184,22 @@ class MemoryMonitor:
                 "stages": stages,
                 "samples": list(self.samples),
             }
+
+
+def merge_gpu_peaks(
+    into: dict[str, dict[str, int]], peaks: Mapping[Any, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Field-wise maximum per device (used/allocated/reserved), in place."""
+    for device, fields in peaks.items():
+        target = into.setdefault(str(device), {})
+        for field, value in fields.items():
+            target[field] = max(target.get(field, 0), value)
+    return into
+
+
+def highest_gpu_bytes(peak_gpu: Mapping[str, Mapping[str, int]] | None) -> int | None:
+    """The single largest GPU figure of a report, for summaries."""
+    return max((max(d.values()) for d in (peak_gpu or {}).values() if d), default=None)
 
 
 def _new_stage() -> dict[str, Any]:

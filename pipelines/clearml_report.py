@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.memory import highest_gpu_bytes
+
 WORST_BEST_ROWS = 10
 
 
@@ -24,8 +26,7 @@ def report_results(
     from pathlib import Path
 
     logger = task.get_logger()
-    gpu = results["memory"].get("peak_gpu_bytes") or {}
-    peak_gpu = max((max(d.values()) for d in gpu.values() if d), default=0)
+    peak_gpu = highest_gpu_bytes(results["memory"].get("peak_gpu_bytes")) or 0
     values = {
         "token_recall": results["token_recall"]["mean"],
         "exact_match": results["exact_match"],

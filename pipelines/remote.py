@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.artifacts import write_json_atomic
-from components.memory import IDLE, MemoryMonitor, stage
+from components.memory import IDLE, MemoryMonitor, merge_gpu_peaks, stage
 from components.storage import StorageSettings, client, fetch_object, upload_verified
 from pipelines.config import ConfigError, settle_config, validate
 from pipelines.definition import STEP_BY_NAME, resolve_inputs
@@ -120,10 +120,7 @@ def _merge_memory(settings: StorageSettings, state: dict[str, Any], work: Path) 
         merged["steps"][step] = {"sampler_overhead_fraction": report["sampler_overhead_fraction"]}
         merged["stages"].update({k: v for k, v in report["stages"].items() if k != IDLE})
         merged["samples"].extend({**s, "step": step} for s in report["samples"])
-        for dev, peaks in report["peak_gpu_bytes"].items():
-            into = merged["peak_gpu_bytes"].setdefault(dev, {})
-            for field, value in peaks.items():
-                into[field] = max(into.get(field, 0), value)
+        merge_gpu_peaks(merged["peak_gpu_bytes"], report["peak_gpu_bytes"])
     merged["peak_rss_bytes"] = max(
         (s["peak_rss_bytes"] for s in merged["stages"].values()), default=0
     )

@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from components.memory import highest_gpu_bytes
 from pipelines.config import ConfigError, to_container
 
 log = logging.getLogger("pipelines.run")
@@ -29,8 +30,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 def format_summary(results: dict[str, Any], paths: list[str]) -> str:
     counts, recall, thr = results["counts"], results["token_recall"], results["throughput"]
     inf, mem = results["inference"], results["memory"]
-    gpu = mem.get("peak_gpu_bytes") or {}
-    gpu_peak = max((max(d.values()) for d in gpu.values() if d), default=None)
+    gpu_peak = highest_gpu_bytes(mem.get("peak_gpu_bytes"))
     lines = [
         f"== {results['experiment']} ({inf['backend']}, {inf['device']}, {inf['dtype']}) ==",
         f"examples        {counts['examples']} (scored {counts['scored']}, "

@@ -178,6 +178,7 @@ def _load_for_inference(
         batch_size=int(inference["batch_size"]),
         seed=None if seed is None else int(seed),
         revision=model.get("revision"),
+        tokenizer=tokenizer,
         **dict(inference.get("vllm") or {}),
     )
     return loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from components.backends.base import Generation, GenerationParams
 
@@ -18,13 +19,15 @@ class TransformersBackend:
         dtype: str,
         batch_size: int = 32,
         revision: str | None = None,
+        tokenizer: Any = None,
         **_: object,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+        # The pipeline hands over the tokenizer it built the prompts with: loaded once.
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, revision=revision)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, revision=revision, dtype=getattr(torch, dtype)
         ).to(device)
