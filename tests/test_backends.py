@@ -56,6 +56,26 @@ def test_vllm_backend_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@needs_vllm
+def test_vllm_applies_the_completion_format_and_stop_sequence_of_a_base_model(tmp_path):
+    """Gemma 3 270M through vLLM: few-shot completion prompt, answers end at the line break."""
+    proc = run_cli(
+        "model=gemma3_270m",
+        "inference.backend=vllm",
+        "dataset.limit=4",
+        "inference.max_new_tokens=16",
+        f"experiment.output_dir={tmp_path}",
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_run_folder(tmp_path / "gemma3_270m_sample", 4)
+    predictions = json.loads((tmp_path / "gemma3_270m_sample" / "predictions.json").read_text())
+    assert predictions[0]["prediction"] == "Paris"
+    assert all("\n" not in p["prediction"] for p in predictions)
+    assert predictions[0]["output_tokens"] < 16  # stopped, not cut off at the limit
+
+
+@pytest.mark.slow
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_end_to_end(tmp_path):

