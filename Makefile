@@ -21,7 +21,7 @@ include docker/versions.env
 .PHONY: help install install-dev run test test-fast lint bench clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # Stamp files: a second `make run` finds the environment ready and starts work at once.
 $(VENV)/.installed: pyproject.toml
@@ -89,6 +89,27 @@ QUEUE ?=
 .PHONY: enqueue
 enqueue: install ## Create the ClearML pipeline and enqueue it: make enqueue QUEUE=gpu ARGS="model=... dataset=..."
 	$(PY) -m pipelines.clearml_pipeline $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)
+
+# ---- Sweeps and comparisons ------------------------------------------------------------------
+MODELS ?=
+DATASETS ?=
+FORCE ?=
+A ?=
+B ?=
+SWEEP_ARGS = --models "$(MODELS)" --datasets "$(DATASETS)" $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
+NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
+.PHONY: sweep enqueue-sweep compare
+sweep: install ## Every model x dataset here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [ARGS=...] [FORCE=true]
+	$(NEED_SWEEP)
+	$(PY) -m pipelines.sweep $(SWEEP_ARGS) $(ARGS)
+
+enqueue-sweep: install ## One ClearML pipeline per model x dataset + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...
+	$(NEED_SWEEP)
+	$(PY) -m pipelines.clearml_sweep $(SWEEP_ARGS) $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)
+
+compare: install ## Two runs question by question: make compare A=<experiment|folder|task id> B=<...>
+	@test -n "$(A)" -a -n "$(B)" || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.compare "$(A)" "$(B)" $(ARGS)
 
 # ---- Deployment: worker images, the server stack, agents, debugging sessions ---------------
 COMPOSE ?= docker-compose

@@ -2,8 +2,9 @@
 
 The file name carries a hash of everything that decides a prediction (model, inference
 settings, the examples), so a changed config or dataset never reuses another run's answers.
-Batch size is left out: it decides speed and memory, and a run that died of it can resume
-with a smaller one.
+Batch size, shard count and GPU memory share are left out: they decide speed and memory,
+and a run that died of them can resume with other values (a shard's examples are part of
+its key).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-EXECUTION_ONLY = ("batch_size",)
+EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization")
 
 
 def checkpoint_key(model: dict[str, Any], inference: dict[str, Any], examples_sha256: str) -> str:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from components.checkpoint import EXECUTION_ONLY
 from components.device import cpu_has_native_bf16
 from components.secrets import redact
 
@@ -65,6 +66,23 @@ def environment(root: Path) -> dict[str, Any]:
     }
 
 
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """What decides a run's predictions and scores: the model, which examples (the file's
+    content is checked apart, by its sha256), generation and prompt settings; not where
+    files go nor how fast it runs. A sweep reuses a finished run whose fingerprint matches."""
+    import hashlib
+    import json
+
+    inference = {k: v for k, v in config["inference"].items() if k not in EXECUTION_ONLY}
+    dataset = {k: v for k, v in config["dataset"].items() if k != "path"}
+    blob = json.dumps(
+        {"model": config["model"], "dataset": dataset, "inference": inference},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def build_results(
     config: dict[str, Any],
     dataset: dict[str, Any],
@@ -80,6 +98,7 @@ def build_results(
         "experiment": run["experiment"],
         "run_id": run["run_id"],
         "status": "completed",
+        "config_fingerprint": config_fingerprint(config),
         "started_at": run["started_at"],
         "finished_at": run["finished_at"],
         "model": {
@@ -109,6 +128,11 @@ def build_results(
             "top_p": inf_cfg["top_p"],
             "seed": inf_cfg.get("seed"),
             "use_chat_template": inf_cfg["use_chat_template"],
+            "prompt_format": (config["model"].get("prompt") or {}).get("format", "chat"),
+            "shards": inference.get("shards", 1),
+            "tensor_parallel_size": inf_cfg.get("tensor_parallel_size", 1),
+            # Loaded by an earlier run of the same process (a sweep): no load time here.
+            "model_reused": inference.get("model_reused", False),
         },
         "counts": {
             **metrics["counts"],
@@ -122,6 +146,7 @@ def build_results(
             "stage_seconds": run.get("stage_seconds", {}),
             "model_load_seconds": inference["load_seconds"],
             "generate_seconds": inference["generate_seconds"],
+            "shards": inference.get("shard_details", []),
         },
         "throughput": {
             "questions_per_s": inference["questions_per_s"],

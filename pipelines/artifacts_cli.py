@@ -25,7 +25,7 @@ def _settings(overrides: list[str]) -> StorageSettings:
     return settings
 
 
-def _task_prefix(task_id: str) -> str:
+def task_prefix(task_id: str) -> str:
     """The run prefix of a ClearML task, read from its artifact links."""
     from clearml import Task
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.source = None
             if bool(args.source) == bool(args.task_id):
                 parser.error("fetch needs a source URL/prefix or --task-id (one of them)")
-            source = args.source or _task_prefix(args.task_id)
+            source = args.source or task_prefix(args.task_id)
             for path in download_verified(_settings(overrides), source, args.dest):
                 print(f"{path}  (sha256 verified)")
         elif args.command == "publish":

@@ -25,18 +25,20 @@ from pipelines.config import (
     to_container,
     validate,
 )
-from pipelines.definition import STEPS
+from pipelines.definition import MERGE, SHARD_PREFIX, steps_for
 
 CONFIG_NAME = "experiment_config"
 STEP_FUNCTIONS = {
     "load_dataset": clearml_steps.load_dataset,
     "inference": clearml_steps.inference,
+    MERGE: clearml_steps.merge_shards,
     "score": clearml_steps.score,
     "publish": clearml_steps.publish,
 }
 TASK_TYPES = {
     "load_dataset": "data_processing",
     "inference": "inference",
+    MERGE: "data_processing",
     "score": "qc",
     "publish": "data_processing",
 }
@@ -51,12 +53,28 @@ KNOB_HELP = {
 }
 
 
+def step_function(name: str):
+    """The function a step's task runs (every shard step runs the same one)."""
+    return clearml_steps.inference_shard if name.startswith(SHARD_PREFIX) else STEP_FUNCTIONS[name]
+
+
 def dataset_hash(config: dict[str, Any]) -> str:
     """Content hash of the dataset file, part of the load step's cache key ('' if unseen)."""
     from components.artifacts import sha256_file
 
     path = Path(str(settle_config(config, {})["dataset"]["path"]))
     return sha256_file(path) if path.is_file() else ""
+
+
+def docker_args(clearml_cfg: dict[str, Any], kind: str, inference: dict[str, Any]) -> str | None:
+    """A GPU step asks for ``inference.tensor_parallel_size`` GPUs, with the shared memory
+    vLLM's workers talk through; run it on a queue whose agents hold that many GPUs."""
+    args = str(clearml_cfg["docker_args"][kind] or "").split()
+    gpus = int(inference.get("tensor_parallel_size") or 1)
+    if kind == "gpu" and gpus > 1:
+        args = [a for a in args if not a.startswith(("--gpus", "--ipc"))]
+        args += [f"--gpus={gpus}", "--ipc=host"]
+    return " ".join(args) or None
 
 
 def build_pipeline(cfg_node, gpu_queue: str | None = None):
@@ -104,13 +122,20 @@ def build_pipeline(cfg_node, gpu_queue: str | None = None):
     )
     config = json.loads(json.dumps(connected))  # ClearML hands back a proxy; steps get JSON
 
-    for spec in STEPS:
+    # The shape follows the attached config (edited in the UI: the agent rebuilds it from
+    # the edit); inference.shards=N gives N inference steps side by side and a merge step.
+    for spec in steps_for(config):
+        shard = spec.name.startswith(SHARD_PREFIX)
         if spec.name == "load_dataset":
             kwargs: dict[str, Any] = {
                 "config_json": json.dumps(config, sort_keys=True),
                 **{knob: f"${{pipeline.{knob}}}" for knob in KNOBS},
                 "dataset_sha256": dataset_hash(config),
             }
+        elif shard:
+            kwargs = {"previous": "${load_dataset.result}", "shard": spec.fixed["shard"]}
+        elif spec.name == MERGE:
+            kwargs = {"previous": "${load_dataset.result}"}
         else:
             kwargs = {"previous": f"${{{spec.parents[-1]}.result}}"}
         kind = spec.queue
@@ -122,14 +147,14 @@ def build_pipeline(cfg_node, gpu_queue: str | None = None):
             }
         pipe.add_function_step(
             name=spec.name,
-            function=STEP_FUNCTIONS[spec.name],
+            function=step_function(spec.name),
             function_kwargs=kwargs,
             function_return=["result"],
             parents=list(spec.parents),
             execution_queue=f"${{pipeline.{kind}_queue}}",
             docker=clearml_cfg["images"][kind],
-            docker_args=clearml_cfg["docker_args"][kind] or None,
-            task_type=TASK_TYPES[spec.name],
+            docker_args=docker_args(clearml_cfg, kind, config["inference"]),
+            task_type=TASK_TYPES["inference" if shard else spec.name],
             packages=[],
             cache_executed_step=spec.name == "load_dataset",
             **extra,
@@ -137,8 +162,39 @@ def build_pipeline(cfg_node, gpu_queue: str | None = None):
     return pipe
 
 
-def enqueue(overrides: list[str], gpu_queue: str | None = None) -> str:
-    """Checks server and storage, builds the pipeline, prints its address, enqueues it."""
+def describe(pipe) -> dict[str, Any]:
+    """The DAG as built: each step's parents, queue, image and docker arguments."""
+    import json
+
+    from clearml import Task
+
+    controller = Task.current_task()
+    steps = {}
+    for name, node in pipe.get_pipeline_dag().items():
+        definition = json.loads(controller.get_configuration_object(name) or "{}")
+        steps[name] = {
+            "parents": list(node.parents),
+            "queue": node.queue,
+            "docker": node.explicit_docker_image,
+            "docker_args": (definition.get("container") or {}).get("arguments") or "",
+        }
+    return {"id": controller.id, "name": controller.name, "steps": steps}
+
+
+def enqueue(
+    overrides: list[str],
+    gpu_queue: str | None = None,
+    record: str | None = None,
+    dry_run: bool = False,
+) -> str:
+    """Checks server and storage, builds the pipeline, prints its address, enqueues it.
+
+    ``record``: a file that gets the pipeline's id, name and address before it is enqueued
+    (`make enqueue-sweep` collects them). ``dry_run``: build only (offline mode works),
+    print the DAG, enqueue nothing.
+    """
+    import json
+
     from clearml import Task
 
     from components.storage import StorageSettings
@@ -146,7 +202,8 @@ def enqueue(overrides: list[str], gpu_queue: str | None = None) -> str:
 
     cfg_node = compose(overrides)
     resolved = to_container(cfg_node)
-    check_server(float(resolved["clearml"]["ping_timeout_s"]))
+    if not dry_run:
+        check_server(float(resolved["clearml"]["ping_timeout_s"]))
     if StorageSettings.from_config(resolved["storage"]) is None:
         from pipelines.config import ConfigError
 
@@ -158,7 +215,15 @@ def enqueue(overrides: list[str], gpu_queue: str | None = None) -> str:
         validate(resolved)
     pipe = build_pipeline(cfg_node, gpu_queue)
     task = Task.current_task()
-    url = task.get_output_log_web_page() if task is not None else ""
+    url = task.get_output_log_web_page() if task is not None and not dry_run else ""
+    if record:
+        from components.artifacts import write_json_atomic
+
+        experiment = str(resolved["experiment"]["name"])
+        write_json_atomic(record, {"id": task.id, "experiment": experiment, "url": url})
+    if dry_run:
+        print("DAG=" + json.dumps(describe(pipe)), flush=True)
+        return ""
     print(f"pipeline {resolved['experiment']['name']}: {url}", flush=True)
     pipe.start(queue=resolved["clearml"]["queues"]["services"])
     return url
@@ -173,10 +238,19 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Create and enqueue the evaluation pipeline.")
     parser.add_argument("--gpu-queue", dest="enqueue_gpu_queue", default=None, help="GPU queue")
+    parser.add_argument("--record", dest="enqueue_record", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dry-run", dest="enqueue_dry_run", action="store_true", help="build, print, no enqueue"
+    )
     parser.add_argument("enqueue_overrides", nargs="*", help="Hydra overrides: model=...")
     args = parser.parse_args(argv)
     try:
-        enqueue(args.enqueue_overrides, args.enqueue_gpu_queue or None)
+        enqueue(
+            args.enqueue_overrides,
+            args.enqueue_gpu_queue or None,
+            args.enqueue_record,
+            args.enqueue_dry_run,
+        )
     except (ServerNotConfigured, ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,6 +37,18 @@ def inference(previous: str) -> str:
     return next_step("inference", previous)
 
 
+def inference_shard(previous: str, shard: int) -> str:
+    from pipelines.remote import next_step
+
+    return next_step(f"inference_shard_{int(shard)}", previous)
+
+
+def merge_shards(previous: str) -> str:
+    from pipelines.remote import merge_step
+
+    return merge_step(previous)
+
+
 def score(previous: str) -> str:
     from pipelines.remote import next_step
 
@@ -47,3 +59,9 @@ def publish(previous: str) -> str:
     from pipelines.remote import next_step
 
     return next_step("publish", previous)
+
+
+def sweep_summary(runs_json: str, config_json: str, name: str) -> str:
+    from pipelines.clearml_sweep import summary_step
+
+    return summary_step(runs_json, config_json, name)

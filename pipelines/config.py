@@ -88,14 +88,17 @@ def _positive_int(cfg: dict, dotted: str, *, allow_none: bool = False) -> None:
         raise ConfigError(f"{dotted}: must be an integer >= 1, got {value!r}")
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Fails before any model loads, naming the key that is wrong."""
+def validate(cfg: dict[str, Any], require_dataset: bool = True) -> None:
+    """Fails before any model loads, naming the key that is wrong. ``require_dataset=False``
+    when the file lives on another machine (an agent) and need not exist here."""
     dataset_path = cfg["dataset"].get("path")
-    if not dataset_path or not Path(dataset_path).is_file():
+    if not dataset_path or (require_dataset and not Path(dataset_path).is_file()):
         raise ConfigError(f"dataset.path: no such file: {dataset_path!r}")
     _positive_int(cfg, "dataset.limit", allow_none=True)
     _positive_int(cfg, "inference.batch_size")
     _positive_int(cfg, "inference.max_new_tokens")
+    _positive_int(cfg, "inference.shards")
+    _positive_int(cfg, "inference.tensor_parallel_size")
     inference = cfg["inference"]
     temperature = inference.get("temperature")
     if not isinstance(temperature, (int, float)) or temperature < 0:
@@ -112,6 +115,13 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(
                 f"inference.{key}: {inference.get(key)!r} is not one of {', '.join(choices)}"
             )
+    share = inference.get("gpu_memory_utilization")
+    if not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ConfigError(f"inference.gpu_memory_utilization: must be in (0, 1], got {share!r}")
+    if inference["tensor_parallel_size"] > 1 and inference.get("backend") == "transformers":
+        raise ConfigError(
+            "inference.tensor_parallel_size: > 1 needs inference.backend=vllm (or auto on CUDA)"
+        )
     seed = inference.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigError(f"inference.seed: must be an integer or null, got {seed!r}")

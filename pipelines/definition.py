@@ -1,8 +1,11 @@
 """The pipeline, defined once: four steps, their parents, queue kind and inputs.
 
+With ``inference.shards=N`` the inference step becomes N shard steps and a merge step.
+
 Inputs are references, resolved by whichever runner executes the DAG:
 ``cfg.<key>`` a config value or subtree, ``step.<name>`` a parent step's output,
-``run.<key>`` something the runner provides (``dir``, ``cache_dir``, ``meta``).
+``run.<key>`` something the runner provides (``dir``, ``cache_dir``, ``meta``);
+a tuple of references becomes a list.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.steps import inference_step, load_dataset_step, publish_step, score_step
+from pipelines.steps import (
+    inference_step,
+    load_dataset_step,
+    merge_shards_step,
+    publish_step,
+    score_step,
+)
 
 
 @dataclass(frozen=True)
@@ -20,46 +29,78 @@ class StepSpec:
     function: Callable[..., dict[str, Any]]
     queue: str  # "cpu" or "gpu": which configured queue runs it
     parents: tuple[str, ...] = ()
-    inputs: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # constant arguments (shard index)
 
 
-STEPS: tuple[StepSpec, ...] = (
-    StepSpec(
-        "load_dataset",
-        load_dataset_step,
-        queue="cpu",
-        inputs={
-            "dataset_path": "cfg.dataset.path",
-            "limit": "cfg.dataset.limit",
-            "on_error": "cfg.dataset.on_error",
-            "run_dir": "run.dir",
-        },
-    ),
-    StepSpec(
-        "inference",
-        inference_step,
-        queue="gpu",
-        parents=("load_dataset",),
-        inputs={
-            "model": "cfg.model",
-            "inference": "cfg.inference",
-            "examples_path": "step.load_dataset.examples_path",
-            "run_dir": "run.dir",
-            "cache_dir": "run.cache_dir",
-        },
-    ),
-    StepSpec(
+LOAD = StepSpec(
+    "load_dataset",
+    load_dataset_step,
+    queue="cpu",
+    inputs={
+        "dataset_path": "cfg.dataset.path",
+        "limit": "cfg.dataset.limit",
+        "on_error": "cfg.dataset.on_error",
+        "run_dir": "run.dir",
+    },
+)
+INFERENCE_INPUTS = {
+    "model": "cfg.model",
+    "inference": "cfg.inference",
+    "examples_path": "step.load_dataset.examples_path",
+    "run_dir": "run.dir",
+    "cache_dir": "run.cache_dir",
+}
+SHARD_PREFIX = "inference_shard_"
+MERGE = "merge_shards"
+
+
+def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
+    """The DAG for ``inference.shards``: one inference step, or N shard steps side by side
+    (one GPU agent each) and a CPU step that merges them in order before scoring."""
+    if shards <= 1:
+        generation = [
+            StepSpec("inference", inference_step, "gpu", ("load_dataset",), INFERENCE_INPUTS)
+        ]
+    else:
+        names = tuple(f"{SHARD_PREFIX}{i}" for i in range(shards))
+        generation = [
+            StepSpec(
+                name,
+                inference_step,
+                "gpu",
+                ("load_dataset",),
+                INFERENCE_INPUTS,
+                fixed={"shard": i, "shards": shards},
+            )
+            for i, name in enumerate(names)
+        ]
+        generation.append(
+            StepSpec(
+                MERGE,
+                merge_shards_step,
+                "cpu",
+                names,
+                {
+                    "examples_path": "step.load_dataset.examples_path",
+                    "shard_outputs": tuple(f"step.{n}" for n in names),
+                    "run_dir": "run.dir",
+                },
+            )
+        )
+    generated = generation[-1].name
+    score = StepSpec(
         "score",
         score_step,
         queue="cpu",
-        parents=("inference",),
+        parents=(generated,),
         inputs={
             "examples_path": "step.load_dataset.examples_path",
-            "generations_path": "step.inference.generations_path",
+            "generations_path": f"step.{generated}.generations_path",
             "run_dir": "run.dir",
         },
-    ),
-    StepSpec(
+    )
+    publish = StepSpec(
         "publish",
         publish_step,
         queue="cpu",
@@ -67,14 +108,20 @@ STEPS: tuple[StepSpec, ...] = (
         inputs={
             "config": "cfg",
             "dataset": "step.load_dataset",
-            "inference": "step.inference",
+            "inference": f"step.{generated}",
             "scores": "step.score",
             "run": "run.meta",
             "run_dir": "run.dir",
         },
-    ),
-)
+    )
+    return (LOAD, *generation, score, publish)
 
+
+def steps_for(cfg: dict[str, Any]) -> tuple[StepSpec, ...]:
+    return pipeline_steps(int(cfg["inference"].get("shards") or 1))
+
+
+STEPS = pipeline_steps(1)
 STEP_BY_NAME = {spec.name: spec for spec in STEPS}
 
 
@@ -86,9 +133,13 @@ def _lookup(tree: Any, dotted: str) -> Any:
 
 def resolve_inputs(spec: StepSpec, cfg: dict, outputs: dict, run: dict) -> dict[str, Any]:
     """Turns a step's input references into the keyword arguments of its function."""
-    kwargs = {}
-    for name, ref in spec.inputs.items():
+    trees = {"cfg": cfg, "step": outputs, "run": run}
+
+    def value(ref: str) -> Any:
         source, _, path = ref.partition(".")
-        tree = {"cfg": cfg, "step": outputs, "run": run}[source]
-        kwargs[name] = _lookup(tree, path)
+        return _lookup(trees[source], path)
+
+    kwargs = dict(spec.fixed)
+    for name, ref in spec.inputs.items():
+        kwargs[name] = [value(r) for r in ref] if isinstance(ref, tuple) else value(ref)
     return kwargs

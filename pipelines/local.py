@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -9,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from components.artifacts import write_json_atomic, write_text_atomic
+from components.backends.pool import keep_loaded
 from components.memory import IDLE, MemoryMonitor, stage
 from components.results import environment
 from components.secrets import redact
 from components.storage import safe_name
 from pipelines.config import PROJECT_ROOT, validate
-from pipelines.definition import STEPS, resolve_inputs
+from pipelines.definition import resolve_inputs, steps_for
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +65,17 @@ def run_local(
     }
     monitor = MemoryMonitor().start()
     outputs: dict[str, dict[str, Any]] = {}
+    steps = steps_for(cfg)
+    # Local shards run one after another on one loaded model; a lone run frees it at once.
+    keep = keep_loaded() if len(steps) > 4 else contextlib.nullcontext()
     try:
-        for spec in STEPS:
-            if spec.name == "publish":
-                run["meta"].update(_close_run(monitor, run_dir, cfg))
-            log.info("step %s", spec.name)
-            with stage(spec.name):
-                outputs[spec.name] = spec.function(**resolve_inputs(spec, cfg, outputs, run))
+        with keep:
+            for spec in steps:
+                if spec.name == "publish":
+                    run["meta"].update(_close_run(monitor, run_dir, cfg))
+                log.info("step %s", spec.name)
+                with stage(spec.name):
+                    outputs[spec.name] = spec.function(**resolve_inputs(spec, cfg, outputs, run))
     finally:
         monitor.stop()
     return outputs

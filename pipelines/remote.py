@@ -19,16 +19,17 @@ from components.artifacts import write_json_atomic
 from components.memory import IDLE, MemoryMonitor, merge_gpu_peaks, stage
 from components.storage import StorageSettings, client, fetch_object, upload_verified
 from pipelines.config import ConfigError, settle_config, validate
-from pipelines.definition import STEP_BY_NAME, resolve_inputs
+from pipelines.definition import MERGE, SHARD_PREFIX, resolve_inputs, steps_for
 
 log = logging.getLogger(__name__)
 
-# Which outputs of each step are files that the next steps read.
+# Which outputs of each step function are files that the next steps read.
 FILE_OUTPUTS = {
-    "load_dataset": ("examples_path",),
-    "inference": ("generations_path",),
-    "score": ("predictions_path",),
-    "publish": (),
+    "load_dataset_step": ("examples_path",),
+    "inference_step": ("generations_path",),
+    "merge_shards_step": ("generations_path",),
+    "score_step": ("predictions_path",),
+    "publish_step": (),
 }
 
 
@@ -70,11 +71,12 @@ def _run(name: str, state: dict[str, Any]) -> str:
     pipeline_id = state["meta"]["run_id"]  # set once by the first step: every file, one prefix
     experiment = str(cfg["experiment"]["name"])
     work = Path(tempfile.mkdtemp(prefix=f"slm-{name}-"))
+    specs = {spec.name: spec for spec in steps_for(cfg)}
 
     outputs: dict[str, dict[str, Any]] = {}
     for step, out in state["outputs"].items():
         local = dict(out)
-        for field in FILE_OUTPUTS.get(step, ()):
+        for field in FILE_OUTPUTS[specs[step].function.__name__]:
             if str(out.get(field, "")).startswith("s3://"):
                 local[field] = str(_download(settings, out[field], work))
         outputs[step] = local
@@ -85,7 +87,7 @@ def _run(name: str, state: dict[str, Any]) -> str:
         meta.update(_merge_memory(settings, state, work), finished_at=_now())
     run = {"dir": str(work), "cache_dir": None, "meta": meta}
 
-    spec = STEP_BY_NAME[name]
+    spec = specs[name]
     monitor = MemoryMonitor().start()
     try:
         with stage(name):
@@ -93,9 +95,9 @@ def _run(name: str, state: dict[str, Any]) -> str:
     finally:
         monitor.stop()
 
-    base = f"{settings.run_key(experiment, pipeline_id)}/steps/{name}"
+    base = _step_key(settings, experiment, pipeline_id, name)
     s3 = client(settings)
-    for field in FILE_OUTPUTS[name]:
+    for field in FILE_OUTPUTS[spec.function.__name__]:
         path = Path(result[field])
         result[field] = upload_verified(s3, settings, path, f"{base}/{path.name}")["url"]
     memory_file = write_json_atomic(work / f"memory_{name}.json", monitor.report())
@@ -109,7 +111,17 @@ def _run(name: str, state: dict[str, Any]) -> str:
         "outputs": {**state["outputs"], name: result},
         "memory": {**state.get("memory", {}), name: memory_url},
     }
-    return json.dumps(new_state, ensure_ascii=False)
+    text = json.dumps(new_state, ensure_ascii=False)
+    if name.startswith(SHARD_PREFIX):
+        # Shards run side by side: the merge step reads each one's state from here.
+        state_file = work / "state.json"
+        state_file.write_text(text, encoding="utf-8")
+        upload_verified(s3, settings, state_file, f"{base}/state.json")
+    return text
+
+
+def _step_key(settings: StorageSettings, experiment: str, pipeline_id: str, step: str) -> str:
+    return f"{settings.run_key(experiment, pipeline_id)}/steps/{step}"
 
 
 def _merge_memory(settings: StorageSettings, state: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -118,7 +130,9 @@ def _merge_memory(settings: StorageSettings, state: dict[str, Any], work: Path) 
     for step, url in state.get("memory", {}).items():
         report = json.loads(_download(settings, url, work).read_text(encoding="utf-8"))
         merged["steps"][step] = {"sampler_overhead_fraction": report["sampler_overhead_fraction"]}
-        merged["stages"].update({k: v for k, v in report["stages"].items() if k != IDLE})
+        for stage_name, data in report["stages"].items():
+            if stage_name != IDLE:
+                _add_stage(merged["stages"], stage_name, data)
         merged["samples"].extend({**s, "step": step} for s in report["samples"])
         merge_gpu_peaks(merged["peak_gpu_bytes"], report["peak_gpu_bytes"])
     merged["peak_rss_bytes"] = max(
@@ -133,6 +147,17 @@ def _merge_memory(settings: StorageSettings, state: dict[str, Any], work: Path) 
         "memory_path": str(path),
         "stage_seconds": {k: v["seconds"] for k, v in merged["stages"].items()},
     }
+
+
+def _add_stage(stages: dict[str, Any], name: str, data: dict[str, Any]) -> None:
+    """Shards each time their own model_load and generate: seconds add up, peaks don't."""
+    if name not in stages:
+        stages[name] = {**data, "peak_gpu_bytes": dict(data["peak_gpu_bytes"])}
+        return
+    stage = stages[name]
+    stage["seconds"] += data["seconds"]
+    stage["peak_rss_bytes"] = max(stage["peak_rss_bytes"], data["peak_rss_bytes"])
+    merge_gpu_peaks(stage["peak_gpu_bytes"], data["peak_gpu_bytes"])
 
 
 def _report(task: Any, work: Path, published: dict[str, Any]) -> None:
@@ -163,3 +188,21 @@ def first_step(config_json: str, knobs: dict[str, Any], dataset_sha256: str = ""
 def next_step(name: str, previous: str) -> str:
     """Any later step: its parent's JSON string in, its own out."""
     return _run(name, json.loads(previous))
+
+
+def merge_step(previous: str) -> str:
+    """The merge after N parallel shard steps: ``previous`` is the load step's state; each
+    shard's state (outputs, memory) is read from S3, where the shard left it."""
+    state = json.loads(previous)
+    cfg = state["config"]
+    settings = _storage(cfg)
+    work = Path(tempfile.mkdtemp(prefix="slm-merge-"))
+    experiment, pipeline_id = str(cfg["experiment"]["name"]), state["meta"]["run_id"]
+    shards = [s.name for s in steps_for(cfg) if s.name.startswith(SHARD_PREFIX)]
+    for name in shards:
+        url = f"s3://{settings.host}/{settings.bucket}/"
+        url += f"{_step_key(settings, experiment, pipeline_id, name)}/state.json"
+        shard_state = json.loads(_download(settings, url, work / name).read_text("utf-8"))
+        state["outputs"][name] = shard_state["outputs"][name]
+        state["memory"][name] = shard_state["memory"][name]
+    return _run(MERGE, state)

@@ -1,4 +1,5 @@
-"""The four pipeline steps: load dataset -> inference -> score -> publish.
+"""The four pipeline steps: load dataset -> inference -> score -> publish (with
+``inference.shards=N``: N inference steps over contiguous shards, then a merge).
 
 Each step takes and returns small JSON-able values (paths, counts, settings), never the
 data itself, and imports what it uses inside its body: the same functions run in-process
@@ -38,14 +39,22 @@ def load_dataset_step(
     }
 
 
+def shard_bounds(count: int, shard: int, shards: int) -> tuple[int, int]:
+    """Contiguous shards whose sizes differ by at most one, in dataset order."""
+    return count * shard // shards, count * (shard + 1) // shards
+
+
 def inference_step(
     model: dict[str, Any],
     inference: dict[str, Any],
     examples_path: str,
     run_dir: str,
     cache_dir: str | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict[str, Any]:
-    """Generates one answer per example, resuming from this config's checkpoint if any.
+    """Generates one answer per example (of shard ``shard`` of ``shards``), resuming from
+    this config's checkpoint if any.
 
     Model loading is timed (and sampled for memory) apart from generation.
     """
@@ -56,10 +65,17 @@ def inference_step(
 
     from components import memory
     from components.artifacts import read_jsonl, sha256_file, write_jsonl_atomic
+    from components.backends.pool import release
     from components.checkpoint import Checkpoint, checkpoint_key
 
     examples = list(read_jsonl(examples_path))
-    checkpoint = Checkpoint(run_dir, checkpoint_key(model, inference, sha256_file(examples_path)))
+    examples_id = sha256_file(examples_path)
+    suffix = ""
+    if shards > 1:
+        low, high = shard_bounds(len(examples), shard, shards)
+        examples, examples_id = examples[low:high], f"{examples_id}[{low}:{high}]"
+        suffix = f".shard{shard}"
+    checkpoint = Checkpoint(run_dir, checkpoint_key(model, inference, examples_id))
     done = checkpoint.load()
     todo = [e for e in examples if e["question_id"] not in done]
     if done:
@@ -85,7 +101,9 @@ def inference_step(
 
     with memory.stage("generate"):
         started = time.perf_counter()
-        desc = f"generate ({loaded['backend_name']})"
+        desc = f"generate ({loaded['backend_name']})" + (
+            f" shard {shard + 1}/{shards}" if suffix else ""
+        )
         with tqdm(
             total=len(examples), initial=len(examples) - len(todo), desc=desc, unit="q"
         ) as bar:
@@ -94,18 +112,24 @@ def inference_step(
                 backend.generate(
                     loaded["prompts"], loaded["params"], on_progress=bar.update, on_batch=keep
                 )
-                backend.close()
+                release(backend)
         generate_seconds = time.perf_counter() - started
 
     finished = checkpoint.load()
-    generations_path = Path(run_dir) / "generations.jsonl"
+    generations_path = Path(run_dir) / f"generations{suffix}.jsonl"
     write_jsonl_atomic(generations_path, (finished[e["question_id"]] for e in examples))
     new = [finished[e["question_id"]] for e in todo]
     output_tokens = sum(g["output_tokens"] for g in new)
     return {
         "generations_path": str(generations_path),
         "checkpoint_path": str(checkpoint.path),
+        "shard": shard,
+        "shards": shards,
+        "examples": len(examples),
         "resumed": len(examples) - len(todo),
+        "generated": len(new),
+        "generated_output_tokens": output_tokens,
+        "model_reused": loaded.get("reused", False),
         "model_path": loaded["files"].path,
         "model_source": loaded["files"].source,
         "gguf_sha256": loaded["files"].gguf_sha256,
@@ -124,11 +148,61 @@ def inference_step(
     }
 
 
+def merge_shards_step(
+    examples_path: str, shard_outputs: list[dict[str, Any]], run_dir: str
+) -> dict[str, Any]:
+    """Joins the shards' answers in dataset order, checking every example is answered
+    exactly once; speed is per GPU-second (the shards' generation time summed), so a
+    sharded run compares with an unsharded one."""
+    from pathlib import Path
+
+    from components.artifacts import read_jsonl, write_jsonl_atomic
+
+    ids = [e["question_id"] for e in read_jsonl(examples_path)]
+    merged: list[dict[str, Any]] = []
+    for index, out in enumerate(sorted(shard_outputs, key=lambda o: o["shard"])):
+        low, high = shard_bounds(len(ids), index, len(shard_outputs))
+        got = list(read_jsonl(out["generations_path"]))
+        if out["shard"] != index or [g["question_id"] for g in got] != ids[low:high]:
+            raise RuntimeError(
+                f"shard {index}: {out['generations_path']} does not answer examples "
+                f"{low}..{high - 1} in order ({len(got)} answers); rerun that shard"
+            )
+        merged.extend(got)
+    generations_path = Path(run_dir) / "generations.jsonl"
+    write_jsonl_atomic(generations_path, merged)
+    first = shard_outputs[0]
+    generated = sum(o["generated"] for o in shard_outputs)
+    new_tokens = sum(o["generated_output_tokens"] for o in shard_outputs)
+    seconds = sum(o["generate_seconds"] for o in shard_outputs)
+    return {
+        **{k: first[k] for k in ("model_path", "model_source", "gguf_sha256", "backend")},
+        **{k: first[k] for k in ("device", "dtype", "model_reused")},
+        "generations_path": str(generations_path),
+        "shards": len(shard_outputs),
+        "examples": len(merged),
+        "resumed": sum(o["resumed"] for o in shard_outputs),
+        "generated": generated,
+        "generated_output_tokens": new_tokens,
+        "load_seconds": sum(o["load_seconds"] for o in shard_outputs),
+        "generate_seconds": seconds,
+        "prompt_tokens": sum(o["prompt_tokens"] for o in shard_outputs),
+        "output_tokens": sum(o["output_tokens"] for o in shard_outputs),
+        "questions_per_s": generated / seconds if generated and seconds else None,
+        "output_tokens_per_s": new_tokens / seconds if generated and seconds else None,
+        "shard_details": [
+            {k: o[k] for k in ("shard", "examples", "resumed", "load_seconds", "generate_seconds")}
+            for o in shard_outputs
+        ],
+    }
+
+
 def _load_for_inference(
     model: dict[str, Any], inference: dict[str, Any], questions: list[str], cache_dir: str | None
 ) -> dict[str, Any]:
     """Model files, device, dtype, prompts and (only if there is work left) the backend."""
     from components.backends import GenerationParams, create_backend, resolve_backend_name
+    from components.backends.pool import acquire, backend_key
     from components.device import resolve_device, resolve_dtype
     from components.model_files import ModelFilesError, resolve_model
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
@@ -141,6 +215,11 @@ def _load_for_inference(
     device = resolve_device(str(inference.get("device", "auto")))
     dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
     backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
+    if int(inference.get("tensor_parallel_size") or 1) > 1 and backend_name != "vllm":
+        raise ValueError(
+            f"inference.tensor_parallel_size: > 1 needs the vllm backend; this run would use "
+            f"{backend_name} on {device}"
+        )
     loaded: dict[str, Any] = {
         "files": files,
         "device": device,
@@ -166,16 +245,20 @@ def _load_for_inference(
         ) from exc
     fmt = PromptFormat.from_config(model, inference)
     loaded["prompts"] = encode_prompts(tokenizer, questions, fmt)
-    loaded["backend"] = create_backend(
-        backend_name,
-        files.path,
-        device=device,
-        dtype=dtype,
-        batch_size=int(inference["batch_size"]),
-        seed=None if seed is None else int(seed),
-        revision=model.get("revision"),
-        tokenizer=tokenizer,
+    options = {
+        "batch_size": int(inference["batch_size"]),
+        "seed": None if seed is None else int(seed),
+        "revision": model.get("revision"),
+        "tensor_parallel_size": int(inference.get("tensor_parallel_size") or 1),
+        "gpu_memory_utilization": float(inference.get("gpu_memory_utilization") or 0.85),
         **dict(inference.get("vllm") or {}),
+    }
+    key = backend_key(name=backend_name, path=files.path, device=device, dtype=dtype, **options)
+    loaded["backend"], loaded["reused"] = acquire(
+        key,
+        lambda: create_backend(
+            backend_name, files.path, device=device, dtype=dtype, tokenizer=tokenizer, **options
+        ),
     )
     return loaded
 

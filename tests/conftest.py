@@ -88,6 +88,19 @@ def settings(s3_endpoint, monkeypatch, tmp_path):
     return settings
 
 
+@pytest.fixture
+def clearml_env(tmp_path, s3_endpoint, settings):
+    """An offline-capable environment whose clearml.conf knows the moto host (as for MinIO)."""
+    host = s3_endpoint.split("://", 1)[1]
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(
+        'sdk { aws { s3 { credentials: [ { host: "' + host + '", key: ${?AWS_ACCESS_KEY_ID}, '
+        "secret: ${?AWS_SECRET_ACCESS_KEY}, secure: false } ] } } }\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+    return {**env, **CREDS, "HOME": str(tmp_path), "CLEARML_CONFIG_FILE": str(conf)}
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

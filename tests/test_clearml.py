@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUCKET, CREDS, ROOT, closed_port, run_cli
+from tests.conftest import BUCKET, ROOT, closed_port, run_cli
 
 DUMP_DAG = """
 import json, sys
@@ -22,18 +22,19 @@ from clearml import Task
 Task.set_offline(True)
 from clearml.backend_interface.task.populate import CreateFromFunction
 from pipelines.config import compose
-from pipelines.clearml_pipeline import STEP_FUNCTIONS, build_pipeline
+from pipelines.clearml_pipeline import build_pipeline, step_function
 pipe = build_pipeline(compose(sys.argv[2:]), gpu_queue=sys.argv[1])
 steps = {}
 for name, node in pipe.get_pipeline_dag().items():
     kwargs = {k.split("/", 1)[1]: v for k, v in node.parameters.items()}
     script = CreateFromFunction.create_task_from_function(
-        STEP_FUNCTIONS[name], function_kwargs=kwargs, function_return=["result"],
+        step_function(name), function_kwargs=kwargs, function_return=["result"],
         packages=[], dry_run=True, project_name="p", task_name=name,
     )["script"]
     steps[name] = {
         "parents": list(node.parents), "queue": node.queue, "parameters": node.parameters,
         "docker": node.explicit_docker_image, "cache": node.cache_executed_step,
+        "container": json.loads(Task.current_task().get_configuration_object(name))["container"],
         "script": script["diff"], "requirements": script["requirements"],
     }
 print("DAG=" + json.dumps({
@@ -41,19 +42,6 @@ print("DAG=" + json.dumps({
     "output_uri": Task.current_task().output_uri,
 }))
 """
-
-
-@pytest.fixture
-def clearml_env(tmp_path, s3_endpoint, settings):
-    """An offline-capable environment whose clearml.conf knows the moto host (as for MinIO)."""
-    host = s3_endpoint.split("://", 1)[1]
-    conf = tmp_path / "clearml.conf"
-    conf.write_text(
-        'sdk { aws { s3 { credentials: [ { host: "' + host + '", key: ${?AWS_ACCESS_KEY_ID}, '
-        "secret: ${?AWS_SECRET_ACCESS_KEY}, secure: false } ] } } }\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
-    return {**env, **CREDS, "HOME": str(tmp_path), "CLEARML_CONFIG_FILE": str(conf)}
 
 
 def dump_dag(env: dict, *overrides: str, gpu_queue: str = "gpu-a100") -> dict:
@@ -129,8 +117,9 @@ def _offline_return(home: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shards", [1, 2])
 def test_generated_step_scripts_run_standalone_chained_through_s3(
-    clearml_env, s3_endpoint, settings, tmp_path
+    clearml_env, s3_endpoint, settings, tmp_path, shards
 ):
     """What an agent would run: each step's script alone, in a clean folder, no repo."""
     from components.storage import client
@@ -140,15 +129,18 @@ def test_generated_step_scripts_run_standalone_chained_through_s3(
         f"storage.endpoint={s3_endpoint}",
         "dataset.limit=3",
         "inference.max_new_tokens=6",
+        f"inference.shards={shards}",
     )
-    previous = None
+    returns: dict[str, str] = {}
     for name, step in dag["steps"].items():
         workdir = tmp_path / name
         workdir.mkdir()
         script = step["script"]
-        if previous is not None:  # what the controller resolves ${parent.result} into
-            wired = f"kwargs = {{'previous': {previous!r}}}"
-            script = re.sub(r"kwargs = \{'previous': '[^']*'\}", lambda _, w=wired: w, script)
+        ref = step["parameters"].get("kwargs_artifacts/previous")
+        if ref is not None:  # what the controller resolves ${parent.result} into
+            parent = re.match(r"\$\{(\w+)\.id\}", ref)[1]
+            wired = f"'previous': {returns[parent]!r}"
+            script = re.sub(r"'previous': '[^']*'", lambda _, w=wired: w, script)
         else:
             script = script.replace("'${pipeline.eval_limit}'", "'2'")
             script = re.sub(r"'\$\{pipeline\.eval_\w+\}'", "''", script)
@@ -163,7 +155,8 @@ def test_generated_step_scripts_run_standalone_chained_through_s3(
             timeout=600,
         )
         assert proc.returncode == 0, f"{name}:\n{proc.stderr[-3000:]}"
-        previous = _offline_return(workdir)
+        returns[name] = _offline_return(workdir)
+    previous = returns["publish"]
 
     state = json.loads(previous)
     assert state["config"]["dataset"]["limit"] == 2  # the knob, cast from its string
@@ -178,14 +171,52 @@ def test_generated_step_scripts_run_standalone_chained_through_s3(
         "artifacts/model_predictions/predictions.json",
         "artifacts/memory_usage/memory_usage.json",
         "steps/load_dataset/examples.jsonl",
-        "steps/inference/generations.jsonl",
+        "steps/inference/generations.jsonl"
+        if shards == 1
+        else "steps/merge_shards/generations.jsonl",
     } <= keys
+    if shards > 1:
+        assert {"steps/inference_shard_1/generations.shard1.jsonl"} <= keys
+        assert results_ids(settings, prefix) == ["sample-001", "sample-002"]
     body = client(settings).get_object(
         Bucket=BUCKET, Key=prefix + "artifacts/experiment_results/results.json"
     )["Body"]
     results = json.loads(body.read())
     assert results["counts"]["examples"] == 2
     assert {"model_load", "generate", "score"} <= set(results["timing"]["stage_seconds"])
+
+
+def results_ids(settings, prefix: str) -> list[str]:
+    from components.storage import client
+
+    body = client(settings).get_object(
+        Bucket=BUCKET, Key=prefix + "artifacts/model_predictions/predictions.json"
+    )["Body"]
+    return [p["question_id"] for p in json.loads(body.read())]
+
+
+def test_sharded_dag_runs_shards_side_by_side_on_the_gpu_queue_then_merges(
+    clearml_env, s3_endpoint
+):
+    dag = dump_dag(
+        clearml_env,
+        f"storage.endpoint={s3_endpoint}",
+        "inference.shards=3",
+        "inference.backend=vllm",
+        "inference.tensor_parallel_size=2",
+    )
+    steps = dag["steps"]
+    shards = ["inference_shard_0", "inference_shard_1", "inference_shard_2"]
+    assert list(steps) == ["load_dataset", *shards, "merge_shards", "score", "publish"]
+    for index, name in enumerate(shards):
+        assert steps[name]["parents"] == ["load_dataset"]
+        assert steps[name]["queue"] == "${pipeline.gpu_queue}"
+        assert steps[name]["parameters"]["kwargs/shard"] == index
+        assert steps[name]["container"]["arguments"] == "--gpus=2 --ipc=host"
+    assert steps["merge_shards"]["parents"] == shards
+    assert steps["merge_shards"]["queue"] == "${pipeline.cpu_queue}"
+    assert steps["score"]["parents"] == ["merge_shards"]
+    assert not steps["score"]["container"].get("arguments")
 
 
 @pytest.mark.slow
