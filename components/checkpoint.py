@@ -3,8 +3,7 @@
 The file name carries a hash of everything that decides a prediction (model, inference
 settings, the examples), so a changed config or dataset never reuses another run's answers.
 Batch size, shard count and GPU memory share are left out: they decide speed and memory,
-and a run that died of them can resume with other values (a shard's examples are part of
-its key).
+and a run that died of them can resume with other values.
 """
 
 from __future__ import annotations

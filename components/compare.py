@@ -34,10 +34,13 @@ def compare_predictions(
     """``difference`` is B minus A, over the questions both runs could score."""
     by_id_b = {p["question_id"]: p for p in b}
     ids_a = {p["question_id"] for p in a}
-    rows, paired_a, paired_b = [], [], []
+    rows, paired_a, paired_b, mismatched = [], [], [], []
     for pa in a:
         pb = by_id_b.get(pa["question_id"])
         if pb is None:
+            continue
+        if pa["answers"] != pb["answers"]:
+            mismatched.append(pa["question_id"])  # same id, another question: not paired
             continue
         ra, rb = pa["token_recall"], pb["token_recall"]
         if ra is not None and rb is not None:
@@ -68,6 +71,7 @@ def compare_predictions(
         "common": len(ids_a & set(by_id_b)),
         "only_a": sorted(ids_a - set(by_id_b)),
         "only_b": sorted(set(by_id_b) - ids_a),
+        "mismatched": mismatched,
         "paired": len(paired_a),
         "mean_a": sum(paired_a) / len(paired_a) if paired_a else None,
         "mean_b": sum(paired_b) / len(paired_b) if paired_b else None,
@@ -102,6 +106,19 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def warnings(comparison: dict[str, Any]) -> list[str]:
+    """What makes a pairing doubtful: different dataset files, ids with other answers."""
+    found = []
+    if comparison.get("same_dataset_file") is False:
+        found.append("- **warning**: the runs used different dataset files (sha256 differ)")
+    if comparison["mismatched"]:
+        found.append(
+            f"- **warning**: {len(comparison['mismatched'])} question ids have other answers "
+            "in B (another question under the same id); left out"
+        )
+    return found
+
+
 def to_markdown(comparison: dict[str, Any], name_a: str, name_b: str) -> str:
     diff = comparison["difference"]
     interval = (
@@ -113,6 +130,7 @@ def to_markdown(comparison: dict[str, Any], name_a: str, name_b: str) -> str:
         f"- A: `{name_a}`, B: `{name_b}`",
         f"- questions in both: {comparison['common']} (scored in both: {comparison['paired']});"
         f" only in A: {len(comparison['only_a'])}, only in B: {len(comparison['only_b'])}",
+        *warnings(comparison),
         f"- mean token recall: A {_num(comparison['mean_a'])}, B {_num(comparison['mean_b'])}",
         f"- paired difference B - A: {_num(diff['mean'])} {interval} "
         f"({comparison['confidence']:.0%} bootstrap interval over questions)",

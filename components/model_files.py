@@ -122,18 +122,29 @@ def _assembler(module_name: str):
     return module
 
 
+def _packaged_gguf(gguf: dict) -> tuple[object | None, Path | None, str]:
+    """(assembler module, GGUF path, sha256) of a packaged model; nothing is converted."""
+    if gguf.get("assemble"):
+        assembler = _assembler(gguf["assemble"])
+        return assembler, None, str(assembler.EXPECTED_SHA256)
+    gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
+    return None, gguf_path, sha256_file(gguf_path)
+
+
+def weights_digest(model_cfg: dict) -> str | None:
+    """The packaged GGUF's sha256 (None for hub ids and folders): which weights a result
+    came from, so an upgraded model package never passes for the old one."""
+    gguf = model_cfg.get("gguf")
+    return _packaged_gguf(gguf)[2] if gguf else None
+
+
 def resolve_model(model_cfg: dict, cache_dir: str | Path | None = None) -> ModelFiles:
     gguf = model_cfg.get("gguf")
     if not gguf:
         path = str(model_cfg["path"])
         return ModelFiles(path=path, source="local" if Path(path).is_dir() else "hub")
 
-    assembler = _assembler(gguf["assemble"]) if gguf.get("assemble") else None
-    if assembler is not None:
-        gguf_path, digest = None, str(assembler.EXPECTED_SHA256)
-    else:
-        gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
-        digest = sha256_file(gguf_path)
+    assembler, gguf_path, digest = _packaged_gguf(gguf)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = cache_root / "models" / f"{model_cfg['name']}-{digest[:16]}"
     if (target / MARKER).is_file():

@@ -28,6 +28,11 @@ def bootstrap_mean(
     values: Sequence[float], *, samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> Interval:
     """Mean and percentile interval; (None, None, None) for no values."""
+    if samples < 1 or not 0 < confidence < 1:
+        raise ValueError(
+            f"sweep.bootstrap_samples must be >= 1 and sweep.confidence in (0, 1), got "
+            f"{samples!r} and {confidence!r}"
+        )
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         return Interval(None, None, None, 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
     experiment = str(combo.cfg["experiment"]["name"])
     tasks = Task.get_tasks(
         project_name=str(combo.cfg["clearml"]["project"]),
-        task_name=f"^{experiment}$",
+        task_name=f"^{re.escape(experiment)}$",
         task_filter={"status": ["completed"], "type": ["controller"], "order_by": ["-last_update"]},
     )
     for task in tasks[:5]:

@@ -63,12 +63,14 @@ def _fetch_task(task_id: str, cfg: dict[str, Any], dest: Path) -> Path:
     return run
 
 
-def _label(run_dir: Path) -> str:
+def _identity(run_dir: Path) -> tuple[str, str, str | None]:
+    """(experiment, label, dataset sha256) from results.json; the folder name without it."""
     results = run_dir / "results.json"
     if results.is_file():
         data = json.loads(results.read_text(encoding="utf-8"))
-        return f"{data['experiment']}.{data['run_id']}"
-    return run_dir.name
+        sha = (data.get("dataset") or {}).get("sha256")
+        return data["experiment"], f"{data['experiment']}.{data['run_id']}", sha
+    return run_dir.name, run_dir.name, None
 
 
 def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
 
     cfg = to_container(compose(overrides))
     dir_a, dir_b = resolve_run(ref_a, cfg), resolve_run(ref_b, cfg)
-    label_a, label_b = _label(dir_a), _label(dir_b)
+    (exp_a, label_a, sha_a), (exp_b, label_b, sha_b) = _identity(dir_a), _identity(dir_b)
     preds_a = json.loads((dir_a / "predictions.json").read_text(encoding="utf-8"))
     preds_b = json.loads((dir_b / "predictions.json").read_text(encoding="utf-8"))
     sweep = cfg["sweep"]
@@ -89,7 +91,8 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
         confidence=float(sweep["confidence"]),
         seed=int(sweep["seed"]),
     )
-    name = safe_name(f"{label_a.split('.')[0]}_vs_{label_b.split('.')[0]}")
+    comparison["same_dataset_file"] = None if not (sha_a and sha_b) else sha_a == sha_b
+    name = safe_name(f"{exp_a}_vs_{exp_b}")
     out = Path(cfg["experiment"]["output_dir"]) / "compare" / name
     paths = {
         "md": write_text_atomic(out / "compare.md", to_markdown(comparison, label_a, label_b)),
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         done = compare(args.a, args.b, args.overrides)
-    except (ConfigError, StorageError, ServerNotConfigured) as exc:
+    except (ValueError, StorageError, ServerNotConfigured) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from components.compare import MARKDOWN_ROWS

@@ -79,9 +79,9 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
-def _positive_int(cfg: dict, dotted: str, *, allow_none: bool = False) -> None:
+def _positive_int(cfg: dict, dotted: str, *, allow_none: bool = False, default: Any = None) -> None:
     section, key = dotted.split(".")
-    value = cfg[section].get(key)
+    value = cfg[section].get(key, default)
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -97,8 +97,9 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> None:
     _positive_int(cfg, "dataset.limit", allow_none=True)
     _positive_int(cfg, "inference.batch_size")
     _positive_int(cfg, "inference.max_new_tokens")
-    _positive_int(cfg, "inference.shards")
-    _positive_int(cfg, "inference.tensor_parallel_size")
+    # Defaults for keys a config attached to an older pipeline (a clone) does not have.
+    _positive_int(cfg, "inference.shards", default=1)
+    _positive_int(cfg, "inference.tensor_parallel_size", default=1)
     inference = cfg["inference"]
     temperature = inference.get("temperature")
     if not isinstance(temperature, (int, float)) or temperature < 0:
@@ -115,10 +116,10 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> None:
             raise ConfigError(
                 f"inference.{key}: {inference.get(key)!r} is not one of {', '.join(choices)}"
             )
-    share = inference.get("gpu_memory_utilization")
+    share = inference.get("gpu_memory_utilization", 0.85)
     if not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise ConfigError(f"inference.gpu_memory_utilization: must be in (0, 1], got {share!r}")
-    if inference["tensor_parallel_size"] > 1 and inference.get("backend") == "transformers":
+    if inference.get("tensor_parallel_size", 1) > 1 and inference.get("backend") == "transformers":
         raise ConfigError(
             "inference.tensor_parallel_size: > 1 needs inference.backend=vllm (or auto on CUDA)"
         )
@@ -127,6 +128,12 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> None:
         raise ConfigError(f"inference.seed: must be an integer or null, got {seed!r}")
     if "{question}" not in str(inference.get("prompt_template", "")):
         raise ConfigError("inference.prompt_template: must contain {question}")
+    sweep = cfg.get("sweep")
+    if sweep is not None:
+        _positive_int(cfg, "sweep.bootstrap_samples")
+        confidence = sweep.get("confidence")
+        if not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+            raise ConfigError(f"sweep.confidence: must be in (0, 1), got {confidence!r}")
     if not str(cfg["experiment"].get("name") or "").strip():
         raise ConfigError("experiment.name: must not be empty")
 

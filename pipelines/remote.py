@@ -68,7 +68,7 @@ def _run(name: str, state: dict[str, Any]) -> str:
     cfg = state["config"]
     settings = _storage(cfg)
     task, _ = current_ids()
-    pipeline_id = state["meta"]["run_id"]  # set once by the first step: every file, one prefix
+    pipeline_id = state["meta"]["run_id"]  # this pipeline's id: every file under one prefix
     experiment = str(cfg["experiment"]["name"])
     work = Path(tempfile.mkdtemp(prefix=f"slm-{name}-"))
     specs = {spec.name: spec for spec in steps_for(cfg)}
@@ -185,15 +185,24 @@ def first_step(config_json: str, knobs: dict[str, Any], dataset_sha256: str = ""
     return _run("load_dataset", {"config": cfg, "meta": meta, "outputs": {}})
 
 
+def _own_run_id(state: dict[str, Any]) -> dict[str, Any]:
+    """A cached load step hands on the run id of the pipeline that first ran it; every later
+    step files its outputs under its own pipeline's id instead."""
+    task, pipeline_id = current_ids()
+    if task is not None and getattr(task, "parent", None):
+        state["meta"]["run_id"] = pipeline_id
+    return state
+
+
 def next_step(name: str, previous: str) -> str:
     """Any later step: its parent's JSON string in, its own out."""
-    return _run(name, json.loads(previous))
+    return _run(name, _own_run_id(json.loads(previous)))
 
 
 def merge_step(previous: str) -> str:
     """The merge after N parallel shard steps: ``previous`` is the load step's state; each
     shard's state (outputs, memory) is read from S3, where the shard left it."""
-    state = json.loads(previous)
+    state = _own_run_id(json.loads(previous))
     cfg = state["config"]
     settings = _storage(cfg)
     work = Path(tempfile.mkdtemp(prefix="slm-merge-"))

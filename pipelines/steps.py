@@ -67,15 +67,19 @@ def inference_step(
     from components.artifacts import read_jsonl, sha256_file, write_jsonl_atomic
     from components.backends.pool import release
     from components.checkpoint import Checkpoint, checkpoint_key
+    from components.model_files import weights_digest
 
     examples = list(read_jsonl(examples_path))
-    examples_id = sha256_file(examples_path)
+    # One checkpoint per run whatever the shard count (local shards run one after another;
+    # on ClearML each shard has its own folder), so a run resumes with other shards too.
+    weights = weights_digest(model) or ""
+    checkpoint = Checkpoint(
+        run_dir, checkpoint_key(model, inference, sha256_file(examples_path) + weights)
+    )
     suffix = ""
     if shards > 1:
         low, high = shard_bounds(len(examples), shard, shards)
-        examples, examples_id = examples[low:high], f"{examples_id}[{low}:{high}]"
-        suffix = f".shard{shard}"
-    checkpoint = Checkpoint(run_dir, checkpoint_key(model, inference, examples_id))
+        examples, suffix = examples[low:high], f".shard{shard}"
     done = checkpoint.load()
     todo = [e for e in examples if e["question_id"] not in done]
     if done:
@@ -85,7 +89,9 @@ def inference_step(
 
     with memory.stage("model_load"):
         started = time.perf_counter()
-        loaded = _load_for_inference(model, inference, [e["question"] for e in todo], cache_dir)
+        loaded = _load_for_inference(
+            model, inference, [e["question"] for e in todo], cache_dir, resolve=bool(examples)
+        )
         load_seconds = time.perf_counter() - started
 
     def keep(indices: list[int], generations: list) -> None:
@@ -109,10 +115,12 @@ def inference_step(
         ) as bar:
             if todo:
                 backend = loaded["backend"]
-                backend.generate(
-                    loaded["prompts"], loaded["params"], on_progress=bar.update, on_batch=keep
-                )
-                release(backend)
+                try:
+                    backend.generate(
+                        loaded["prompts"], loaded["params"], on_progress=bar.update, on_batch=keep
+                    )
+                finally:
+                    release(backend)
         generate_seconds = time.perf_counter() - started
 
     finished = checkpoint.load()
@@ -152,7 +160,7 @@ def merge_shards_step(
     examples_path: str, shard_outputs: list[dict[str, Any]], run_dir: str
 ) -> dict[str, Any]:
     """Joins the shards' answers in dataset order, checking every example is answered
-    exactly once; speed is per GPU-second (the shards' generation time summed), so a
+    exactly once; speed is per step-second (the shards' generation seconds summed), so a
     sharded run compares with an unsharded one."""
     from pathlib import Path
 
@@ -171,7 +179,7 @@ def merge_shards_step(
         merged.extend(got)
     generations_path = Path(run_dir) / "generations.jsonl"
     write_jsonl_atomic(generations_path, merged)
-    first = shard_outputs[0]
+    first = next((o for o in shard_outputs if o["examples"]), shard_outputs[0])
     generated = sum(o["generated"] for o in shard_outputs)
     new_tokens = sum(o["generated_output_tokens"] for o in shard_outputs)
     seconds = sum(o["generate_seconds"] for o in shard_outputs)
@@ -198,28 +206,43 @@ def merge_shards_step(
 
 
 def _load_for_inference(
-    model: dict[str, Any], inference: dict[str, Any], questions: list[str], cache_dir: str | None
+    model: dict[str, Any],
+    inference: dict[str, Any],
+    questions: list[str],
+    cache_dir: str | None,
+    resolve: bool = True,
 ) -> dict[str, Any]:
-    """Model files, device, dtype, prompts and (only if there is work left) the backend."""
+    """Model files, device, dtype, prompts and (only if there is work left) the backend.
+    ``resolve=False`` (a shard with no examples) skips the model files altogether."""
     from components.backends import GenerationParams, create_backend, resolve_backend_name
     from components.backends.pool import acquire, backend_key
     from components.device import resolve_device, resolve_dtype
-    from components.model_files import ModelFilesError, resolve_model
+    from components.model_files import ModelFiles, ModelFilesError, resolve_model
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
     from components.seeding import seed_everything
 
     seed = inference.get("seed")
     if seed is not None:
         seed_everything(int(seed))
-    files = resolve_model(model, cache_dir)
+    files = resolve_model(model, cache_dir) if resolve else ModelFiles(str(model["path"]), "unused")
     device = resolve_device(str(inference.get("device", "auto")))
     dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
     backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
-    if int(inference.get("tensor_parallel_size") or 1) > 1 and backend_name != "vllm":
+    gpus = int(inference.get("tensor_parallel_size") or 1)
+    if gpus > 1 and (backend_name != "vllm" or device != "cuda"):
         raise ValueError(
-            f"inference.tensor_parallel_size: > 1 needs the vllm backend; this run would use "
-            f"{backend_name} on {device}"
+            f"inference.tensor_parallel_size: > 1 needs the vllm backend on CUDA; this run "
+            f"would use {backend_name} on {device}"
         )
+    if gpus > 1:
+        import torch
+
+        if torch.cuda.device_count() < gpus:
+            raise ValueError(
+                f"inference.tensor_parallel_size: {gpus} GPUs asked, {torch.cuda.device_count()} "
+                f"visible here; run on a queue whose agents hold {gpus} GPUs (make agent "
+                f"QUEUE=gpu-{gpus}x GPUS=0,1,...; make enqueue QUEUE=gpu-{gpus}x)"
+            )
     loaded: dict[str, Any] = {
         "files": files,
         "device": device,

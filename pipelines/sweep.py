@@ -88,6 +88,9 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
     """The combination's results.json if it is complete and still valid: same fingerprint,
     same dataset content, predictions file intact."""
     from components.artifacts import sha256_file
+    from components.backends import resolve_backend_name
+    from components.device import resolve_device, resolve_dtype
+    from components.model_files import weights_digest
     from components.results import config_fingerprint
 
     path = combo.run_dir / "results.json"
@@ -95,10 +98,21 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
         results = json.loads(path.read_text(encoding="utf-8"))
         predictions = combo.run_dir / "predictions.json"
         recorded = results["artifacts"]["predictions.json"]["sha256"]
+        inference = combo.cfg["inference"]
+        device = resolve_device(str(inference["device"]))
+        # "auto" resolves per machine: results from a CPU box are not a GPU box's.
+        ran_as = {k: results["inference"][k] for k in ("backend", "device", "dtype")}
+        would_run_as = {
+            "backend": resolve_backend_name(str(inference["backend"]), device),
+            "device": device,
+            "dtype": resolve_dtype(str(inference["dtype"]), device),
+        }
         same = (
             results.get("status") == "completed"
             and results.get("config_fingerprint") == config_fingerprint(combo.cfg)
             and results["dataset"]["sha256"] == sha256_file(combo.cfg["dataset"]["path"])
+            and results["model"].get("gguf_sha256") == weights_digest(combo.cfg["model"])
+            and ran_as == would_run_as
             and sha256_file(predictions) == recorded
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -122,6 +136,11 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
             "clearml.mode: `make sweep` runs here without ClearML; on a server use "
             "`make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...`"
         )
+    if first["experiment"].get("cleanup_local_artifacts"):
+        raise ConfigError(
+            "experiment.cleanup_local_artifacts: a sweep reads each run's local files for its "
+            "leaderboard and reuse; leave it false (the files still go to S3 when set)"
+        )
     settings = first["sweep"]
     name = sweep_name(first, models, datasets)
     out_dir = Path(settings["output_dir"]) / name
@@ -141,6 +160,9 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
                 print(f"{label}: reused {combo.run_dir} (same config and dataset)", flush=True)
             else:
                 print(f"{label}: running -> {combo.run_dir}", flush=True)
+                if settings["force"]:  # recompute: no answer comes back from a checkpoint
+                    for stale in combo.run_dir.glob("checkpoint-*.jsonl"):
+                        stale.unlink()
                 try:
                     outputs = run_local(combo.cfg)
                 except (ValueError, ModelFilesError, StorageError, RuntimeError, OSError) as exc:

@@ -90,3 +90,18 @@ def test_cuda_end_to_end(tmp_path):
     assert results["inference"]["device"] == "cuda"
     gpu = results["memory"]["peak_gpu_bytes"]
     assert gpu and max(max(d.values()) for d in gpu.values()) > 0
+
+
+def test_tensor_parallel_beyond_the_visible_gpus_says_where_to_run(tmp_path):
+    """Checked before any model loads: here (no CUDA) the backend is the problem; on a
+    one-GPU machine the message names the GPUs asked for and visible."""
+    proc = run_cli(
+        "inference.tensor_parallel_size=2",
+        "dataset.limit=2",
+        f"experiment.output_dir={tmp_path}",
+    )
+    assert proc.returncode == 2
+    if cuda_available() and vllm_installed():
+        assert "2 GPUs asked" in proc.stderr and "QUEUE=gpu-2x" in proc.stderr
+    else:
+        assert "tensor_parallel_size: > 1 needs the vllm backend on CUDA" in proc.stderr

@@ -57,6 +57,16 @@ def test_differences_are_found_sorted_and_paired():
     assert result["mean_a"] == result["mean_b"] == 0.625
 
 
+def test_an_id_with_other_answers_is_not_paired_and_is_flagged():
+    from components.compare import to_markdown
+
+    other = [{**p, "answers": ["something else"]} if p["question_id"] == "q1" else p for p in B]
+    result = compare_predictions(A, other, samples=200)
+    assert result["mismatched"] == ["q1"] and result["paired"] == 3
+    assert "q1" not in [r["question_id"] for r in result["rows"]]
+    assert "1 question ids have other answers" in to_markdown(result, "a", "b")
+
+
 def test_a_consistently_better_model_gives_an_interval_above_zero():
     a = [pred(f"q{i}", "no", 0.0) for i in range(40)]
     b = [pred(f"q{i}", "gold answer", 1.0 if i % 4 else 0.0) for i in range(40)]

@@ -11,7 +11,9 @@ DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
 
 
 def test_groups_hold_what_the_readme_promises():
-    assert {"smollm2_135m", "smollm2_360m", "smollm2_1.7b", "qwen3_0.6b"} <= set(MODELS)
+    assert {"smollm2_135m", "smollm2_360m", "smollm2_1.7b", "qwen3_0.6b", "gemma3_270m"} <= set(
+        MODELS
+    )
     assert {"sample", "nq_open", "qa_pairs"} <= set(DATASETS)
 
 
@@ -63,6 +65,11 @@ def test_qa_pairs_without_a_path_names_the_key():
         ("inference.device=tpu", "inference.device"),
         ("inference.dtype=int4", "inference.dtype"),
         ("inference.seed=abc", "inference.seed"),
+        ("inference.shards=0", "inference.shards"),
+        ("inference.tensor_parallel_size=0", "inference.tensor_parallel_size"),
+        ("inference.gpu_memory_utilization=1.5", "inference.gpu_memory_utilization"),
+        ("sweep.bootstrap_samples=0", "sweep.bootstrap_samples"),
+        ("sweep.confidence=95", "sweep.confidence"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):
@@ -90,3 +97,21 @@ def test_secrets_are_redacted_wherever_a_config_is_saved():
         "inference": {"max_new_tokens": 32, "tokenizer": "x"},
     }
     assert cfg["storage"]["secret_key"] == "s3cr3t"  # a copy, not an edit
+
+
+def test_tensor_parallel_needs_vllm_on_cuda():
+    with pytest.raises(ConfigError, match="inference.tensor_parallel_size: > 1 needs"):
+        validate(
+            to_container(
+                compose(["inference.tensor_parallel_size=2", "inference.backend=transformers"])
+            )
+        )
+
+
+def test_a_config_attached_to_an_older_pipeline_still_validates():
+    """A clone of a pipeline built before shards existed: the new keys take their defaults."""
+    cfg = to_container(compose())
+    for key in ("shards", "tensor_parallel_size", "gpu_memory_utilization"):
+        del cfg["inference"][key]
+    del cfg["sweep"]
+    validate(cfg)

@@ -139,8 +139,19 @@ def test_local_sweep_two_models_two_datasets_then_reuse(tmp_path, nq_like):
     assert changed.stdout.count("reused") == 2
     assert "smollm2_135m x nq_open: running" in changed.stdout
 
+    # Results from another kind of machine ("auto" resolved to CUDA there) are not reused.
+    results_path = out / "gemma3_270m_sample" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["inference"]["device"] = "cuda"
+    results_path.write_text(json.dumps(results))
+    elsewhere = make(*sweep, f"ARGS={args}", env=env)
+    assert "gemma3_270m x sample: running" in elsewhere.stdout
+    assert elsewhere.stdout.count("reused") == 3
+
     forced = make("sweep", "MODELS=smollm2_135m", "DATASETS=sample", "FORCE=true", f"ARGS={args}")
     assert forced.returncode == 0 and "running" in forced.stdout and "reused" not in forced.stdout
+    redone = json.loads((out / "smollm2_135m_sample" / "results.json").read_text())
+    assert redone["counts"]["resumed"] == 0  # regenerated, not read back from the checkpoint
 
 
 def test_sweep_checks_every_combination_before_running_any(tmp_path):
