@@ -266,3 +266,20 @@ def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp
     ]
     assert [m["id"] for m in summary["missing"]] == ["idgone"]
     assert len(read_csv(tmp_path / "board" / "leaderboard.csv")) == 2
+
+
+def test_make_enqueue_sweep_without_a_server_fails_before_creating_anything(tmp_path):
+    env = {"HOME": str(tmp_path), "CLEARML_CONFIG_FILE": str(tmp_path / "none.conf")}
+    env.update({k: "" for k in os.environ if k.startswith("CLEARML_API")})
+    proc = make(
+        "enqueue-sweep",
+        "QUEUE=gpu",
+        "MODELS=smollm2_135m,gemma3_270m",
+        "DATASETS=sample",
+        "ARGS=storage.endpoint=http://127.0.0.1:9",
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "no ClearML server is configured" in proc.stderr
+    assert not (tmp_path / ".clearml").exists()
