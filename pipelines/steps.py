@@ -82,7 +82,7 @@ def inference_step(
         examples, suffix = examples[low:high], f".shard{shard}"
     done = checkpoint.load()
     todo = [e for e in examples if e["question_id"] not in done]
-    if done:
+    if len(todo) < len(examples):
         print(
             f"resuming: {len(examples) - len(todo)} of {len(examples)} answers in {checkpoint.path}"
         )
