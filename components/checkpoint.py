@@ -18,12 +18,21 @@ from typing import Any
 EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization")
 
 
-def checkpoint_key(model: dict[str, Any], inference: dict[str, Any], examples_sha256: str) -> str:
-    settings = {k: v for k, v in inference.items() if k not in EXECUTION_ONLY}
-    blob = json.dumps(
-        {"model": model, "inference": settings, "examples": examples_sha256}, sort_keys=True
-    )
+def prediction_settings(inference: dict[str, Any]) -> dict[str, Any]:
+    """The inference settings that decide a prediction."""
+    return {k: v for k, v in inference.items() if k not in EXECUTION_ONLY}
+
+
+def short_digest(value: Any) -> str:
+    """16 hex characters of the sha256 of ``value`` as sorted JSON."""
+    blob = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_key(model: dict[str, Any], inference: dict[str, Any], examples_sha256: str) -> str:
+    return short_digest(
+        {"model": model, "inference": prediction_settings(inference), "examples": examples_sha256}
+    )
 
 
 class Checkpoint:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import write_text_atomic
+from components.artifacts import atomic_writer, write_text_atomic
 from components.memory import highest_gpu_bytes
 from components.stats import bootstrap_mean
 
@@ -148,27 +148,19 @@ def write_leaderboard(
     rows: Sequence[dict[str, Any]], out_dir: str | Path, title: str, confidence: float = 0.95
 ) -> dict[str, Path]:
     """leaderboard.csv, .md and .png, each written atomically."""
-    import os
-    import tempfile
+    import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = sort_rows(rows)
     paths = {
         "csv": write_text_atomic(out / "leaderboard.csv", to_csv(rows)),
         "md": write_text_atomic(out / "leaderboard.md", to_markdown(rows, title, confidence)),
+        "png": out / "leaderboard.png",
     }
     fig = plot(rows, title)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".leaderboard.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out / "leaderboard.png")
+        with atomic_writer(paths["png"], binary=True) as fh:
+            fig.savefig(fh, format="png", dpi=120)
     finally:
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    paths["png"] = out / "leaderboard.png"
     return paths

@@ -122,13 +122,14 @@ def _assembler(module_name: str):
     return module
 
 
-def _packaged_gguf(gguf: dict) -> tuple[object | None, Path | None, str]:
-    """(assembler module, GGUF path, sha256) of a packaged model; nothing is converted."""
+def _packaged_gguf(gguf: dict, digest: str | None = None) -> tuple[object | None, Path | None, str]:
+    """(assembler module, GGUF path, sha256) of a packaged model; nothing is converted.
+    A known ``digest`` saves hashing the file again."""
     if gguf.get("assemble"):
         assembler = _assembler(gguf["assemble"])
         return assembler, None, str(assembler.EXPECTED_SHA256)
     gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
-    return None, gguf_path, sha256_file(gguf_path)
+    return None, gguf_path, digest or sha256_file(gguf_path)
 
 
 def weights_digest(model_cfg: dict) -> str | None:
@@ -138,13 +139,16 @@ def weights_digest(model_cfg: dict) -> str | None:
     return _packaged_gguf(gguf)[2] if gguf else None
 
 
-def resolve_model(model_cfg: dict, cache_dir: str | Path | None = None) -> ModelFiles:
+def resolve_model(
+    model_cfg: dict, cache_dir: str | Path | None = None, digest: str | None = None
+) -> ModelFiles:
+    """The folder both backends load; ``digest``: the GGUF's sha256 from weights_digest()."""
     gguf = model_cfg.get("gguf")
     if not gguf:
         path = str(model_cfg["path"])
         return ModelFiles(path=path, source="local" if Path(path).is_dir() else "hub")
 
-    assembler, gguf_path, digest = _packaged_gguf(gguf)
+    assembler, gguf_path, digest = _packaged_gguf(gguf, digest)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     target = cache_root / "models" / f"{model_cfg['name']}-{digest[:16]}"
     if (target / MARKER).is_file():

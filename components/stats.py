@@ -24,6 +24,15 @@ class Interval:
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": self.n}
 
 
+def bootstrap_options(sweep: dict) -> dict[str, float | int]:
+    """The ``sweep`` config section as keyword arguments of the functions below."""
+    return {
+        "samples": int(sweep["bootstrap_samples"]),
+        "confidence": float(sweep["confidence"]),
+        "seed": int(sweep["seed"]),
+    }
+
+
 def bootstrap_mean(
     values: Sequence[float], *, samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> Interval:

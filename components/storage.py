@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from components.artifacts import sha256_file
+
 ARTIFACT_NAMES = {
     "results.json": "experiment_results",
     "predictions.json": "model_predictions",
@@ -74,6 +76,10 @@ class StorageSettings:
     def host(self) -> str:
         return urlparse(self.endpoint).netloc
 
+    def url(self, key: str) -> str:
+        """ClearML's form of an object's address: s3://host:port/bucket/key."""
+        return f"s3://{self.host}/{self.bucket}/{key}"
+
     @property
     def output_uri(self) -> str:
         """ClearML's form: the port is required, else the host is taken for an AWS bucket."""
@@ -81,6 +87,10 @@ class StorageSettings:
 
     def run_key(self, experiment: str, run_id: str) -> str:
         return f"{self.prefix}/{safe_name(experiment)}.{safe_name(run_id)}"
+
+    def artifact_key(self, experiment: str, run_id: str, filename: str) -> str:
+        """Where ``results.json``, ``predictions.json``, ``memory_usage.json`` of a run go."""
+        return f"{self.run_key(experiment, run_id)}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
 
 
 def _clearml_conf_credentials(host: str) -> tuple[str, str] | None:
@@ -164,7 +174,7 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
     ):
         raise StorageError(f"s3://{settings.bucket}/{key}: server copy does not match {path}")
     return {
-        "url": f"s3://{settings.host}/{settings.bucket}/{key}",
+        "url": settings.url(key),
         "key": key,
         "bytes": size,
         "sha256": sha256,
@@ -205,12 +215,11 @@ def publish_run(
     run_dir = Path(run_dir)
     s3 = client(settings)
     _require_bucket(s3, settings)
-    base = settings.run_key(experiment, run_id)
     uploaded: dict[str, dict[str, Any]] = {}
     for filename, artifact in ARTIFACT_NAMES.items():
         path = run_dir / filename
         if path.is_file():
-            key = f"{base}/artifacts/{artifact}/{filename}"
+            key = settings.artifact_key(experiment, run_id, filename)
             uploaded[artifact] = {**upload_verified(s3, settings, path, key), "path": str(path)}
     if cleanup_local:
         for info in uploaded.values():
@@ -224,7 +233,7 @@ def fetch_object(s3, bucket: str, key: str, target: Path) -> Path:
     tmp = target.with_name(f".{target.name}.part")
     s3.download_file(bucket, key, str(tmp))
     expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-    actual, _ = _digests(tmp)
+    actual = sha256_file(tmp)
     if expected and expected != actual:
         tmp.unlink()
         raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")

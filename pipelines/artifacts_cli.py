@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 
 from components.storage import StorageError, StorageSettings, download_verified, set_retention
-from pipelines.config import ConfigError, compose, to_container
+from pipelines.config import ConfigError, compose, require_storage, to_container
 
 
-def _settings(overrides: list[str]) -> StorageSettings:
-    settings = StorageSettings.from_config(to_container(compose(overrides))["storage"])
-    if settings is None:
-        raise ConfigError("storage.endpoint: is required (storage.endpoint=http://HOST:PORT)")
-    return settings
+def _settings(overrides: list[str], cfg: dict | None = None) -> StorageSettings:
+    cfg = cfg or to_container(compose(overrides))
+    return require_storage(cfg["storage"], "is required (storage.endpoint=http://HOST:PORT)")
 
 
 def task_prefix(task_id: str) -> str:
@@ -56,7 +54,7 @@ def _publish_again(run_dir: Path, overrides: list[str]) -> None:
     cfg = to_container(compose(overrides))
     cleanup = bool(cfg["experiment"]["cleanup_local_artifacts"])
     uploaded = publish_run(
-        _settings(overrides),
+        _settings(overrides, cfg),
         run_dir,
         results["experiment"],
         results["run_id"],

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components.storage import ARTIFACT_NAMES
 from pipelines import clearml_steps
 from pipelines.config import (
     KNOBS,
@@ -143,7 +144,7 @@ def build_pipeline(cfg_node, gpu_queue: str | None = None):
         if spec.name == "publish":
             extra = {
                 "monitor_metrics": [("metrics", "token_recall"), ("metrics", "exact_match")],
-                "monitor_artifacts": ["experiment_results", "model_predictions", "memory_usage"],
+                "monitor_artifacts": list(ARTIFACT_NAMES.values()),
             }
         pipe.add_function_step(
             name=spec.name,
@@ -197,20 +198,18 @@ def enqueue(
 
     from clearml import Task
 
-    from components.storage import StorageSettings
     from pipelines.clearml_server import check_server
+    from pipelines.config import require_storage
 
     cfg_node = compose(overrides)
     resolved = to_container(cfg_node)
     if not dry_run:
         check_server(float(resolved["clearml"]["ping_timeout_s"]))
-    if StorageSettings.from_config(resolved["storage"]) is None:
-        from pipelines.config import ConfigError
-
-        raise ConfigError(
-            "storage.endpoint: the pipeline's steps exchange files through S3 (MinIO); "
-            'set it, e.g. make enqueue ARGS="storage.endpoint=http://minio:9000"'
-        )
+    require_storage(
+        resolved["storage"],
+        "the pipeline's steps exchange files through S3 (MinIO); "
+        'set it, e.g. make enqueue ARGS="storage.endpoint=http://minio:9000"',
+    )
     if Path(str(resolved["dataset"]["path"])).is_file():
         validate(resolved)
     pipe = build_pipeline(cfg_node, gpu_queue)

@@ -24,30 +24,29 @@ from pathlib import Path
 from typing import Any
 
 from components.storage import StorageSettings
-from pipelines.config import ConfigError, compose, to_container
+from pipelines.config import ConfigError, require_storage
 from pipelines.sweep import Combination, normalize_overrides, plan, split_names, sweep_name
 
 FINAL = ("completed", "failed", "stopped", "closed", "published")
 
 
-def _results_key(settings: StorageSettings, experiment: str, run_id: str, name: str) -> str:
-    from components.storage import ARTIFACT_NAMES
-
-    artifact = ARTIFACT_NAMES[name]
-    return f"{settings.run_key(experiment, run_id)}/artifacts/{artifact}/{name}"
-
-
-def fetch_run_files(settings: StorageSettings, experiment: str, run_id: str, dest: Path):
-    """A finished pipeline's results.json and predictions.json, sha256-checked."""
+def fetch_run_files(
+    settings: StorageSettings,
+    experiment: str,
+    run_id: str,
+    dest: Path,
+    names: tuple[str, ...] = ("results.json", "predictions.json"),
+) -> list[Any]:
+    """A finished pipeline's artifacts (JSON), sha256-checked, in the order named."""
     from components.storage import client, fetch_object
 
     s3 = client(settings)
     loaded = []
-    for name in ("results.json", "predictions.json"):
-        key = _results_key(settings, experiment, run_id, name)
+    for name in names:
+        key = settings.artifact_key(experiment, run_id, name)
         path = fetch_object(s3, settings.bucket, key, dest / f"{experiment}.{run_id}" / name)
         loaded.append(json.loads(path.read_text(encoding="utf-8")))
-    return loaded[0], loaded[1]
+    return loaded
 
 
 def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any] | None:
@@ -71,7 +70,9 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
     for task in tasks[:5]:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                results, _ = fetch_run_files(settings, experiment, task.id, Path(tmp))
+                (results,) = fetch_run_files(
+                    settings, experiment, task.id, Path(tmp), ("results.json",)
+                )
             except Exception:  # no readable results: not reusable
                 continue
         if (
@@ -159,13 +160,12 @@ def enqueue_sweep(
 
     overrides = normalize_overrides(overrides)
     combos = plan(models, datasets, overrides, check_paths=False)
-    cfg = to_container(compose(overrides))
-    settings = StorageSettings.from_config(cfg["storage"])
-    if settings is None:
-        raise ConfigError(
-            "storage.endpoint: the pipelines exchange files through S3 (MinIO); set it, e.g. "
-            'ARGS="storage.endpoint=http://minio:9000"'
-        )
+    cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
+    settings = require_storage(
+        cfg["storage"],
+        "the pipelines exchange files through S3 (MinIO); set it, e.g. "
+        'ARGS="storage.endpoint=http://minio:9000"',
+    )
     if not dry_run:
         check_server(float(cfg["clearml"]["ping_timeout_s"]))
     name = sweep_name(cfg, models, datasets)
@@ -215,14 +215,11 @@ def summarize(
 ) -> dict[str, Any]:
     """Leaderboard files from the runs' results in S3; runs without results are listed."""
     from components.leaderboard import leaderboard_row, write_leaderboard
+    from components.stats import bootstrap_options
 
     settings = StorageSettings.from_config(cfg["storage"])
     assert settings is not None
-    stats = {
-        "samples": int(cfg["sweep"]["bootstrap_samples"]),
-        "confidence": float(cfg["sweep"]["confidence"]),
-        "seed": int(cfg["sweep"]["seed"]),
-    }
+    stats = bootstrap_options(cfg["sweep"])
     rows, missing = [], []
     for run in runs:
         try:

@@ -25,33 +25,47 @@ NO_AUTO_CONNECT = {
 }
 
 
-def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Returns the step outputs and, offline, the path of the session zip."""
+def open_task(clearml_cfg: dict[str, Any], name: str, task_type: str):
+    """A task for a run on this machine: an offline session (``mode=offline``) or on the
+    configured server (checked first, so a missing one fails fast)."""
     from clearml import Task
 
-    from components.artifacts import file_info
-    from components.storage import ARTIFACT_NAMES
-    from pipelines.clearml_report import report_results
     from pipelines.clearml_server import check_server, prepare_sdk
-    from pipelines.local import run_local
 
-    clearml_cfg = container["clearml"]
     prepare_sdk()
-    offline = clearml_cfg["mode"] == "offline"
-    if offline:
+    if clearml_cfg["mode"] == "offline":
         Task.set_offline(True)
     else:
         check_server(float(clearml_cfg["ping_timeout_s"]))
-    task = Task.init(
+    return Task.init(
         project_name=str(clearml_cfg["project"]),
-        task_name=str(container["experiment"]["name"]),
-        task_type="testing",
+        task_name=name,
+        task_type=task_type,
         # No framework hooks (we report what we measure) and no repository scan: the scan
         # of a venv holding torch and vLLM took minutes; results.json records the git commit.
         auto_connect_frameworks=NO_AUTO_CONNECT,
         auto_connect_arg_parser=False,
         reuse_last_task_id=False,
     )
+
+
+def close_task(task) -> str | None:
+    """Closes the task; offline, returns the path of its session zip."""
+    from clearml import Task
+
+    folder = task.get_offline_mode_folder() if Task.is_offline() else None
+    task.close()
+    return f"{folder}.zip" if folder else None
+
+
+def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Returns the step outputs and, offline, the path of the session zip."""
+    from components.artifacts import file_info
+    from components.storage import ARTIFACT_NAMES
+    from pipelines.clearml_report import report_results
+    from pipelines.local import run_local
+
+    task = open_task(container["clearml"], str(container["experiment"]["name"]), "testing")
     task.connect(knob_values(container), name="Args")
     task.connect_configuration(portable_config(cfg_node), name=CONFIG_NAME)
     outputs = run_local(container, run_id=str(task.id))
@@ -60,10 +74,13 @@ def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], st
     results = json.loads(Path(publish["results_path"]).read_text(encoding="utf-8"))
     predictions = json.loads(Path(outputs["score"]["predictions_path"]).read_text(encoding="utf-8"))
     run_dir = Path(publish["results_path"]).parent
+    # Local files: results.json is new; the others were measured by the publish step.
     artifacts = publish["uploaded"] or {
-        name: file_info(run_dir / filename) for filename, name in ARTIFACT_NAMES.items()
+        ARTIFACT_NAMES[filename]: info
+        for filename, info in {
+            **publish["artifacts"],
+            "results.json": file_info(run_dir / "results.json"),
+        }.items()
     }
     report_results(task, results, predictions, artifacts)
-    folder = task.get_offline_mode_folder() if offline else None
-    task.close()
-    return outputs, f"{folder}.zip" if folder else None
+    return outputs, close_task(task)

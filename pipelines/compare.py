@@ -39,24 +39,21 @@ def resolve_run(ref: str, cfg: dict[str, Any]) -> Path:
 
 
 def _fetch_task(task_id: str, cfg: dict[str, Any], dest: Path) -> Path:
-    from components.storage import StorageSettings, download_verified
+    from components.storage import ARTIFACT_NAMES, download_verified
     from pipelines.artifacts_cli import task_prefix
     from pipelines.clearml_server import check_server, prepare_sdk
+    from pipelines.config import require_storage
 
-    settings = StorageSettings.from_config(cfg["storage"])
-    if settings is None:
-        raise ConfigError("storage.endpoint: needed to fetch a task's files from S3")
+    settings = require_storage(cfg["storage"], "needed to fetch a task's files from S3")
     prepare_sdk()
     check_server(float(cfg["clearml"]["ping_timeout_s"]))
-    download_verified(settings, task_prefix(task_id), dest)
-    # ClearML's layout, artifacts/<artifact name>/<file>: gathered side by side.
+    # Only the run's artifacts (not its steps' intermediate files), in ClearML's layout
+    # <artifact name>/<file>; the two that matter are gathered side by side.
+    download_verified(settings, f"{task_prefix(task_id)}/artifacts", dest)
     run = dest / "run"
     run.mkdir(parents=True, exist_ok=True)
-    for artifact, name in (
-        ("model_predictions", "predictions.json"),
-        ("experiment_results", "results.json"),
-    ):
-        source = dest / "artifacts" / artifact / name
+    for name in ("predictions.json", "results.json"):
+        source = dest / ARTIFACT_NAMES[name] / name
         if not source.is_file():
             raise ConfigError(f"task {task_id}: no {name} among its artifacts in S3")
         (run / name).write_bytes(source.read_bytes())
@@ -76,6 +73,7 @@ def _identity(run_dir: Path) -> tuple[str, str, str | None]:
 def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
     from components.artifacts import write_json_atomic, write_text_atomic
     from components.compare import compare_predictions, to_csv, to_markdown
+    from components.stats import bootstrap_options
     from components.storage import safe_name
 
     cfg = to_container(compose(overrides))
@@ -83,14 +81,7 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
     (exp_a, label_a, sha_a), (exp_b, label_b, sha_b) = _identity(dir_a), _identity(dir_b)
     preds_a = json.loads((dir_a / "predictions.json").read_text(encoding="utf-8"))
     preds_b = json.loads((dir_b / "predictions.json").read_text(encoding="utf-8"))
-    sweep = cfg["sweep"]
-    comparison = compare_predictions(
-        preds_a,
-        preds_b,
-        samples=int(sweep["bootstrap_samples"]),
-        confidence=float(sweep["confidence"]),
-        seed=int(sweep["seed"]),
-    )
+    comparison = compare_predictions(preds_a, preds_b, **bootstrap_options(cfg["sweep"]))
     comparison["same_dataset_file"] = None if not (sha_a and sha_b) else sha_a == sha_b
     name = safe_name(f"{exp_a}_vs_{exp_b}")
     out = Path(cfg["experiment"]["output_dir"]) / "compare" / name
@@ -101,7 +92,7 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
     }
     mode = str(cfg["clearml"].get("mode") or "off")
     tracked = mode != "off" or TASK_ID.fullmatch(ref_a) or TASK_ID.fullmatch(ref_b)
-    session = _report(cfg, comparison, label_a, label_b, paths, mode) if tracked else None
+    session = _report(cfg, comparison, label_a, label_b, paths) if tracked else None
     return {
         "comparison": comparison,
         "paths": paths,
@@ -110,27 +101,11 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
     }
 
 
-def _report(cfg, comparison, label_a: str, label_b: str, paths, mode: str) -> str | None:
+def _report(cfg, comparison, label_a: str, label_b: str, paths) -> str | None:
     """A ClearML task (offline: a session zip) with the numbers, the table and the files."""
-    from clearml import Task
+    from pipelines.clearml_tracking import close_task, open_task
 
-    from pipelines.clearml_server import check_server, prepare_sdk
-    from pipelines.clearml_tracking import NO_AUTO_CONNECT
-
-    prepare_sdk()
-    offline = mode == "offline"
-    if offline:
-        Task.set_offline(True)
-    else:
-        check_server(float(cfg["clearml"]["ping_timeout_s"]))
-    task = Task.init(
-        project_name=str(cfg["clearml"]["project"]),
-        task_name=f"compare {label_b} vs {label_a}",
-        task_type="qc",
-        auto_connect_frameworks=NO_AUTO_CONNECT,
-        auto_connect_arg_parser=False,
-        reuse_last_task_id=False,
-    )
+    task = open_task(cfg["clearml"], f"compare {label_b} vs {label_a}", "qc")
     task.connect({"a": label_a, "b": label_b}, name="Args")
     logger = task.get_logger()
     diff = comparison["difference"]
@@ -160,9 +135,7 @@ def _report(cfg, comparison, label_a: str, label_b: str, paths, mode: str) -> st
     logger.report_table("comparison", "differing questions", iteration=0, table_plot=table)
     for key, path in paths.items():
         task.upload_artifact(f"compare_{key}", artifact_object=Path(path), wait_on_upload=True)
-    folder = task.get_offline_mode_folder() if offline else None
-    task.close()
-    return f"{folder}.zip" if folder else None
+    return close_task(task)
 
 
 def main(argv: list[str] | None = None) -> int:

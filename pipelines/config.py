@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def _project_root(relative: str = "") -> str:
     return str(PROJECT_ROOT / relative) if relative else str(PROJECT_ROOT)
 
 
+@functools.lru_cache(maxsize=1)
 def deploy_settings() -> dict[str, str]:
     """docker/versions.env: image names, tags and pinned versions, kept in one place."""
     values = {}
@@ -77,6 +79,16 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(container, dict)
     container.pop("hydra", None)
     return container
+
+
+def require_storage(storage: dict[str, Any], why: str):
+    """The S3 settings a command cannot do without; ``why`` ends the error message."""
+    from components.storage import StorageSettings
+
+    settings = StorageSettings.from_config(storage or {})
+    if settings is None:
+        raise ConfigError(f"storage.endpoint: {why}")
+    return settings
 
 
 def _positive_int(cfg: dict, dotted: str, *, allow_none: bool = False, default: Any = None) -> None:

@@ -31,6 +31,7 @@ class StepSpec:
     parents: tuple[str, ...] = ()
     inputs: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)  # constant arguments (shard index)
+    files: tuple[str, ...] = ()  # outputs that are files the next steps read
 
 
 LOAD = StepSpec(
@@ -43,6 +44,7 @@ LOAD = StepSpec(
         "on_error": "cfg.dataset.on_error",
         "run_dir": "run.dir",
     },
+    files=("examples_path",),
 )
 INFERENCE_INPUTS = {
     "model": "cfg.model",
@@ -60,7 +62,14 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
     (one GPU agent each) and a CPU step that merges them in order before scoring."""
     if shards <= 1:
         generation = [
-            StepSpec("inference", inference_step, "gpu", ("load_dataset",), INFERENCE_INPUTS)
+            StepSpec(
+                "inference",
+                inference_step,
+                "gpu",
+                ("load_dataset",),
+                INFERENCE_INPUTS,
+                files=("generations_path",),
+            )
         ]
     else:
         names = tuple(f"{SHARD_PREFIX}{i}" for i in range(shards))
@@ -72,6 +81,7 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
                 ("load_dataset",),
                 INFERENCE_INPUTS,
                 fixed={"shard": i, "shards": shards},
+                files=("generations_path",),
             )
             for i, name in enumerate(names)
         ]
@@ -86,6 +96,7 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
                     "shard_outputs": tuple(f"step.{n}" for n in names),
                     "run_dir": "run.dir",
                 },
+                files=("generations_path",),
             )
         )
     generated = generation[-1].name
@@ -99,6 +110,7 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
             "generations_path": f"step.{generated}.generations_path",
             "run_dir": "run.dir",
         },
+        files=("predictions_path",),
     )
     publish = StepSpec(
         "publish",
@@ -119,10 +131,6 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
 
 def steps_for(cfg: dict[str, Any]) -> tuple[StepSpec, ...]:
     return pipeline_steps(int(cfg["inference"].get("shards") or 1))
-
-
-STEPS = pipeline_steps(1)
-STEP_BY_NAME = {spec.name: spec for spec in STEPS}
 
 
 def _lookup(tree: Any, dotted: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import uuid
 from pathlib import Path
@@ -12,17 +11,13 @@ from typing import Any
 from components.artifacts import write_json_atomic, write_text_atomic
 from components.backends.pool import keep_loaded
 from components.memory import IDLE, MemoryMonitor, stage
-from components.results import environment
+from components.results import environment, utc_now
 from components.secrets import redact
 from components.storage import safe_name
 from pipelines.config import PROJECT_ROOT, validate
 from pipelines.definition import resolve_inputs, steps_for
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -36,11 +31,16 @@ def _close_run(monitor: MemoryMonitor, run_dir: Path, cfg: dict[str, Any]) -> di
         run_dir / "config.yaml", yaml.safe_dump(redact(cfg), sort_keys=False, allow_unicode=True)
     )
     return {
-        "finished_at": _now(),
+        "finished_at": utc_now(),
         "memory": memory,
         "memory_path": str(memory_path),
         "stage_seconds": {k: v["seconds"] for k, v in memory["stages"].items() if k != IDLE},
     }
+
+
+def run_dir_of(cfg: dict[str, Any]) -> Path:
+    """``<output_dir>/<experiment>``; the name never makes a path out of output_dir."""
+    return Path(cfg["experiment"]["output_dir"]) / safe_name(str(cfg["experiment"]["name"]))
 
 
 def run_local(
@@ -51,15 +51,15 @@ def run_local(
     Nothing is written to the run folder before the dataset has been validated.
     """
     validate(cfg)
-    experiment = safe_name(str(cfg["experiment"]["name"]))  # never a path out of output_dir
-    run_dir = Path(cfg["experiment"]["output_dir"]) / experiment
+    run_dir = run_dir_of(cfg)
+    experiment = run_dir.name
     run: dict[str, Any] = {
         "dir": str(run_dir),
         "cache_dir": cache_dir,
         "meta": {
             "experiment": experiment,
             "run_id": run_id or uuid.uuid4().hex[:12],
-            "started_at": _now(),
+            "started_at": utc_now(),
             "environment": environment(PROJECT_ROOT),
         },
     }
@@ -67,7 +67,9 @@ def run_local(
     outputs: dict[str, dict[str, Any]] = {}
     steps = steps_for(cfg)
     # Local shards run one after another on one loaded model; a lone run frees it at once.
-    keep = keep_loaded() if len(steps) > 4 else contextlib.nullcontext()
+    keep = (
+        keep_loaded() if int(cfg["inference"].get("shards") or 1) > 1 else contextlib.nullcontext()
+    )
     try:
         with keep:
             for spec in steps:

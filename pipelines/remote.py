@@ -8,7 +8,6 @@ Intermediate files go to ``<prefix>/<experiment>.<pipeline id>/steps/<step>/<fil
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import tempfile
@@ -17,24 +16,12 @@ from typing import Any
 
 from components.artifacts import write_json_atomic
 from components.memory import IDLE, MemoryMonitor, merge_gpu_peaks, stage
+from components.results import utc_now
 from components.storage import StorageSettings, client, fetch_object, upload_verified
-from pipelines.config import ConfigError, settle_config, validate
+from pipelines.config import require_storage, settle_config, validate
 from pipelines.definition import MERGE, SHARD_PREFIX, resolve_inputs, steps_for
 
 log = logging.getLogger(__name__)
-
-# Which outputs of each step function are files that the next steps read.
-FILE_OUTPUTS = {
-    "load_dataset_step": ("examples_path",),
-    "inference_step": ("generations_path",),
-    "merge_shards_step": ("generations_path",),
-    "score_step": ("predictions_path",),
-    "publish_step": (),
-}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def current_ids() -> tuple[Any, str]:
@@ -47,13 +34,11 @@ def current_ids() -> tuple[Any, str]:
 
 
 def _storage(cfg: dict[str, Any]) -> StorageSettings:
-    settings = StorageSettings.from_config(cfg.get("storage") or {})
-    if settings is None:
-        raise ConfigError(
-            "storage.endpoint: pipeline steps exchange files through S3; set it "
-            "(e.g. storage.endpoint=http://minio:9000)"
-        )
-    return settings
+    return require_storage(
+        cfg.get("storage") or {},
+        "pipeline steps exchange files through S3; set it "
+        "(e.g. storage.endpoint=http://minio:9000)",
+    )
 
 
 def _download(settings: StorageSettings, url: str, dest: Path) -> Path:
@@ -76,7 +61,7 @@ def _run(name: str, state: dict[str, Any]) -> str:
     outputs: dict[str, dict[str, Any]] = {}
     for step, out in state["outputs"].items():
         local = dict(out)
-        for field in FILE_OUTPUTS[specs[step].function.__name__]:
+        for field in specs[step].files:
             if str(out.get(field, "")).startswith("s3://"):
                 local[field] = str(_download(settings, out[field], work))
         outputs[step] = local
@@ -84,7 +69,7 @@ def _run(name: str, state: dict[str, Any]) -> str:
     meta = dict(state["meta"])
     meta.update(experiment=experiment)
     if name == "publish":
-        meta.update(_merge_memory(settings, state, work), finished_at=_now())
+        meta.update(_merge_memory(settings, state, work), finished_at=utc_now())
     run = {"dir": str(work), "cache_dir": None, "meta": meta}
 
     spec = specs[name]
@@ -97,7 +82,7 @@ def _run(name: str, state: dict[str, Any]) -> str:
 
     base = _step_key(settings, experiment, pipeline_id, name)
     s3 = client(settings)
-    for field in FILE_OUTPUTS[spec.function.__name__]:
+    for field in spec.files:
         path = Path(result[field])
         result[field] = upload_verified(s3, settings, path, f"{base}/{path.name}")["url"]
     memory_file = write_json_atomic(work / f"memory_{name}.json", monitor.report())
@@ -178,7 +163,7 @@ def first_step(config_json: str, knobs: dict[str, Any], dataset_sha256: str = ""
     cfg = settle_config(json.loads(config_json), knobs)
     validate(cfg)
     meta = {
-        "started_at": _now(),
+        "started_at": utc_now(),
         "environment": environment(PROJECT_ROOT),
         "run_id": current_ids()[1],
     }
@@ -209,8 +194,7 @@ def merge_step(previous: str) -> str:
     experiment, pipeline_id = str(cfg["experiment"]["name"]), state["meta"]["run_id"]
     shards = [s.name for s in steps_for(cfg) if s.name.startswith(SHARD_PREFIX)]
     for name in shards:
-        url = f"s3://{settings.host}/{settings.bucket}/"
-        url += f"{_step_key(settings, experiment, pipeline_id, name)}/state.json"
+        url = settings.url(f"{_step_key(settings, experiment, pipeline_id, name)}/state.json")
         shard_state = json.loads(_download(settings, url, work / name).read_text("utf-8"))
         state["outputs"][name] = shard_state["outputs"][name]
         state["memory"][name] = shard_state["memory"][name]

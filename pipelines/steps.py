@@ -72,9 +72,9 @@ def inference_step(
     examples = list(read_jsonl(examples_path))
     # One checkpoint per run whatever the shard count (local shards run one after another;
     # on ClearML each shard has its own folder), so a run resumes with other shards too.
-    weights = weights_digest(model) or ""
+    weights = weights_digest(model)
     checkpoint = Checkpoint(
-        run_dir, checkpoint_key(model, inference, sha256_file(examples_path) + weights)
+        run_dir, checkpoint_key(model, inference, sha256_file(examples_path) + (weights or ""))
     )
     suffix = ""
     if shards > 1:
@@ -90,7 +90,12 @@ def inference_step(
     with memory.stage("model_load"):
         started = time.perf_counter()
         loaded = _load_for_inference(
-            model, inference, [e["question"] for e in todo], cache_dir, resolve=bool(examples)
+            model,
+            inference,
+            [e["question"] for e in todo],
+            cache_dir,
+            resolve=bool(examples),
+            digest=weights,
         )
         load_seconds = time.perf_counter() - started
 
@@ -211,9 +216,11 @@ def _load_for_inference(
     questions: list[str],
     cache_dir: str | None,
     resolve: bool = True,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """Model files, device, dtype, prompts and (only if there is work left) the backend.
-    ``resolve=False`` (a shard with no examples) skips the model files altogether."""
+    ``resolve=False`` (a shard with no examples) skips the model files altogether;
+    ``digest``: the packaged GGUF's sha256, when the caller has it already."""
     from components.backends import GenerationParams, create_backend, resolve_backend_name
     from components.backends.pool import acquire, backend_key
     from components.device import resolve_device, resolve_dtype
@@ -224,7 +231,12 @@ def _load_for_inference(
     seed = inference.get("seed")
     if seed is not None:
         seed_everything(int(seed))
-    files = resolve_model(model, cache_dir) if resolve else ModelFiles(str(model["path"]), "unused")
+    files = (
+        resolve_model(model, cache_dir, digest)
+        if resolve
+        else ModelFiles(str(model["path"]), "unused")
+    )
+    fmt = PromptFormat.from_config(model, inference)
     device = resolve_device(str(inference.get("device", "auto")))
     dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
     backend_name = resolve_backend_name(str(inference.get("backend", "auto")), device)
@@ -253,7 +265,7 @@ def _load_for_inference(
             temperature=float(inference.get("temperature", 0.0)),
             top_p=float(inference.get("top_p", 1.0)),
             seed=None if seed is None else int(seed),
-            stop=PromptFormat.from_config(model, inference).stop,
+            stop=fmt.stop,
         ),
     }
     if not questions:
@@ -266,13 +278,12 @@ def _load_for_inference(
             "load from the Hugging Face cache of a worker that has the model; here, use "
             "model=smollm2_135m or point model.path at a local folder."
         ) from exc
-    fmt = PromptFormat.from_config(model, inference)
     loaded["prompts"] = encode_prompts(tokenizer, questions, fmt)
     options = {
         "batch_size": int(inference["batch_size"]),
         "seed": None if seed is None else int(seed),
         "revision": model.get("revision"),
-        "tensor_parallel_size": int(inference.get("tensor_parallel_size") or 1),
+        "tensor_parallel_size": gpus,
         "gpu_memory_utilization": float(inference.get("gpu_memory_utilization") or 0.85),
         **dict(inference.get("vllm") or {}),
     }

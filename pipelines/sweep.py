@@ -33,11 +33,9 @@ class Combination:
 
     @property
     def run_dir(self) -> Path:
-        from components.storage import safe_name
+        from pipelines.local import run_dir_of
 
-        return Path(self.cfg["experiment"]["output_dir"]) / safe_name(
-            str(self.cfg["experiment"]["name"])
-        )
+        return run_dir_of(self.cfg)
 
 
 def split_names(value: str, group: str) -> list[str]:
@@ -125,6 +123,7 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
     from components.backends.pool import keep_loaded
     from components.leaderboard import leaderboard_row, sort_rows, write_leaderboard
     from components.model_files import ModelFilesError
+    from components.stats import bootstrap_options
     from components.storage import StorageError
     from pipelines.local import run_local
 
@@ -144,11 +143,7 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
     settings = first["sweep"]
     name = sweep_name(first, models, datasets)
     out_dir = Path(settings["output_dir"]) / name
-    stats = {
-        "samples": int(settings["bootstrap_samples"]),
-        "confidence": float(settings["confidence"]),
-        "seed": int(settings["seed"]),
-    }
+    stats = bootstrap_options(settings)
     rows, entries = [], []
     with keep_loaded():
         for number, combo in enumerate(combos, 1):

@@ -21,16 +21,105 @@ SMOLLM2 = {
 }
 
 
-def run_cli(*args: str, timeout: float = 900, env: dict | None = None):
-    """Runs the same entry point as `make run`, in a fresh interpreter."""
+def run_module(
+    module: str,
+    *args: str,
+    timeout: float = 900,
+    env: dict | None = None,
+    base_env: dict | None = None,
+):
+    """A project entry point in a fresh interpreter, from the repository root."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        env={**(os.environ if base_env is None else base_env), **(env or {})},
     )
+
+
+def run_cli(*args: str, timeout: float = 900, env: dict | None = None):
+    """Runs the same entry point as `make run`, in a fresh interpreter."""
+    return run_module(
+        "pipelines.run", *args, timeout=timeout, env={"HF_HUB_OFFLINE": "1", **(env or {})}
+    )
+
+
+def make(*args: str, env: dict | None = None, base_env: dict | None = None, timeout=1200):
+    """A Makefile target, as a user runs it."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={
+            **(os.environ if base_env is None else base_env),
+            "HF_HUB_OFFLINE": "1",
+            **(env or {}),
+        },
+    )
+
+
+def make_dry_run(*args: str) -> str:
+    """What `make -n` would run."""
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def without_clearml_env() -> dict[str, str]:
+    """This environment minus CLEARML_*: no server configured unless a test sets one."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
+
+
+def check_run_folder(run_dir, expected_examples: int) -> dict:
+    """The three files of a run agree with each other (counts, mean, sha256, stages)."""
+    import hashlib
+    import json
+    import statistics
+
+    import yaml
+
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    predictions = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
+    memory = json.loads((run_dir / "memory_usage.json").read_text(encoding="utf-8"))
+
+    assert results["status"] == "completed"
+    assert results["counts"]["examples"] == len(predictions) == expected_examples
+    assert results["dataset"]["count"] == expected_examples
+    assert len({p["question_id"] for p in predictions}) == expected_examples
+    scored = [p["token_recall"] for p in predictions if p["token_recall"] is not None]
+    assert results["counts"]["scored"] == len(scored)
+    assert results["token_recall"]["mean"] == pytest.approx(statistics.fmean(scored))
+    for name in ("predictions.json", "memory_usage.json"):
+        data = (run_dir / name).read_bytes()
+        assert results["artifacts"][name]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert results["artifacts"][name]["bytes"] == len(data)
+    for record in predictions:
+        assert set(record) >= {
+            "question_id",
+            "question",
+            "answers",
+            "prediction",
+            "token_recall",
+            "exact_match",
+            "prompt_tokens",
+            "output_tokens",
+        }
+    assert {"model_load", "generate"} <= set(memory["stages"])
+    assert memory["peak_rss_bytes"] == results["memory"]["peak_rss_bytes"] > 0
+    assert memory["sampler_overhead_fraction"] < 0.01
+    assert results["throughput"]["questions_per_s"] > 0
+    assert results["throughput"]["output_tokens_per_s"] > 0
+    assert results["config"]["model"]["name"] == results["model"]["name"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
+    return results
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +186,12 @@ def clearml_env(tmp_path, s3_endpoint, settings):
         'sdk { aws { s3 { credentials: [ { host: "' + host + '", key: ${?AWS_ACCESS_KEY_ID}, '
         "secret: ${?AWS_SECRET_ACCESS_KEY}, secure: false } ] } } }\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
-    return {**env, **CREDS, "HOME": str(tmp_path), "CLEARML_CONFIG_FILE": str(conf)}
+    return {
+        **without_clearml_env(),
+        **CREDS,
+        "HOME": str(tmp_path),
+        "CLEARML_CONFIG_FILE": str(conf),
+    }
 
 
 def closed_port() -> int:

@@ -7,8 +7,7 @@ import pytest
 from components.backends import resolve_backend_name
 from components.backends.base import vllm_installed
 from components.device import cuda_available, resolve_dtype
-from tests.conftest import run_cli
-from tests.test_run_end_to_end import check_run_folder
+from tests.conftest import check_run_folder, run_cli
 
 needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed")
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")

@@ -4,7 +4,6 @@ standalone script in a clean subprocess, an offline session, and `make enqueue`'
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUCKET, ROOT, closed_port, run_cli
+from tests.conftest import BUCKET, ROOT, closed_port, make, run_cli, without_clearml_env
 
 DUMP_DAG = """
 import json, sys
@@ -243,14 +242,12 @@ def test_offline_session_holds_config_parameters_scalars_and_artifacts(tmp_path)
 
 
 def test_make_enqueue_without_a_server_says_how_to_configure_one(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
     started = time.monotonic()
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "enqueue", "QUEUE=gpu"],
-        cwd=ROOT,
-        env={**env, "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        base_env=without_clearml_env(),
+        env={"HOME": str(tmp_path)},
         timeout=60,
     )
     assert proc.returncode != 0
@@ -261,16 +258,8 @@ def test_make_enqueue_without_a_server_says_how_to_configure_one(tmp_path):
 
 
 def test_make_enqueue_with_an_unreachable_server_fails_fast(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARML_")}
-    env.update(HOME=str(tmp_path), CLEARML_API_HOST=f"http://127.0.0.1:{closed_port()}")
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "enqueue", "QUEUE=gpu"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"HOME": str(tmp_path), "CLEARML_API_HOST": f"http://127.0.0.1:{closed_port()}"}
+    proc = make("enqueue", "QUEUE=gpu", base_env=without_clearml_env(), env=env, timeout=60)
     assert proc.returncode != 0
     assert "does not answer" in proc.stderr
 

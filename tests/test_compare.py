@@ -10,7 +10,7 @@ import pytest
 
 from components.artifacts import write_json_atomic
 from components.compare import compare_predictions
-from tests.test_sweep import make
+from tests.conftest import make
 
 
 def pred(qid: str, prediction: str, recall: float | None) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipelines.config import compose, deploy_settings, to_container
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_dry_run
 
 VENV_BIN = Path(sys.executable).parent
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
@@ -31,16 +31,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (make install-dev installs it)")
     return path
-
-
-def make_dry_run(*args: str) -> str:
-    return subprocess.run(
-        ["make", "--no-print-directory", "-n", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

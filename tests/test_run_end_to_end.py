@@ -1,52 +1,10 @@
 """The `make run` entry point in a real subprocess: three files that agree with each other."""
 
-import hashlib
-import json
-import statistics
-
 import pytest
-import yaml
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import check_run_folder, make_dry_run, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def check_run_folder(run_dir, expected_examples: int) -> dict:
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    predictions = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
-    memory = json.loads((run_dir / "memory_usage.json").read_text(encoding="utf-8"))
-
-    assert results["status"] == "completed"
-    assert results["counts"]["examples"] == len(predictions) == expected_examples
-    assert results["dataset"]["count"] == expected_examples
-    assert len({p["question_id"] for p in predictions}) == expected_examples
-    scored = [p["token_recall"] for p in predictions if p["token_recall"] is not None]
-    assert results["counts"]["scored"] == len(scored)
-    assert results["token_recall"]["mean"] == pytest.approx(statistics.fmean(scored))
-    for name in ("predictions.json", "memory_usage.json"):
-        data = (run_dir / name).read_bytes()
-        assert results["artifacts"][name]["sha256"] == hashlib.sha256(data).hexdigest()
-        assert results["artifacts"][name]["bytes"] == len(data)
-    for record in predictions:
-        assert set(record) >= {
-            "question_id",
-            "question",
-            "answers",
-            "prediction",
-            "token_recall",
-            "exact_match",
-            "prompt_tokens",
-            "output_tokens",
-        }
-    assert {"model_load", "generate"} <= set(memory["stages"])
-    assert memory["peak_rss_bytes"] == results["memory"]["peak_rss_bytes"] > 0
-    assert memory["sampler_overhead_fraction"] < 0.01
-    assert results["throughput"]["questions_per_s"] > 0
-    assert results["throughput"]["output_tokens_per_s"] > 0
-    assert results["config"]["model"]["name"] == results["model"]["name"]
-    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
-    return results
 
 
 def test_make_run_writes_three_consistent_files(tmp_path):
@@ -122,15 +80,7 @@ def test_nq_open_from_shared_data(tmp_path, nq_open_path):
 
 
 def test_makefile_run_target_passes_args_through():
-    import subprocess
-
-    out = subprocess.run(
-        ["make", "-n", "run", "ARGS=dataset.limit=3 model=qwen3_0.6b"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = make_dry_run("run", "ARGS=dataset.limit=3 model=qwen3_0.6b")
     assert "-m pipelines.run dataset.limit=3 model=qwen3_0.6b" in out
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -19,7 +17,7 @@ from components.storage import (
     safe_name,
     set_retention,
 )
-from tests.conftest import BUCKET, CREDS, ROOT, closed_port, run_cli
+from tests.conftest import BUCKET, CREDS, closed_port, run_cli, run_module
 
 
 def fake_run(tmp_path, size: int = 1000):
@@ -107,19 +105,12 @@ def test_retention_rule_is_set_and_read_back(settings):
 
 
 def test_retention_cli_prints_the_rules(settings, s3_endpoint):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.artifacts_cli",
-            "retention",
-            "--days",
-            "45",
-            f"storage.endpoint={s3_endpoint}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "pipelines.artifacts_cli",
+        "retention",
+        "--days",
+        "45",
+        f"storage.endpoint={s3_endpoint}",
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -4,14 +4,12 @@ a later publish-only upload, and no multipart upload left behind."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from components.artifacts import file_info
 from components.storage import StorageError, StorageSettings, client, publish_run
-from tests.conftest import BUCKET, CREDS, ROOT
+from tests.conftest import BUCKET, CREDS, run_module
 from tests.fault_proxy import FaultProxy
 
 
@@ -58,21 +56,14 @@ def test_persistent_failure_keeps_everything_then_publish_again_uploads(
         assert len(proxy.seen) >= 3  # retried, not given up at once
     assert local_names(run_dir) == before
 
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.artifacts_cli",
-            "publish",
-            "--run-dir",
-            str(run_dir),
-            f"storage.endpoint={s3_endpoint}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "pipelines.artifacts_cli",
+        "publish",
+        "--run-dir",
+        str(run_dir),
+        f"storage.endpoint={s3_endpoint}",
         timeout=120,
-        env={**__import__("os").environ, **CREDS},
+        env=CREDS,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(verified)") == 3

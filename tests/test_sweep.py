@@ -6,32 +6,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from components.leaderboard import leaderboard_row, to_markdown
 from components.stats import bootstrap_mean
-from tests.conftest import BUCKET, ROOT
+from tests.conftest import BUCKET, ROOT, make, run_module
 
 NQ_LIKE = [
     {"question": "who wrote the novel moby dick", "answer": ["Herman Melville"]},
     {"question": "what is the capital city of japan", "answer": ["Tokyo"]},
     {"question": "how many legs does a spider have", "answer": ["eight", "8"]},
 ]
-
-
-def make(*args: str, env: dict | None = None, timeout: float = 1200):
-    return subprocess.run(
-        ["make", "--no-print-directory", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-    )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -184,25 +171,18 @@ def test_sweep_checks_every_combination_before_running_any(tmp_path):
 
 def test_enqueue_sweep_builds_one_pipeline_per_combination_and_a_summary(clearml_env, s3_endpoint):
     """Offline: every combination's DAG (sharded here) and the summary pipeline's DAG."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.clearml_sweep",
-            "--dry-run",
-            "--models",
-            "smollm2_135m,gemma3_270m",
-            "--datasets",
-            "sample",
-            "--gpu-queue",
-            "gpu-a100",
-            f"storage.endpoint={s3_endpoint}",
-            "inference.shards=2",
-        ],
-        cwd=ROOT,
-        env={**clearml_env, "CLEARML_OFFLINE_MODE": "1"},
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "pipelines.clearml_sweep",
+        "--dry-run",
+        "--models",
+        "smollm2_135m,gemma3_270m",
+        "--datasets",
+        "sample",
+        "--gpu-queue",
+        "gpu-a100",
+        f"storage.endpoint={s3_endpoint}",
+        "inference.shards=2",
+        base_env={**clearml_env, "CLEARML_OFFLINE_MODE": "1"},
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -13,8 +13,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-_kept: dict[str, Any] | None = None  # {"key": str, "backend": Backend} inside keep_loaded()
-_depth = 0
+_depth = 0  # nesting of keep_loaded() blocks; 0: nothing is kept
+_key: str | None = None
+_backend: Any = None
 
 
 def backend_key(**settings: Any) -> str:
@@ -24,39 +25,36 @@ def backend_key(**settings: Any) -> str:
 @contextlib.contextmanager
 def keep_loaded() -> Iterator[None]:
     """Nested blocks share the outermost one's model."""
-    global _kept, _depth
+    global _depth
     _depth += 1
-    if _kept is None:
-        _kept = {}
     try:
         yield
     finally:
         _depth -= 1
         if _depth == 0:
             _close_kept()
-            _kept = None
 
 
 def _close_kept() -> None:
-    if _kept and _kept.get("backend") is not None:
-        backend = _kept.pop("backend")
-        _kept.pop("key", None)
+    global _key, _backend
+    backend, _key, _backend = _backend, None, None
+    if backend is not None:
         backend.close()
 
 
 def acquire(key: str, create: Callable[[], Any]) -> tuple[Any, bool]:
     """The backend for ``key``, and whether it was already loaded."""
-    if _kept is not None and _kept.get("key") == key:
-        return _kept["backend"], True
-    if _kept is not None:
-        _close_kept()  # free the previous model before loading the next
+    global _key, _backend
+    if _depth and _backend is not None and _key == key:
+        return _backend, True
+    _close_kept()  # free the previous model before loading the next
     backend = create()
-    if _kept is not None:
-        _kept.update(key=key, backend=backend)
+    if _depth:
+        _key, _backend = key, backend
     return backend, False
 
 
 def release(backend: Any) -> None:
     """Closes the backend unless ``keep_loaded()`` holds it."""
-    if _kept is None or _kept.get("backend") is not backend:
+    if backend is not _backend:
         backend.close()
