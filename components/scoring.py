@@ -43,7 +43,8 @@ def normalize_answer(text: str) -> str:
 
 def exact_match(prediction: str, answers: Sequence[str]) -> bool:
     pred = normalize_answer(prediction)
-    return any(pred == normalize_answer(a) for a in answers)
+    # An answer of punctuation only normalizes to "": it must not match an empty prediction.
+    return any(pred == norm for norm in map(normalize_answer, answers) if norm)
 
 
 @dataclass(frozen=True)

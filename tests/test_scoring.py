@@ -63,3 +63,8 @@ def test_summary_of_nothing_scorable_has_no_mean():
     summary = summarize([None], [None])
     assert summary.token_recall_mean is None
     assert summary.exact_match is None
+
+
+def test_an_empty_prediction_never_matches_a_punctuation_only_answer():
+    assert not exact_match("!!", ["?", "Paris"])
+    assert exact_match("paris.", ["?", "Paris"])
