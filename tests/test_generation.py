@@ -78,3 +78,34 @@ def test_seeded_sampling_repeats_and_progress_is_reported(hf_backend):
     second = [g.text for g in hf_backend.generate(prompts, params)]
     assert first == second
     assert seen == [1, 1]
+
+
+def test_options_reach_the_backend_and_close_frees_it(smollm2_path, hf_backend):
+    """create_backend's contract: common settings as keywords, the backend's own as options."""
+    from components.backends import create_backend
+
+    prompts = encode_prompts(hf_backend.tokenizer, QUESTIONS, FMT)
+    params = GenerationParams(max_new_tokens=16)
+    backend = create_backend(
+        "transformers",
+        smollm2_path,
+        device="cpu",
+        dtype="float32",
+        tokenizer=hf_backend.tokenizer,
+        seed=42,
+        options={"batch_size": 2},
+    )
+    try:
+        assert backend.batch_size == 2 and backend.tokenizer is hf_backend.tokenizer
+        batches: list[list[int]] = []
+        texts = [
+            g.text
+            for g in backend.generate(prompts, params, on_batch=lambda i, g: batches.append(i))
+        ]
+    finally:
+        backend.close()
+    assert [len(b) for b in batches] == [2, 2, 1]
+    hf_backend.batch_size = len(prompts)
+    assert texts == [g.text for g in hf_backend.generate(prompts, params)]
+    assert backend.model is None
+    backend.close()  # closing twice is harmless

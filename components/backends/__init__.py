@@ -2,10 +2,22 @@
 
 from components.backends.base import (
     Backend,
+    BackendChoice,
     Generation,
     GenerationParams,
+    auto_backend,
     create_backend,
+    resolve_backend,
     resolve_backend_name,
 )
 
-__all__ = ["Backend", "Generation", "GenerationParams", "create_backend", "resolve_backend_name"]
+__all__ = [
+    "Backend",
+    "BackendChoice",
+    "Generation",
+    "GenerationParams",
+    "auto_backend",
+    "create_backend",
+    "resolve_backend",
+    "resolve_backend_name",
+]

