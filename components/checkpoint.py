@@ -1,9 +1,13 @@
-"""Resume after a kill: finished generations are appended to a checkpoint, flushed per batch.
+"""Resume after a kill: finished answers are saved as each batch ends, and a restarted run
+(or a retried ClearML step) generates only what is missing.
 
-The file name carries a hash of everything that decides a prediction (model, inference
-settings, the examples), so a changed config or dataset never reuses another run's answers.
-Batch size, shard count and GPU memory share are left out: they decide speed and memory,
-and a run that died of them can resume with other values.
+The checkpoint's name is a digest of everything that decides an answer as it actually ran:
+the model and its weights, the resolved backend, device and dtype, the generation settings
+and the prompt token ids themselves. Batch size, shard count and GPU memory share are left
+out: they decide speed and memory, and a run that died of them can resume with other values.
+Locally the checkpoint is a file in the run folder; on ClearML it is a set of objects under
+the run's S3 prefix, one per batch (S3 has no append), so an agent that dies loses at most
+the batch it was generating.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization")
+EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization", "vllm")
 
 
 def prediction_settings(inference: dict[str, Any]) -> dict[str, Any]:
@@ -29,29 +35,72 @@ def short_digest(value: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def checkpoint_key(model: dict[str, Any], inference: dict[str, Any], examples_sha256: str) -> str:
+def prompts_digest(prompts: Sequence[Sequence[int]]) -> str:
+    """The token ids every backend is given: template, few-shot and questions in one hash."""
+    digest = hashlib.sha256()
+    for ids in prompts:
+        digest.update(json.dumps(list(ids)).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def checkpoint_key(
+    *,
+    model: dict[str, Any],
+    weights: str | None,
+    backend: str,
+    device: str,
+    dtype: str,
+    generation: dict[str, Any],
+    prompts: str,
+) -> str:
+    """From resolved settings only: ``auto`` never hides which backend wrote an answer."""
     return short_digest(
-        {"model": model, "inference": prediction_settings(inference), "examples": examples_sha256}
+        {
+            "model": {k: model.get(k) for k in ("name", "path", "revision")},
+            "weights": weights,
+            "backend": backend,
+            "device": device,
+            "dtype": dtype,
+            "generation": generation,
+            "prompts": prompts,
+        }
     )
 
 
-class Checkpoint:
-    def __init__(self, run_dir: str | Path, key: str) -> None:
-        self.path = Path(run_dir) / f"checkpoint-{key}.jsonl"
+class Checkpoint(Protocol):
+    location: str
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Records by question id. A line cut short by SIGKILL is ignored (and redone)."""
+        """Records by question id."""
+        ...
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None: ...
+
+
+def _parse_lines(lines: Iterable[str], into: dict[str, dict[str, Any]]) -> None:
+    """A line cut short by a kill is not JSON: it is skipped, and its answer redone."""
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "question_id" in record:
+            into[record["question_id"]] = record
+
+
+class FileCheckpoint:
+    """Appended and fsynced per batch, in the run folder."""
+
+    def __init__(self, run_dir: str | Path, key: str) -> None:
+        self.path = Path(run_dir) / f"checkpoint-{key}.jsonl"
+        self.location = str(self.path)
+
+    def load(self) -> dict[str, dict[str, Any]]:
         done: dict[str, dict[str, Any]] = {}
-        if not self.path.is_file():
-            return done
-        with self.path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and "question_id" in record:
-                    done[record["question_id"]] = record
+        if self.path.is_file():
+            with self.path.open(encoding="utf-8", errors="replace") as fh:
+                _parse_lines(fh, done)
         return done
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
@@ -68,3 +117,38 @@ class Checkpoint:
         with self.path.open("rb") as fh:
             fh.seek(-1, os.SEEK_END)
             return fh.read(1) == b"\n"
+
+
+class S3Checkpoint:
+    """One object per batch under ``<run prefix>/checkpoints/<key>/``: each PUT is atomic,
+    and two attempts of a step (a lost agent that comes back) never overwrite each other."""
+
+    def __init__(self, settings: Any, prefix: str) -> None:
+        from components.storage import client
+
+        self.settings, self.prefix = settings, prefix.rstrip("/")
+        self.location = settings.url(self.prefix + "/")
+        self._s3 = client(settings)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        from components.storage import list_keys
+
+        done: dict[str, dict[str, Any]] = {}
+        for key in sorted(list_keys(self.settings, self.prefix, self._s3)):
+            body = self._s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
+        return done
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from components.storage import StorageError
+
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        key = f"{self.prefix}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        try:
+            self._s3.put_object(
+                Bucket=self.settings.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256"
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"checkpoint {key}: {exc}", transient=True) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psutil
@@ -48,6 +48,7 @@ class MemoryMonitor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._t0 = time.perf_counter()
+        self._wall0 = time.time()
         self.sampling_seconds = 0.0
 
     def _rss(self) -> int:
@@ -120,7 +121,7 @@ class MemoryMonitor:
 
     def start(self) -> MemoryMonitor:
         global _active
-        self._t0 = time.perf_counter()
+        self._t0, self._wall0 = time.perf_counter(), time.time()
         self.sample()
         self._thread = threading.Thread(target=self._loop, name="memory-monitor", daemon=True)
         self._thread.start()
@@ -176,9 +177,12 @@ class MemoryMonitor:
             for stage in stages.values():
                 merge_gpu_peaks(peak_gpu, stage["peak_gpu_bytes"])
             return {
+                "started_epoch": self._wall0,
                 "interval_seconds": self.interval,
                 "samples_kept": len(self.samples),
                 "sampler_overhead_fraction": self.sampling_seconds / elapsed if elapsed else 0.0,
+                "sampling_seconds": self.sampling_seconds,
+                "elapsed_seconds": elapsed,
                 "peak_rss_bytes": peak_rss,
                 "peak_gpu_bytes": peak_gpu,
                 "stages": stages,
@@ -195,6 +199,38 @@ def merge_gpu_peaks(
         for field, value in fields.items():
             target[field] = max(target.get(field, 0), value)
     return into
+
+
+def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One memory_usage.json for a run from its steps' own reports (one sampler per step,
+    wherever it ran): seconds add up, peaks take the maximum, samples share one clock."""
+    merged: dict[str, Any] = {"steps": {}, "stages": {}, "peak_gpu_bytes": {}, "samples": []}
+    t0 = min((r.get("started_epoch", 0.0) for r in reports), default=0.0)
+    for report in reports:
+        step = report.get("step", "?")
+        offset = report.get("started_epoch", t0) - t0
+        merged["steps"][step] = {"sampler_overhead_fraction": report["sampler_overhead_fraction"]}
+        for name, data in report["stages"].items():
+            if name == IDLE:
+                continue
+            if name not in merged["stages"]:
+                merged["stages"][name] = {**data, "peak_gpu_bytes": dict(data["peak_gpu_bytes"])}
+                continue
+            into = merged["stages"][name]
+            into["seconds"] += data["seconds"]
+            into["peak_rss_bytes"] = max(into["peak_rss_bytes"], data["peak_rss_bytes"])
+            merge_gpu_peaks(into["peak_gpu_bytes"], data["peak_gpu_bytes"])
+        merged["samples"].extend(
+            {**s, "t": round(s["t"] + offset, 3), "step": step} for s in report["samples"]
+        )
+        merge_gpu_peaks(merged["peak_gpu_bytes"], report["peak_gpu_bytes"])
+    merged["interval_seconds"] = max((r["interval_seconds"] for r in reports), default=0.0)
+    merged["peak_rss_bytes"] = max((r["peak_rss_bytes"] for r in reports), default=0)
+    elapsed = sum(r.get("elapsed_seconds", 0.0) for r in reports)
+    merged["sampler_overhead_fraction"] = (
+        sum(r.get("sampling_seconds", 0.0) for r in reports) / elapsed if elapsed else 0.0
+    )
+    return merged
 
 
 def highest_gpu_bytes(peak_gpu: Mapping[str, Mapping[str, int]] | None) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import platform
 import subprocess
@@ -26,11 +28,11 @@ PACKAGES = (
 )
 
 
-def utc_now() -> str:
+def utc_now(timespec: str = "seconds") -> str:
     """The timestamps of results.json (started_at, finished_at)."""
     import datetime as dt
 
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec=timespec)
 
 
 def package_versions() -> dict[str, str]:
@@ -63,13 +65,35 @@ def git_commit(root: Path) -> dict[str, Any] | None:
         return None
 
 
+@functools.lru_cache(maxsize=4)
+def source_digest(root: Path) -> str:
+    """sha256 over the package's own code (components/, pipelines/): equal exactly when two
+    machines run the same code, whether or not they have a git checkout (a worker image)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for d in ("components", "pipelines") for p in (root / d).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def code_identity(root: Path) -> dict[str, Any]:
+    """Which code ran: package version, git commit (None in an image) and source digest."""
+    try:
+        version = importlib.metadata.version("slm-qa-eval")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"version": version, "git": git_commit(root), "source_sha256": source_digest(root)}
+
+
 def environment(root: Path) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "host": platform.node(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "packages": package_versions(),
         "git": git_commit(root),
+        "source_sha256": source_digest(root),
     }
 
 
@@ -95,9 +119,13 @@ def build_results(
     run: dict[str, Any],
     artifacts: dict[str, Any],
 ) -> dict[str, Any]:
+    """``run``: experiment, run_id, started_at, finished_at, the merged memory report and,
+    per step, what ran it (``steps``: times, code version and source digest)."""
     inf_cfg = config["inference"]
     metrics = scores["metrics"]
     memory = run.get("memory") or {}
+    stages = {k: v for k, v in memory.get("stages", {}).items() if k != "idle"}
+    steps = run.get("steps", {})
     return {
         "experiment": run["experiment"],
         "run_id": run["run_id"],
@@ -124,9 +152,12 @@ def build_results(
         },
         "inference": {
             "backend": inference["backend"],
+            "backend_reason": inference.get("backend_reason"),
             "device": inference["device"],
             "dtype": inference["dtype"],
-            "batch_size": inf_cfg["batch_size"],
+            "batch_size": inference.get("batch_size"),
+            "batch_size_setting": inf_cfg["batch_size"],
+            "batch_size_reason": inference.get("batch_size_reason"),
             "max_new_tokens": inf_cfg["max_new_tokens"],
             "temperature": inf_cfg["temperature"],
             "top_p": inf_cfg["top_p"],
@@ -137,6 +168,7 @@ def build_results(
             "tensor_parallel_size": inf_cfg.get("tensor_parallel_size", 1),
             # Loaded by an earlier run of the same process (a sweep): no load time here.
             "model_reused": inference.get("model_reused", False),
+            "checkpoint": inference.get("checkpoint"),
         },
         "counts": {
             **metrics["counts"],
@@ -147,7 +179,7 @@ def build_results(
         "exact_match": metrics["exact_match"],
         "unscorable_ids": scores["unscorable_ids"],
         "timing": {
-            "stage_seconds": run.get("stage_seconds", {}),
+            "stage_seconds": {k: v["seconds"] for k, v in stages.items()},
             "model_load_seconds": inference["load_seconds"],
             "generate_seconds": inference["generate_seconds"],
             "shards": inference.get("shard_details", []),
@@ -161,16 +193,13 @@ def build_results(
         "memory": {
             "peak_rss_bytes": memory.get("peak_rss_bytes"),
             "peak_gpu_bytes": memory.get("peak_gpu_bytes"),
-            "peak_rss_bytes_by_stage": {
-                name: stage["peak_rss_bytes"] for name, stage in memory.get("stages", {}).items()
-            },
+            "peak_rss_bytes_by_stage": {k: v["peak_rss_bytes"] for k, v in stages.items()},
             "peak_gpu_bytes_by_stage": {
-                name: stage["peak_gpu_bytes"]
-                for name, stage in memory.get("stages", {}).items()
-                if stage["peak_gpu_bytes"]
+                k: v["peak_gpu_bytes"] for k, v in stages.items() if v["peak_gpu_bytes"]
             },
         },
-        "environment": run.get("environment", {}),
+        "environment": environment(Path(__file__).resolve().parent.parent),
+        "steps": steps,
         "artifacts": artifacts,
         "config": redact(config),
     }

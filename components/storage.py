@@ -1,17 +1,20 @@
-"""Artifacts in S3 (MinIO in production): verified uploads, verified downloads, retention.
+"""Files in S3 (MinIO in production): verified uploads and downloads, key layout, retention.
 
-One code path for `make run` with ``storage.endpoint`` set and for the pipeline's publish
-step. Keys follow ClearML's layout so both land side by side:
+One code path for `make run` with ``storage.endpoint`` set, for every ClearML step (which
+hand files to each other through S3) and for the tools that read results back. Keys follow
+ClearML's layout, so both land side by side:
 ``<prefix>/<experiment>.<task or run id>/artifacts/<artifact name>/<file>``.
-Credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``)
-or from the host's entry in ``clearml.conf`` (``sdk.aws.s3.credentials``), never from the repo.
+Uploads carry a SHA-256 checksum that the server checks (botocore's flexible checksums),
+plus the whole file's sha256 as object metadata, which every download is checked against.
+Credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or
+from the host's entry in ``clearml.conf`` (``sdk.aws.s3.credentials``), never from the repo.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class StorageError(RuntimeError):
-    pass
+    """S3 failed; ``transient`` when trying again later may work (timeouts, 5xx, drops)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def safe_name(name: str) -> str:
@@ -80,6 +87,14 @@ class StorageSettings:
         """ClearML's form of an object's address: s3://host:port/bucket/key."""
         return f"s3://{self.host}/{self.bucket}/{key}"
 
+    def key_of(self, url_or_key: str) -> tuple[str, str]:
+        """(bucket, key) of an s3:// URL in ClearML's form, or of a key in this bucket."""
+        parsed = urlparse(url_or_key)
+        if parsed.scheme == "s3":
+            bucket, _, key = parsed.path.lstrip("/").partition("/")
+            return bucket, key
+        return self.bucket, url_or_key.strip("/")
+
     @property
     def output_uri(self) -> str:
         """ClearML's form: the port is required, else the host is taken for an AWS bucket."""
@@ -93,18 +108,21 @@ class StorageSettings:
         return f"{self.run_key(experiment, run_id)}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
 
 
-def _clearml_conf_credentials(host: str) -> tuple[str, str] | None:
-    path = os.environ.get("CLEARML_CONFIG_FILE") or os.path.expanduser("~/clearml.conf")
-    if not os.path.isfile(path):
-        return None
+def _clearml_conf_credentials(settings: StorageSettings) -> tuple[str, str] | None:
+    """The host's key and secret in clearml.conf, found the way ClearML itself finds them."""
     try:
-        from pyhocon import ConfigFactory
+        from clearml.backend_config.bucket_config import S3BucketConfigurations
+        from clearml.config import config_obj
     except ImportError:
         return None
-    conf = ConfigFactory.parse_file(path)
-    for entry in conf.get("sdk.aws.s3.credentials", []) or []:
-        if str(entry.get("host", "")) == host and entry.get("key") and entry.get("secret"):
-            return str(entry["key"]), str(entry["secret"])
+    s3 = config_obj.get("sdk.aws.s3", None)
+    if not s3:
+        return None
+    found = S3BucketConfigurations.from_config(s3).get_config_by_uri(
+        f"s3://{settings.host}/{settings.bucket}"
+    )
+    if found is not None and found.key and found.secret:
+        return str(found.key), str(found.secret)
     return None
 
 
@@ -115,7 +133,7 @@ def client(settings: StorageSettings):
 
     options: dict[str, Any] = {}
     if not os.environ.get("AWS_ACCESS_KEY_ID"):
-        found = _clearml_conf_credentials(settings.host)
+        found = _clearml_conf_credentials(settings)
         if found:
             options["aws_access_key_id"], options["aws_secret_access_key"] = found
     config = Config(
@@ -123,32 +141,39 @@ def client(settings: StorageSettings):
         retries={"max_attempts": settings.max_attempts, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_supported",
     )
     return boto3.client(
         "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config, **options
     )
 
 
-def _digests(path: Path) -> tuple[str, str]:
-    """sha256, and the ETag S3 computes for our transfer settings (MD5, or MD5 of part MD5s)."""
-    sha, parts, whole = hashlib.sha256(), [], hashlib.md5()
-    with path.open("rb") as fh:
-        while chunk := fh.read(MULTIPART_CHUNK):
-            sha.update(chunk)
-            whole.update(chunk)
-            parts.append(hashlib.md5(chunk).digest())
-    if path.stat().st_size < MULTIPART_THRESHOLD:
-        return sha.hexdigest(), whole.hexdigest()
-    return sha.hexdigest(), f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+def _failure(settings: StorageSettings, what: str, exc: Exception) -> StorageError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(
+            f"{what} at {settings.endpoint}: no S3 credentials; export AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY, or add the host {settings.host!r} to "
+            "sdk.aws.s3.credentials in clearml.conf"
+        )
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    transient = not code or code.startswith("5") or code in ("SlowDown", "RequestTimeout")
+    return StorageError(
+        f"{what} at {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}",
+        transient=transient,
+    )
 
 
 def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict[str, Any]:
-    """Uploads, then checks size, sha256 and ETag on the server before calling it done."""
+    """Uploads with a SHA-256 checksum the server verifies (per part when multipart), the
+    file's sha256 as metadata, then checks size and metadata on the server copy."""
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
-    sha256, etag = _digests(path)
+    sha256 = sha256_file(path)
     size = path.stat().st_size
     transfer = TransferConfig(
         multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
@@ -158,49 +183,33 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
             str(path),
             settings.bucket,
             key,
-            ExtraArgs={"Metadata": {"sha256": sha256}},
+            ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
             Config=transfer,
         )
         head = s3.head_object(Bucket=settings.bucket, Key=key)
     except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
-        raise StorageError(
-            f"upload of {path} to s3://{settings.bucket}/{key} at {settings.endpoint} failed "
-            f"after {settings.max_attempts} attempts: {exc}"
-        ) from exc
-    if (
-        head["ContentLength"] != size
-        or head.get("Metadata", {}).get("sha256") != sha256
-        or head["ETag"].strip('"') != etag
-    ):
+        cause = (exc.__cause__ or exc.__context__) if isinstance(exc, S3UploadFailedError) else exc
+        what = f"upload of {path} to s3://{settings.bucket}/{key}"
+        raise _failure(settings, what, cause or exc) from exc
+    if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
         raise StorageError(f"s3://{settings.bucket}/{key}: server copy does not match {path}")
-    return {
-        "url": settings.url(key),
-        "key": key,
-        "bytes": size,
-        "sha256": sha256,
-    }
+    return {"url": settings.url(key), "key": key, "bytes": size, "sha256": sha256}
 
 
-def _require_bucket(s3, settings: StorageSettings) -> None:
+def require_bucket(s3, settings: StorageSettings) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         s3.head_bucket(Bucket=settings.bucket)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchBucket"):
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
             raise StorageError(
                 f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
                 f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
             ) from exc
-        raise StorageError(
-            f"bucket {settings.bucket!r} at {settings.endpoint}: failed after "
-            f"{settings.max_attempts} attempts: {exc}"
-        ) from exc
+        raise _failure(settings, f"bucket {settings.bucket!r}", exc) from exc
     except BotoCoreError as exc:
-        raise StorageError(
-            f"upload to {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}"
-        ) from exc
+        raise _failure(settings, "upload", exc) from exc
 
 
 def publish_run(
@@ -211,28 +220,43 @@ def publish_run(
     *,
     cleanup_local: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Uploads the three artifacts; deletes local copies only after every upload verified."""
+    """Uploads the three artifacts, results.json last (its presence means the run is whole);
+    deletes local copies only after every upload verified."""
     run_dir = Path(run_dir)
     s3 = client(settings)
-    _require_bucket(s3, settings)
+    require_bucket(s3, settings)
     uploaded: dict[str, dict[str, Any]] = {}
-    for filename, artifact in ARTIFACT_NAMES.items():
+    for filename in sorted(ARTIFACT_NAMES, key=lambda name: name == "results.json"):
         path = run_dir / filename
         if path.is_file():
             key = settings.artifact_key(experiment, run_id, filename)
-            uploaded[artifact] = {**upload_verified(s3, settings, path, key), "path": str(path)}
+            info = upload_verified(s3, settings, path, key)
+            uploaded[ARTIFACT_NAMES[filename]] = {**info, "path": str(path)}
     if cleanup_local:
         for info in uploaded.values():
             Path(info["path"]).unlink()
     return uploaded
 
 
-def fetch_object(s3, bucket: str, key: str, target: Path) -> Path:
-    """Downloads one object to ``target`` (atomically), checked against its recorded sha256."""
+def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=None) -> Path:
+    """Downloads one object to ``target`` (atomically), checked against its recorded sha256:
+    the one way anything here reads a file back from S3."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = s3 or client(settings)
+    bucket, key = settings.key_of(url_or_key)
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
-    s3.download_file(bucket, key, str(tmp))
-    expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    try:
+        s3.download_file(bucket, key, str(tmp))
+        expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            raise StorageError(f"s3://{bucket}/{key}: not found at {settings.endpoint}") from exc
+        raise _failure(settings, f"download of s3://{bucket}/{key}", exc) from exc
+    except BotoCoreError as exc:
+        raise _failure(settings, f"download of s3://{bucket}/{key}", exc) from exc
     actual = sha256_file(tmp)
     if expected and expected != actual:
         tmp.unlink()
@@ -241,28 +265,43 @@ def fetch_object(s3, bucket: str, key: str, target: Path) -> Path:
     return target
 
 
+def list_keys(settings: StorageSettings, prefix: str, s3=None) -> Iterator[str]:
+    s3 = s3 or client(settings)
+    bucket, prefix = settings.key_of(prefix)
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+    ):
+        for obj in page.get("Contents", []):
+            yield obj["Key"]
+
+
 def download_verified(
     settings: StorageSettings, url_or_prefix: str, dest: str | Path
 ) -> list[Path]:
     """Downloads every object under a run prefix, checking each against its sha256."""
     s3 = client(settings)
-    parsed = urlparse(url_or_prefix)
-    if parsed.scheme == "s3":
-        # s3://host:port/bucket/key... (ClearML's form)
-        bucket, _, prefix = parsed.path.lstrip("/").partition("/")
-    else:
-        bucket, prefix = settings.bucket, url_or_prefix.strip("/")
-    dest = Path(dest)
-    written: list[Path] = []
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix.rstrip("/") + "/"):
-        for obj in page.get("Contents", []):
-            key = obj["Key"]
-            relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
-            written.append(fetch_object(s3, bucket, key, dest / relative))
+    bucket, prefix = settings.key_of(url_or_prefix)
+    base = f"s3://{settings.host}/{bucket}/"
+    written = []
+    for key in list_keys(settings, base + prefix, s3):
+        relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
+        written.append(fetch(settings, base + key, Path(dest) / relative, s3))
     if not written:
         raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {settings.endpoint}")
     return written
+
+
+def fetch_artifacts(
+    settings: StorageSettings, run_key: str, dest: str | Path, names: tuple[str, ...]
+) -> dict[str, Path]:
+    """A finished run's artifacts (``results.json``, ...) side by side in ``dest``."""
+    s3 = client(settings)
+    return {
+        name: fetch(
+            settings, f"{run_key}/artifacts/{ARTIFACT_NAMES[name]}/{name}", Path(dest) / name, s3
+        )
+        for name in names
+    }
 
 
 def set_retention(settings: StorageSettings, days: int) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """`make compare A=... B=...`: two runs question by question.
 
-    python -m pipelines.compare smollm2_135m_sample gemma3_270m_sample
-    python -m pipelines.compare outputs/a outputs/b
-    python -m pipelines.compare TASK_ID_A TASK_ID_B storage.endpoint=http://minio:9000
+    make compare A=smollm2_135m_sample B=gemma3_270m_sample
+    make compare A=outputs/a B=outputs/b
+    make compare A=<task id> B=<task id> ARGS="storage.endpoint=http://minio:9000"
 
 A and B are run folders, experiment names under experiment.output_dir, or ClearML task ids
 (their files are fetched from S3 and checked against their sha256). Writes compare.md and
@@ -12,14 +12,12 @@ task ids, the comparison is also recorded as a ClearML task with the table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, compose, to_container
+from pipelines.config import ConfigError
 
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -39,25 +37,15 @@ def resolve_run(ref: str, cfg: dict[str, Any]) -> Path:
 
 
 def _fetch_task(task_id: str, cfg: dict[str, Any], dest: Path) -> Path:
-    from components.storage import ARTIFACT_NAMES, download_verified
-    from pipelines.artifacts_cli import task_prefix
-    from pipelines.clearml_server import check_server, prepare_sdk
+    from pipelines.clearml.runs import fetch_task_run
+    from pipelines.clearml.sdk import check_server, prepare_sdk
     from pipelines.config import require_storage
 
     settings = require_storage(cfg["storage"], "needed to fetch a task's files from S3")
     prepare_sdk()
     check_server(float(cfg["clearml"]["ping_timeout_s"]))
-    # Only the run's artifacts (not its steps' intermediate files), in ClearML's layout
-    # <artifact name>/<file>; the two that matter are gathered side by side.
-    download_verified(settings, f"{task_prefix(task_id)}/artifacts", dest)
-    run = dest / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    for name in ("predictions.json", "results.json"):
-        source = dest / ARTIFACT_NAMES[name] / name
-        if not source.is_file():
-            raise ConfigError(f"task {task_id}: no {name} among its artifacts in S3")
-        (run / name).write_bytes(source.read_bytes())
-    return run
+    fetch_task_run(settings, task_id, dest, ("predictions.json", "results.json"))
+    return dest
 
 
 def _identity(run_dir: Path) -> tuple[str, str, str | None]:
@@ -70,13 +58,12 @@ def _identity(run_dir: Path) -> tuple[str, str, str | None]:
     return run_dir.name, run_dir.name, None
 
 
-def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
+def compare(ref_a: str, ref_b: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from components.artifacts import write_json_atomic, write_text_atomic
     from components.compare import compare_predictions, to_csv, to_markdown
     from components.stats import bootstrap_options
     from components.storage import safe_name
 
-    cfg = to_container(compose(overrides))
     dir_a, dir_b = resolve_run(ref_a, cfg), resolve_run(ref_b, cfg)
     (exp_a, label_a, sha_a), (exp_b, label_b, sha_b) = _identity(dir_a), _identity(dir_b)
     preds_a = json.loads((dir_a / "predictions.json").read_text(encoding="utf-8"))
@@ -103,7 +90,7 @@ def compare(ref_a: str, ref_b: str, overrides: list[str]) -> dict[str, Any]:
 
 def _report(cfg, comparison, label_a: str, label_b: str, paths) -> str | None:
     """A ClearML task (offline: a session zip) with the numbers, the table and the files."""
-    from pipelines.clearml_tracking import close_task, open_task
+    from pipelines.clearml.tracking import close_task, open_task
 
     task = open_task(cfg["clearml"], f"compare {label_b} vs {label_a}", "qc")
     task.connect({"a": label_a, "b": label_b}, name="Args")
@@ -136,36 +123,3 @@ def _report(cfg, comparison, label_a: str, label_b: str, paths) -> str | None:
     for key, path in paths.items():
         task.upload_artifact(f"compare_{key}", artifact_object=Path(path), wait_on_upload=True)
     return close_task(task)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from components.storage import StorageError
-    from pipelines.clearml_server import ServerNotConfigured
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("a", help="run folder, experiment name or ClearML task id")
-    parser.add_argument("b", help="run folder, experiment name or ClearML task id")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides (storage.endpoint=...)")
-    args = parser.parse_args(argv)
-    try:
-        done = compare(args.a, args.b, args.overrides)
-    except (ValueError, StorageError, ServerNotConfigured) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from components.compare import MARKDOWN_ROWS
-
-    text = done["paths"]["md"].read_text(encoding="utf-8").splitlines()
-    shown = 8 + min(10, MARKDOWN_ROWS)
-    print("\n".join(text[:shown]))
-    if len(text) > shown:
-        print(f"... ({len(done['comparison']['rows'])} differing questions in all)")
-    print("wrote")
-    for path in done["paths"].values():
-        print(f"  {path}")
-    if done["session"]:
-        print(f"  {done['session']}  (ClearML offline session)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

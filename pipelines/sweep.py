@@ -1,7 +1,6 @@
 """`make sweep`: every model x dataset, one after another in this process, then a leaderboard.
 
-    python -m pipelines.sweep --models smollm2_135m,gemma3_270m --datasets sample,nq_open \\
-        dataset.limit=20 [sweep.force=true]
+    make sweep MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open ARGS="dataset.limit=20"
 
 Every combination is composed and checked before anything runs. Combinations run model by
 model, so each model is loaded once for all its datasets. A combination whose results.json
@@ -11,18 +10,13 @@ failed combination is reported and the others still run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, compose, group_choices, to_container, validate
-
-log = logging.getLogger("pipelines.sweep")
 
 
 @dataclass
@@ -38,8 +32,10 @@ class Combination:
         return run_dir_of(self.cfg)
 
 
-def split_names(value: str, group: str) -> list[str]:
-    names = [n.strip() for n in value.replace(" ", ",").split(",") if n.strip()]
+def split_names(value: str | list[str], group: str) -> list[str]:
+    """Config group names, checked, duplicates dropped."""
+    text = ",".join(value) if isinstance(value, list | tuple) else str(value)
+    names = [n.strip() for n in text.replace(" ", ",").split(",") if n.strip()]
     if not names:
         raise ConfigError(f"{group}: name at least one (e.g. {group.upper()}=a,b)")
     choices = group_choices(group)
@@ -49,11 +45,6 @@ def split_names(value: str, group: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def normalize_overrides(overrides: list[str]) -> list[str]:
-    """``force=true`` (as the README writes it) is ``sweep.force=true``."""
-    return [f"sweep.{o}" if o.split("=", 1)[0] == "force" else o for o in overrides]
-
-
 def plan(
     models: list[str], datasets: list[str], overrides: list[str], check_paths: bool = True
 ) -> list[Combination]:
@@ -61,9 +52,9 @@ def plan(
     combos = []
     for model in models:
         for dataset in datasets:
-            cfg = to_container(compose([f"model={model}", f"dataset={dataset}", *overrides]))
             try:
-                validate(cfg, require_dataset=check_paths)
+                cfg = to_container(compose([f"model={model}", f"dataset={dataset}", *overrides]))
+                cfg = validate(cfg, require_dataset=check_paths)
             except ConfigError as exc:
                 raise ConfigError(f"{model} x {dataset}: {exc}") from exc
             combos.append(Combination(model, dataset, cfg))
@@ -86,7 +77,8 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
     """The combination's results.json if it is complete and still valid: same fingerprint,
     same dataset content, predictions file intact."""
     from components.artifacts import sha256_file
-    from components.backends import resolve_backend_name
+    from components.backends import resolve_backend
+    from components.batching import model_shape
     from components.device import resolve_device, resolve_dtype
     from components.model_files import weights_digest
     from components.results import config_fingerprint
@@ -100,8 +92,16 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
         device = resolve_device(str(inference["device"]))
         # "auto" resolves per machine: results from a CPU box are not a GPU box's.
         ran_as = {k: results["inference"][k] for k in ("backend", "device", "dtype")}
+        shape = model_shape(results["model"]["loaded_from"], combo.cfg["model"].get("revision"))
+        backend = resolve_backend(
+            str(inference["backend"]),
+            device,
+            parameters=shape.parameters if shape else None,
+            questions=results["counts"]["examples"],
+            tensor_parallel_size=int(inference["tensor_parallel_size"]),
+        )
         would_run_as = {
-            "backend": resolve_backend_name(str(inference["backend"]), device),
+            "backend": backend.name,
             "device": device,
             "dtype": resolve_dtype(str(inference["dtype"]), device),
         }
@@ -127,7 +127,6 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
     from components.storage import StorageError
     from pipelines.local import run_local
 
-    overrides = normalize_overrides(overrides)
     combos = plan(models, datasets, overrides)
     first = combos[0].cfg
     if str(first["clearml"].get("mode") or "off") != "off":
@@ -164,8 +163,7 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
                     print(f"{label}: failed: {exc}", file=sys.stderr, flush=True)
                     entries.append({**entry, "status": "failed", "error": str(exc)})
                     continue
-                results_path = outputs["publish"]["results_path"]
-                results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+                results = outputs["publish"]["results"]
             predictions = json.loads((combo.run_dir / "predictions.json").read_text("utf-8"))
             rows.append(leaderboard_row(results, predictions, reused=entry["reused"], **stats))
             entries.append(
@@ -191,49 +189,3 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
     paths["json"] = write_json_atomic(out_dir / "sweep.json", summary)
     summary["paths"] = {k: str(v) for k, v in paths.items()}
     return summary
-
-
-def _stop(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from components.model_files import ModelFilesError
-    from components.storage import StorageError
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", required=True, help="model config names, comma-separated")
-    parser.add_argument("--datasets", required=True, help="dataset config names")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every combination")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        models = split_names(args.models, "model")
-        datasets = split_names(args.datasets, "dataset")
-        summary = run_sweep(models, datasets, args.overrides)
-    except (ConfigError, ModelFilesError, StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as exc:
-        print(
-            f"stopped ({exc or 'interrupt'}): finished combinations are kept and reused, the "
-            "running one resumes from its checkpoint; run the same command again",
-            file=sys.stderr,
-        )
-        return 130
-    from components.leaderboard import to_markdown
-
-    print()
-    print(to_markdown(summary["leaderboard"], f"sweep {summary['name']}"), end="")
-    print("wrote")
-    for path in summary["paths"].values():
-        print(f"  {path}")
-    failed = [c for c in summary["combinations"] if c["status"] == "failed"]
-    for combo in failed:
-        print(f"failed: {combo['model']} x {combo['dataset']}: {combo['error']}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

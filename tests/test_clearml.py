@@ -1,5 +1,7 @@
-"""The ClearML side, with no server: the DAG under offline mode, each step's generated
-standalone script in a clean subprocess, an offline session, and `make enqueue`'s error."""
+"""The ClearML side without a server, fast: the DAG's edges from the definition, the
+controller built under offline mode, settling a pipeline's config from its parameters, the
+retry classification, an offline session, and `make enqueue`'s errors. The real thing, on a
+real server with agents, is tests/test_clearml_server.py."""
 
 from __future__ import annotations
 
@@ -7,45 +9,68 @@ import json
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from pipelines.config import ConfigError, compose, portable_config, settle, to_container
+from pipelines.dag import pipeline_steps
 from tests.conftest import BUCKET, ROOT, closed_port, make, run_cli, without_clearml_env
 
-DUMP_DAG = """
+
+def test_parents_are_the_steps_a_step_reads_from():
+    steps = {s.name: s for s in pipeline_steps(1)}
+    assert [s.name for s in pipeline_steps(1)] == ["load_dataset", "inference", "score", "publish"]
+    assert steps["inference"].parents == ("load_dataset",)
+    assert steps["score"].parents == ("load_dataset", "inference")
+    assert steps["publish"].parents == ("load_dataset", "inference", "score")
+    sharded = {s.name: s for s in pipeline_steps(3)}
+    shards = [f"inference_shard_{i}" for i in range(3)]
+    assert list(sharded) == ["load_dataset", *shards, "merge_shards", "score", "publish"]
+    assert sharded["merge_shards"].parents == ("load_dataset", *shards)
+    assert set(sharded["publish"].parents) == {"load_dataset", *shards, "merge_shards", "score"}
+    for i, name in enumerate(shards):
+        assert sharded[name].fixed == {"shard": i, "shards": 3}
+        assert sharded[name].queue == "gpu"
+
+
+def test_a_step_definition_travels_as_json_unchanged():
+    from pipelines.dag import StepSpec
+
+    for spec in pipeline_steps(2):
+        assert StepSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+DUMP_CONTROLLER = """
 import json, sys
 from clearml import Task
 Task.set_offline(True)
-from clearml.backend_interface.task.populate import CreateFromFunction
-from pipelines.config import compose
-from pipelines.clearml_pipeline import build_pipeline, step_function
-pipe = build_pipeline(compose(sys.argv[2:]), gpu_queue=sys.argv[1])
+Task.init(project_name="p", task_name="controller", task_type="controller")
+from pipelines.clearml.controller import build_controller, evaluation_parameters
+from pipelines.config import compose, to_container, validate
+from pipelines.dag import steps_for
+cfg = validate(to_container(compose(sys.argv[1:])), require_dataset=False)
+parameters = evaluation_parameters(cfg, {})
+pipe = build_controller(cfg, "controller", steps_for(cfg), parameters=parameters)
+task = Task.current_task()
 steps = {}
 for name, node in pipe.get_pipeline_dag().items():
-    kwargs = {k.split("/", 1)[1]: v for k, v in node.parameters.items()}
-    script = CreateFromFunction.create_task_from_function(
-        step_function(name), function_kwargs=kwargs, function_return=["result"],
-        packages=[], dry_run=True, project_name="p", task_name=name,
-    )["script"]
+    definition = json.loads(task.get_configuration_object(name))
     steps[name] = {
         "parents": list(node.parents), "queue": node.queue, "parameters": node.parameters,
-        "docker": node.explicit_docker_image, "cache": node.cache_executed_step,
-        "container": json.loads(Task.current_task().get_configuration_object(name))["container"],
-        "script": script["diff"], "requirements": script["requirements"],
+        "docker": node.explicit_docker_image,
+        "docker_args": (definition["container"] or {}).get("arguments"),
+        "script": definition["script"]["diff"],
     }
-print("DAG=" + json.dumps({
-    "steps": steps, "params": pipe.get_parameters(),
-    "output_uri": Task.current_task().output_uri,
-}))
+dag = {"steps": steps, "params": pipe.get_parameters(), "output_uri": task.output_uri}
+print("DAG=" + json.dumps(dag))
 """
 
 
-def dump_dag(env: dict, *overrides: str, gpu_queue: str = "gpu-a100") -> dict:
+def dump_controller(env: dict, *overrides: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", DUMP_DAG, gpu_queue, *overrides],
+        [sys.executable, "-c", DUMP_CONTROLLER, *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -53,169 +78,132 @@ def dump_dag(env: dict, *overrides: str, gpu_queue: str = "gpu-a100") -> dict:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("DAG="))
-    return json.loads(line[4:])
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("DAG="))[4:])
 
 
-def test_dag_shape_queues_images_parameters_and_output_uri(clearml_env, s3_endpoint):
-    dag = dump_dag(clearml_env, f"storage.endpoint={s3_endpoint}", "dataset.limit=3")
-    steps, params = dag["steps"], dag["params"]
-    assert list(steps) == ["load_dataset", "inference", "score", "publish"]
-    assert [steps[s]["parents"] for s in steps] == [[], ["load_dataset"], ["inference"], ["score"]]
-    assert steps["inference"]["queue"] == "${pipeline.gpu_queue}"
-    assert {steps[s]["queue"] for s in ("load_dataset", "score", "publish")} == {
-        "${pipeline.cpu_queue}"
+@pytest.fixture(scope="module")
+def controllers(clearml_env_module, s3_endpoint) -> dict:
+    """Two controllers built offline: the default pipeline and a sharded tensor-parallel one."""
+    endpoint = f"storage.endpoint={s3_endpoint}"
+    return {
+        "default": dump_controller(clearml_env_module, endpoint, "clearml.queues.gpu=gpu-a100"),
+        "sharded": dump_controller(
+            clearml_env_module,
+            endpoint,
+            "inference.shards=2",
+            "inference.backend=vllm",
+            "inference.tensor_parallel_size=2",
+        ),
     }
-    assert params["gpu_queue"] == "gpu-a100" and params["cpu_queue"] == "cpu"
+
+
+def test_controller_steps_queues_images_and_edges(controllers, s3_endpoint):
+    dag = controllers["default"]
+    steps = dag["steps"]
+    assert list(steps) == ["load_dataset", "inference", "score", "publish"]
+    assert steps["inference"]["queue"] == "gpu-a100"
+    assert {steps[s]["queue"] for s in ("load_dataset", "score", "publish")} == {"cpu"}
     assert steps["inference"]["docker"] == "slm-qa-eval-gpu:0.1.0"
     assert steps["score"]["docker"] == "slm-qa-eval-cpu:0.1.0"
-    assert [s for s in steps if steps[s]["cache"]] == ["load_dataset"]
     assert dag["output_uri"] == f"s3://{s3_endpoint.split('://')[1]}/{BUCKET}/slm-experiments"
-    assert params["eval_limit"] == 3 and params["eval_model"] == "smollm2_135m"
-    hydra_names = {"cfg", "config_name", "help", "overrides", "run"}
-    assert not hydra_names & set(params)
-    referenced = set()
+    assert dag["params"]["gpu_queue"] == "gpu-a100" and dag["params"]["eval_dataset_path"] == ""
+    for name, step in steps.items():
+        refs = {k.split("/", 1)[1]: v for k, v in step["parameters"].items() if "artifacts" in k}
+        assert set(refs) == set(step["parents"])  # each edge carries its parent's outputs
+        assert all(v == f"${{{k}.id}}.outputs" for k, v in refs.items())
+        values = [v for k, v in step["parameters"].items() if k.startswith("kwargs/")]
+        assert not any("${" in str(v) for v in values), name  # nothing unresolved
+        assert "import torch" not in step["script"] and "def run_step" in step["script"]
+    config = json.loads(steps["inference"]["parameters"]["kwargs/config"])
+    assert set(config) == {"model", "inference"}  # a step gets the config it reads
+
+
+def test_gpu_steps_never_ask_docker_for_gpus(controllers):
+    """The agent gives a step its GPUs; a --gpus of the step's own would stack on them."""
+    steps = controllers["sharded"]["steps"]
+    assert [s for s in steps if s.startswith("inference_shard_")] == [
+        "inference_shard_0",
+        "inference_shard_1",
+    ]
     for step in steps.values():
-        for value in step["parameters"].values():
-            referenced |= set(re.findall(r"\$\{pipeline\.(\w+)\}", str(value)))
-        referenced |= set(re.findall(r"\$\{pipeline\.(\w+)\}", step["queue"]))
-    assert referenced and referenced <= set(params)
-    # Steps hand on small strings, never datasets or predictions.
-    load_kwargs = steps["load_dataset"]["parameters"]
-    assert len(load_kwargs["kwargs/config_json"]) < 10_000
-    assert len(load_kwargs["kwargs/dataset_sha256"]) == 64
-    assert steps["score"]["parameters"] == {"kwargs_artifacts/previous": "${inference.id}.result"}
-    for step in steps.values():
-        assert "import torch" not in step["script"] and "import vllm" not in step["script"]
-        assert step["requirements"] in ({}, {"pip": []}, None) or not step["requirements"].get(
-            "pip"
-        )
+        assert "--gpus" not in str(step["docker_args"] or "")
+    assert steps["inference_shard_0"]["docker_args"] == "--ipc=host"
 
 
-def test_two_builds_give_identical_step_definitions(clearml_env, s3_endpoint):
-    first = dump_dag(clearml_env, f"storage.endpoint={s3_endpoint}")
-    second = dump_dag(clearml_env, f"storage.endpoint={s3_endpoint}")
-    assert first["steps"] == second["steps"]
-    assert first["params"] == second["params"]
-
-
-def test_dag_shape_does_not_depend_on_parameter_values(clearml_env, s3_endpoint):
-    small = dump_dag(clearml_env, f"storage.endpoint={s3_endpoint}", "dataset.limit=1")
-    other = dump_dag(
-        clearml_env, f"storage.endpoint={s3_endpoint}", "model=qwen3_0.6b", "dataset=nq_open"
+def test_settle_applies_parameters_as_the_ui_hands_them_over():
+    attached = portable_config(compose(["dataset.limit=4"]))
+    assert attached["dataset"]["path"] == "${project_root:data/sample/qa_pairs.jsonl}"
+    cfg = settle(
+        attached,
+        {
+            "eval_model": "gemma3_270m",
+            "eval_limit": "",
+            "eval_batch_size": "64",
+            "eval_temperature": "0.5",
+            "eval_dataset_path": "",
+            "gpu_queue": "gpu-a100",
+        },
     )
-    shape = [(n, s["parents"], s["queue"], s["docker"]) for n, s in small["steps"].items()]
-    assert shape == [(n, s["parents"], s["queue"], s["docker"]) for n, s in other["steps"].items()]
-
-
-def _offline_return(home: Path) -> str:
-    """The step's return value, as its offline session recorded it (task.json)."""
-    sessions = sorted((home / ".clearml" / "cache" / "offline").glob("offline-*/task.json"))
-    task = json.loads(sessions[-1].read_text())
-    return task["hyperparams"]["return"]["result"]["value"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("shards", [1, 2])
-def test_generated_step_scripts_run_standalone_chained_through_s3(
-    clearml_env, s3_endpoint, settings, tmp_path, shards
-):
-    """What an agent would run: each step's script alone, in a clean folder, no repo."""
-    from components.storage import client
-
-    dag = dump_dag(
-        clearml_env,
-        f"storage.endpoint={s3_endpoint}",
-        "dataset.limit=3",
-        "inference.max_new_tokens=6",
-        f"inference.shards={shards}",
+    assert cfg["model"]["name"] == "gemma3_270m"
+    assert cfg["model"]["prompt"]["format"] == "completion"
+    assert cfg["experiment"]["name"] == "gemma3_270m_sample"  # the default name follows
+    assert cfg["dataset"]["limit"] is None and Path(cfg["dataset"]["path"]).is_file()
+    assert cfg["inference"]["batch_size"] == 64 and cfg["inference"]["temperature"] == 0.5
+    assert cfg["clearml"]["queues"]["gpu"] == "gpu-a100"
+    assert settle(attached, {"eval_dataset_path": "/agent/data.jsonl"})["dataset"]["path"] == (
+        "/agent/data.jsonl"
     )
-    returns: dict[str, str] = {}
-    for name, step in dag["steps"].items():
-        workdir = tmp_path / name
-        workdir.mkdir()
-        script = step["script"]
-        ref = step["parameters"].get("kwargs_artifacts/previous")
-        if ref is not None:  # what the controller resolves ${parent.result} into
-            parent = re.match(r"\$\{(\w+)\.id\}", ref)[1]
-            wired = f"'previous': {returns[parent]!r}"
-            script = re.sub(r"'previous': '[^']*'", lambda _, w=wired: w, script)
-        else:
-            script = script.replace("'${pipeline.eval_limit}'", "'2'")
-            script = re.sub(r"'\$\{pipeline\.eval_\w+\}'", "''", script)
-        (workdir / "step.py").write_text(script)
-        env = {**clearml_env, "HOME": str(workdir), "CLEARML_OFFLINE_MODE": "1"}
-        proc = subprocess.run(
-            [sys.executable, "step.py"],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-3000:]}"
-        returns[name] = _offline_return(workdir)
-    previous = returns["publish"]
-
-    state = json.loads(previous)
-    assert state["config"]["dataset"]["limit"] == 2  # the knob, cast from its string
-    run_id = state["meta"]["run_id"]
-    prefix = f"slm-experiments/smollm2_135m_sample.{run_id}/"
-    keys = {
-        o["Key"][len(prefix) :]
-        for o in client(settings).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
-    }
-    assert {
-        "artifacts/experiment_results/results.json",
-        "artifacts/model_predictions/predictions.json",
-        "artifacts/memory_usage/memory_usage.json",
-        "steps/load_dataset/examples.jsonl",
-        "steps/inference/generations.jsonl"
-        if shards == 1
-        else "steps/merge_shards/generations.jsonl",
-    } <= keys
-    if shards > 1:
-        assert {"steps/inference_shard_1/generations.shard1.jsonl"} <= keys
-        assert results_ids(settings, prefix) == ["sample-001", "sample-002"]
-    body = client(settings).get_object(
-        Bucket=BUCKET, Key=prefix + "artifacts/experiment_results/results.json"
-    )["Body"]
-    results = json.loads(body.read())
-    assert results["counts"]["examples"] == 2
-    assert {"model_load", "generate", "score"} <= set(results["timing"]["stage_seconds"])
 
 
-def results_ids(settings, prefix: str) -> list[str]:
-    from components.storage import client
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"eval_model": "gpt5"}, "eval_model: unknown model 'gpt5'"),
+        ({"eval_limit": "many"}, "dataset.limit"),
+        ({"eval_max_new_tokens": "0"}, "inference.max_new_tokens: must be an integer >= 1"),
+    ],
+)
+def test_settle_names_a_bad_parameter(args, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settle(portable_config(compose()), args)
 
-    body = client(settings).get_object(
-        Bucket=BUCKET, Key=prefix + "artifacts/model_predictions/predictions.json"
-    )["Body"]
-    return [p["question_id"] for p in json.loads(body.read())]
+
+def test_step_arguments_never_hold_an_unresolved_reference():
+    from pipelines.clearml.controller import step_kwargs
+    from pipelines.config import validate
+
+    cfg = validate(to_container(compose()))
+    cfg["inference"]["system_prompt"] = "say ${x}"  # as a value, after OmegaConf's escapes
+    spec = pipeline_steps(1)[1]
+    with pytest.raises(ConfigError, match=r"inference: its config holds '\$\{'"):
+        step_kwargs(spec, cfg, {"experiment": "e"})
 
 
-def test_sharded_dag_runs_shards_side_by_side_on_the_gpu_queue_then_merges(
-    clearml_env, s3_endpoint
-):
-    dag = dump_dag(
-        clearml_env,
-        f"storage.endpoint={s3_endpoint}",
-        "inference.shards=3",
-        "inference.backend=vllm",
-        "inference.tensor_parallel_size=2",
-    )
-    steps = dag["steps"]
-    shards = ["inference_shard_0", "inference_shard_1", "inference_shard_2"]
-    assert list(steps) == ["load_dataset", *shards, "merge_shards", "score", "publish"]
-    for index, name in enumerate(shards):
-        assert steps[name]["parents"] == ["load_dataset"]
-        assert steps[name]["queue"] == "${pipeline.gpu_queue}"
-        assert steps[name]["parameters"]["kwargs/shard"] == index
-        assert steps[name]["container"]["arguments"] == "--gpus=2 --ipc=host"
-    assert steps["merge_shards"]["parents"] == shards
-    assert steps["merge_shards"]["queue"] == "${pipeline.cpu_queue}"
-    assert steps["score"]["parents"] == ["merge_shards"]
-    assert not steps["score"]["container"].get("arguments")
+def test_failures_are_told_apart():
+    from components.dataset import DatasetError, Problem
+    from components.model_files import ModelFilesError
+    from components.storage import StorageError
+    from pipelines.clearml.failures import CodeSkew, classify
+    from pipelines.steps import GenerationOutOfMemory
+
+    permanent = [
+        DatasetError("d.jsonl", [Problem("d.jsonl", 3, "answer", "is missing")]),
+        ConfigError("inference.batch_size: must be an integer >= 1, got 0"),
+        ModelFilesError("the model package 'x' is not installed"),
+        CodeSkew("this step runs ..., its controller ..."),
+        StorageError("bucket 'b' does not exist"),
+        FileNotFoundError("data.jsonl"),
+        GenerationOutOfMemory("out of memory at batch size 1", 1),
+    ]
+    transient = [
+        StorageError("upload failed after 5 attempts", transient=True),
+        ConnectionError("reset"),
+        TimeoutError("slow"),
+        GenerationOutOfMemory("out of memory at batch size 64", 64),
+    ]
+    assert [classify(e)[0] for e in permanent] == ["permanent"] * len(permanent)
+    assert [classify(e)[0] for e in transient] == ["transient"] * len(transient)
+    assert classify(permanent[0])[1].startswith("DatasetError: d.jsonl: 1 invalid line")
 
 
 @pytest.mark.slow
@@ -242,40 +230,49 @@ def test_offline_session_holds_config_parameters_scalars_and_artifacts(tmp_path)
 
 
 def test_make_enqueue_without_a_server_says_how_to_configure_one(tmp_path):
-    started = time.monotonic()
     proc = make(
         "enqueue",
         "QUEUE=gpu",
+        "ARGS=storage.endpoint=http://127.0.0.1:9",
         base_env=without_clearml_env(),
         env={"HOME": str(tmp_path)},
-        timeout=60,
+        timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "no ClearML server is configured" in proc.stderr
     assert "clearml-init" in proc.stderr and "CLEARML_API_HOST" in proc.stderr
-    assert time.monotonic() - started < 10
     assert not (tmp_path / ".clearml").exists()  # nothing created, not even offline
 
 
-def test_make_enqueue_with_an_unreachable_server_fails_fast(tmp_path):
+def test_make_enqueue_with_an_unreachable_server_says_it_does_not_answer(tmp_path):
     env = {"HOME": str(tmp_path), "CLEARML_API_HOST": f"http://127.0.0.1:{closed_port()}"}
-    proc = make("enqueue", "QUEUE=gpu", base_env=without_clearml_env(), env=env, timeout=60)
-    assert proc.returncode != 0
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        "ARGS=storage.endpoint=http://127.0.0.1:9",
+        base_env=without_clearml_env(),
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
     assert "does not answer" in proc.stderr
 
 
 def test_controller_and_cpu_steps_never_import_torch_or_vllm(tmp_path, sample_path):
     code = f"""
-import json, sys
-import pipelines.clearml_pipeline, pipelines.remote
+import sys
+from pathlib import Path
+import pipelines.clearml.controller, pipelines.clearml.agent, pipelines.steps
+from pipelines.executor import RunContext
+from pipelines.stores import LocalStore
 from pipelines.steps import load_dataset_step, score_step
-out = load_dataset_step({str(sample_path)!r}, 2, {str(tmp_path)!r})
-with open({str(tmp_path / "g.jsonl")!r}, "w") as fh:
-    for line in open(out["examples_path"]):
-        qid = json.loads(line)["question_id"]
-        fh.write(json.dumps(dict(question_id=qid, prediction="Paris", prompt_tokens=1,
-                                 output_tokens=1)) + "\\n")
-score_step(out["examples_path"], {str(tmp_path / "g.jsonl")!r}, {str(tmp_path)!r})
+run = RunContext("e", "r", "now", Path({str(tmp_path)!r}), LocalStore(Path({str(tmp_path)!r})))
+out = load_dataset_step({{"path": {str(sample_path)!r}, "limit": 2}}, run)
+gen = Path({str(tmp_path)!r}) / "g.jsonl"
+line = '{{"question_id": "sample-00%d", "prediction": "Paris", '
+line += '"prompt_tokens": 1, "output_tokens": 1}}\\n'
+gen.write_text(''.join(line % i for i in (1, 2)))
+score_step(out["examples_path"], str(gen), run)
 assert "torch" not in sys.modules, "torch"
 assert "vllm" not in sys.modules, "vllm"
 """

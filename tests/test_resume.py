@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from components.checkpoint import Checkpoint, checkpoint_key
+from components.checkpoint import FileCheckpoint, checkpoint_key, prompts_digest
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def start(output_dir, *extra: str) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "pipelines.run",
+            "pipelines.cli.run",
             *ARGS,
             f"experiment.output_dir={output_dir}",
             *extra,
@@ -104,11 +104,28 @@ def test_sigterm_stops_cleanly_and_a_changed_config_starts_afresh(tmp_path):
     assert json.loads((run_dir / "results.json").read_text())["counts"]["resumed"] == 0
 
 
+def key(**changed) -> str:
+    settings = {
+        "model": {"name": "m", "path": "p"},
+        "weights": "w",
+        "backend": "transformers",
+        "device": "cpu",
+        "dtype": "float32",
+        "generation": {"max_new_tokens": 8, "seed": 1},
+        "prompts": prompts_digest([[1, 2, 3], [4, 5]]),
+    }
+    return checkpoint_key(**{**settings, **changed})
+
+
+def test_the_checkpoint_key_is_what_decided_the_answers_as_resolved():
+    assert len({key(), key(backend="vllm"), key(dtype="bfloat16"), key(device="cuda")}) == 4
+    assert key() != key(prompts=prompts_digest([[1, 2, 3], [4, 6]]))  # another prompt
+    assert key() != key(generation={"max_new_tokens": 8, "seed": 2})
+    assert key() != key(weights="other")
+
+
 def test_a_line_cut_short_is_redone_not_trusted(tmp_path):
-    key = checkpoint_key({"name": "m"}, {"batch_size": 1, "seed": 1}, "abc")
-    assert key == checkpoint_key({"name": "m"}, {"batch_size": 8, "seed": 1}, "abc")
-    assert key != checkpoint_key({"name": "m"}, {"batch_size": 1, "seed": 2}, "abc")
-    ckpt = Checkpoint(tmp_path, key)
+    ckpt = FileCheckpoint(tmp_path, key())
     ckpt.append([{"question_id": "a", "prediction": "x"}])
     with ckpt.path.open("a") as fh:
         fh.write('{"question_id": "b", "predi')  # SIGKILL mid-write

@@ -81,7 +81,7 @@ def test_nq_open_from_shared_data(tmp_path, nq_open_path):
 
 def test_makefile_run_target_passes_args_through():
     out = make_dry_run("run", "ARGS=dataset.limit=3 model=qwen3_0.6b")
-    assert "-m pipelines.run dataset.limit=3 model=qwen3_0.6b" in out
+    assert "-m pipelines.cli.run dataset.limit=3 model=qwen3_0.6b" in out
 
 
 def test_hub_model_missing_from_the_cache_says_what_to_do(tmp_path):

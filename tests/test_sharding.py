@@ -7,8 +7,10 @@ import pytest
 from components.artifacts import read_jsonl, write_jsonl_atomic
 from components.backends.pool import keep_loaded
 from pipelines.config import compose, to_container
+from pipelines.executor import RunContext
 from pipelines.local import run_local
 from pipelines.steps import merge_shards_step, shard_bounds
+from pipelines.stores import LocalStore
 
 SHARD_1 = {"sample-003", "sample-004"}
 
@@ -49,14 +51,15 @@ def _shard(tmp_path, index, ids, **extra):
 def test_merge_refuses_a_shard_that_misses_or_repeats_an_answer(tmp_path):
     examples = tmp_path / "examples.jsonl"
     write_jsonl_atomic(examples, ({"question_id": f"q{i}"} for i in range(5)))
+    run = RunContext("e", "r", "now", tmp_path, LocalStore(tmp_path))
     good = [_shard(tmp_path, 0, ["q0", "q1"]), _shard(tmp_path, 1, ["q2", "q3", "q4"])]
-    merged = merge_shards_step(str(examples), good, str(tmp_path))
+    merged = merge_shards_step(str(examples), good, [g["generations_path"] for g in good], run)
     ids = [g["question_id"] for g in read_jsonl(merged["generations_path"])]
     assert ids == ["q0", "q1", "q2", "q3", "q4"]
     assert merged["questions_per_s"] == 5 / 4.0  # per GPU-second, comparable to one shard
     bad = [_shard(tmp_path, 0, ["q0", "q1"]), _shard(tmp_path, 1, ["q2", "q2", "q4"])]
     with pytest.raises(RuntimeError, match="shard 1: .* does not answer examples 2..4"):
-        merge_shards_step(str(examples), bad, str(tmp_path))
+        merge_shards_step(str(examples), bad, [b["generations_path"] for b in bad], run)
 
 
 @pytest.mark.slow

@@ -106,10 +106,9 @@ def test_retention_rule_is_set_and_read_back(settings):
 
 def test_retention_cli_prints_the_rules(settings, s3_endpoint):
     proc = run_module(
-        "pipelines.artifacts_cli",
-        "retention",
-        "--days",
-        "45",
+        "pipelines.cli.artifacts",
+        "artifacts.command=retention",
+        "artifacts.days=45",
         f"storage.endpoint={s3_endpoint}",
         timeout=120,
     )
@@ -118,18 +117,31 @@ def test_retention_cli_prints_the_rules(settings, s3_endpoint):
 
 
 @pytest.mark.slow
-def test_make_run_with_storage_uploads_under_the_layout(settings, s3_endpoint, tmp_path):
-    proc = run_cli(
-        "dataset.limit=2",
-        "inference.max_new_tokens=6",
-        f"storage.endpoint={s3_endpoint}",
-        f"experiment.output_dir={tmp_path}",
-        # A secret put in the config by mistake must not reach any output either.
-        f"+storage.secret_key={CREDS['AWS_SECRET_ACCESS_KEY']}",
-        env=CREDS,
-    )
+def test_make_run_with_storage_uploads_results_last_then_cleans_up(settings, tmp_path):
+    """The local copies go only after every upload verified; results.json, which says the
+    run is whole, is uploaded last; the summary still prints (from memory, not the files)."""
+    from tests.fault_proxy import FaultProxy
+
+    with FaultProxy(settings.endpoint) as proxy:
+        proc = run_cli(
+            "dataset.limit=2",
+            "inference.max_new_tokens=6",
+            f"storage.endpoint={proxy.endpoint}",
+            f"experiment.output_dir={tmp_path}",
+            "experiment.cleanup_local_artifacts=true",
+            env=CREDS,
+        )
+        puts = [p for p in proxy.seen if p.startswith("PUT ") and "/artifacts/" in p]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "smollm2_135m_sample" / "results.json").read_text())
+    assert "token recall" in proc.stdout and "local copy deleted" in proc.stdout
+    assert puts[-1].endswith("experiment_results/results.json"), puts
+    run_dir = tmp_path / "smollm2_135m_sample"
+    assert not any((run_dir / n).exists() for n in ("results.json", "predictions.json"))
+    results = json.loads(
+        client(settings)
+        .get_object(Bucket=BUCKET, Key=puts[-1].split(f"/{BUCKET}/", 1)[1])["Body"]
+        .read()
+    )
     prefix = f"slm-experiments/smollm2_135m_sample.{results['run_id']}/artifacts/"
     listed = client(settings).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
     assert sorted(o["Key"][len(prefix) :] for o in listed) == [
@@ -137,11 +149,16 @@ def test_make_run_with_storage_uploads_under_the_layout(settings, s3_endpoint, t
         "memory_usage/memory_usage.json",
         "model_predictions/predictions.json",
     ]
-    assert "verified; local copy kept" in proc.stdout
-    assert (tmp_path / "smollm2_135m_sample" / "predictions.json").is_file()
     everything = proc.stdout + proc.stderr
-    for path in (tmp_path / "smollm2_135m_sample").iterdir():
-        everything += path.read_text(encoding="utf-8")
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            everything += path.read_text(encoding="utf-8", errors="replace")
     assert CREDS["AWS_SECRET_ACCESS_KEY"] not in everything
     assert CREDS["AWS_ACCESS_KEY_ID"] not in everything
-    assert results["config"]["storage"]["secret_key"] == "***redacted***"
+
+
+def test_a_secret_put_in_the_config_is_refused_and_never_echoed(tmp_path):
+    proc = run_cli(f"+storage.secret_key={CREDS['AWS_SECRET_ACCESS_KEY']}", "dataset.limit=1")
+    assert proc.returncode == 2
+    assert "storage.secret_key" in proc.stderr
+    assert CREDS["AWS_SECRET_ACCESS_KEY"] not in proc.stdout + proc.stderr

@@ -57,10 +57,9 @@ def test_persistent_failure_keeps_everything_then_publish_again_uploads(
     assert local_names(run_dir) == before
 
     proc = run_module(
-        "pipelines.artifacts_cli",
-        "publish",
-        "--run-dir",
-        str(run_dir),
+        "pipelines.cli.artifacts",
+        "artifacts.command=publish",
+        f"artifacts.run_dir={run_dir}",
         f"storage.endpoint={s3_endpoint}",
         timeout=120,
         env=CREDS,
@@ -74,9 +73,10 @@ def test_persistent_failure_keeps_everything_then_publish_again_uploads(
 def test_publish_again_refuses_files_changed_since_the_run(settings, tmp_path, s3_endpoint):
     run_dir = run_dir_with_results(tmp_path)
     (run_dir / "predictions.json").write_text("[]")
-    from pipelines.artifacts_cli import main
+    from pipelines.artifacts import publish_again
 
-    assert main(["publish", "--run-dir", str(run_dir), f"storage.endpoint={s3_endpoint}"]) == 2
+    with pytest.raises(StorageError, match="changed since the run recorded it"):
+        publish_again(settings, run_dir, cleanup=False)
 
 
 def test_a_slow_endpoint_times_out_with_a_clear_error(settings, tmp_path):

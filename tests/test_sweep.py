@@ -12,7 +12,7 @@ import pytest
 
 from components.leaderboard import leaderboard_row, to_markdown
 from components.stats import bootstrap_mean
-from tests.conftest import BUCKET, ROOT, make, run_module
+from tests.conftest import ROOT, make
 
 NQ_LIKE = [
     {"question": "who wrote the novel moby dick", "answer": ["Herman Melville"]},
@@ -169,60 +169,12 @@ def test_sweep_checks_every_combination_before_running_any(tmp_path):
     assert shared.returncode == 2 and "experiment.name: the combinations share" in shared.stderr
 
 
-def test_enqueue_sweep_builds_one_pipeline_per_combination_and_a_summary(clearml_env, s3_endpoint):
-    """Offline: every combination's DAG (sharded here) and the summary pipeline's DAG."""
-    proc = run_module(
-        "pipelines.clearml_sweep",
-        "--dry-run",
-        "--models",
-        "smollm2_135m,gemma3_270m",
-        "--datasets",
-        "sample",
-        "--gpu-queue",
-        "gpu-a100",
-        f"storage.endpoint={s3_endpoint}",
-        "inference.shards=2",
-        base_env={**clearml_env, "CLEARML_OFFLINE_MODE": "1"},
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    sweep = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("SWEEP="))[6:])
-    runs = sweep["runs"]
-    assert [(r["model"], r["dataset"]) for r in runs] == [
-        ("smollm2_135m", "sample"),
-        ("gemma3_270m", "sample"),
-    ]
-    assert len({r["id"] for r in runs}) == 2
-    for run in runs:
-        steps = run["dag"]["steps"]
-        assert run["dag"]["name"] == f"{run['model']}_sample"
-        assert list(steps) == [
-            "load_dataset",
-            "inference_shard_0",
-            "inference_shard_1",
-            "merge_shards",
-            "score",
-            "publish",
-        ]
-        assert steps["inference_shard_1"]["queue"] == "${pipeline.gpu_queue}"
-        assert steps["merge_shards"]["parents"] == ["inference_shard_0", "inference_shard_1"]
-        assert steps["merge_shards"]["queue"] == "${pipeline.cpu_queue}"
-    summary = sweep["summary_dag"]
-    assert summary["name"] == "sweep smollm2_135m-gemma3_270m_x_sample"
-    assert summary["steps"] == {
-        "leaderboard": {
-            "parents": [],
-            "queue": "${pipeline.cpu_queue}",
-            "docker": "slm-qa-eval-cpu:0.1.0",
-            "docker_args": "",
-        }
-    }
-
-
 def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp_path):
     from components.artifacts import write_json_atomic
     from components.storage import publish_run
-    from pipelines.clearml_sweep import summarize
+    from pipelines.executor import RunContext
+    from pipelines.steps import leaderboard_step
+    from pipelines.stores import LocalStore
 
     runs = []
     for name, recalls in (("m1_d", [1.0, 1.0, 0.0]), ("m2_d", [0.0, 0.0, 1.0])):
@@ -233,13 +185,12 @@ def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp
         publish_run(settings, folder, name, f"id{name}")
         runs.append({"id": f"id{name}", "experiment": name, "model": name[:2], "dataset": "d"})
     runs.append({"id": "idgone", "experiment": "m3_d", "model": "m3", "dataset": "d"})
-    cfg = {
-        "storage": {"endpoint": settings.endpoint, "bucket": BUCKET},
-        "sweep": {"bootstrap_samples": 200, "confidence": 0.95, "seed": 0},
-    }
     for run in runs:
         run["reused"] = False
-    summary = summarize(runs, cfg, "s", tmp_path / "board")
+    board = tmp_path / "board"
+    context = RunContext("sweep-s", "r", "now", board, LocalStore(board), storage=settings)
+    sweep = {"bootstrap_samples": 200, "confidence": 0.95, "seed": 0}
+    summary = leaderboard_step(runs, sweep, "s", context)
     assert [(r["model"], r["token_recall"]) for r in summary["rows"]] == [
         ("m1", 0.6667),
         ("m2", 0.3333),

@@ -1,6 +1,6 @@
 """What ClearML shows for a finished run: single values, scalars, a histogram, a table,
-and each artifact with its size, sha256 and link. Used by offline/server `make run` and by
-the pipeline's publish step."""
+and each artifact with its size, sha256 and link. The publish step calls it through the
+run context, whether the run's task is an offline/server `make run` or a pipeline step."""
 
 from __future__ import annotations
 
@@ -88,3 +88,48 @@ def report_results(
             metadata={"bytes": info["bytes"], "sha256": info["sha256"]},
             wait_on_upload=True,
         )
+
+
+def report_leaderboard(task: Any, summary: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """A sweep's leaderboard as a table and a plot, every run linked, the files as artifacts."""
+    from pathlib import Path
+
+    from components.leaderboard import COLUMNS, plot, sort_rows
+
+    logger = task.get_logger()
+    rows = sort_rows(summary["rows"])
+    table = [list(COLUMNS)] + [[r[c] for c in COLUMNS] for r in rows]
+    logger.report_table("leaderboard", "runs", iteration=0, table_plot=table)
+    if rows:
+        logger.report_matplotlib_figure(
+            "leaderboard", "token recall", figure=plot(rows, task.name), iteration=0
+        )
+    failed = {m["id"]: m["error"] for m in summary["missing"]}
+    links = [["model", "dataset", "pipeline", "status", "reused", "results"]]
+    links += [
+        [
+            r["model"],
+            r["dataset"],
+            r.get("url") or r["id"],
+            r.get("status", ""),
+            r["reused"],
+            failed.get(r["id"], "ok"),
+        ]
+        for r in runs
+    ]
+    logger.report_table("leaderboard", "pipelines", iteration=0, table_plot=links)
+    for key, path in summary["paths"].items():
+        task.upload_artifact(f"leaderboard_{key}", artifact_object=Path(path), wait_on_upload=True)
+
+
+def reporter(task: Any):
+    """``run.report`` of a step that reports to ``task``: a finished run's results
+    (the publish step) or a sweep's leaderboard (its summary step)."""
+
+    def report(**what: Any) -> None:
+        if "results" in what:
+            report_results(task, what["results"], what["predictions"], what["artifacts"])
+        if "leaderboard" in what:
+            report_leaderboard(task, what["leaderboard"], what["runs"])
+
+    return report

@@ -1,12 +1,10 @@
-"""`make run` entry point: compose the Hydra config, run the pipeline locally, print a summary.
+"""`make run`: one experiment on this machine, then a summary.
 
-python -m pipelines.run model=smollm2_135m dataset=qa_pairs dataset.path=FILE dataset.limit=100
+python -m pipelines.cli.run model=smollm2_135m dataset=qa_pairs dataset.path=FILE dataset.limit=100
 """
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 from typing import Any
 
@@ -14,9 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from components.memory import highest_gpu_bytes
-from pipelines.config import ConfigError, to_container
-
-log = logging.getLogger("pipelines.run")
+from pipelines.cli import Stopped, finish
+from pipelines.config import to_container
 
 
 def _gib(value: int | None) -> str:
@@ -49,56 +46,32 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-class Stopped(Exception):
-    """SIGTERM (an agent stopping the task, `kill`): leave cleanly, checkpoint intact."""
-
-
-def _raise_stopped(signum: int, _frame: Any) -> None:
-    raise Stopped(signal.Signals(signum).name)
-
-
-def execute(cfg: DictConfig) -> int:
-    import json
-
-    from components.model_files import ModelFilesError
-    from components.storage import StorageError
-    from pipelines.clearml_server import ServerNotConfigured
+def run(cfg: DictConfig) -> int:
     from pipelines.local import run_local
 
+    container = to_container(cfg)
     session_zip = None
     try:
-        container = to_container(cfg)
-        mode = str(container["clearml"].get("mode") or "off")  # YAML reads a bare off as false
-        if mode == "off":
-            outputs = run_local(container)
-        elif mode in ("offline", "server"):
-            from pipelines.clearml_tracking import run_tracked
+        if container["clearml"]["mode"] in ("offline", "server"):
+            from pipelines.clearml.tracking import run_tracked
 
             outputs, session_zip = run_tracked(cfg, container)
         else:
-            raise ConfigError(f"clearml.mode: {mode!r} is not one of off, offline, server")
-    except (ValueError, ModelFilesError, StorageError, ServerNotConfigured) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            outputs = run_local(container)
     except (Stopped, KeyboardInterrupt) as exc:
-        name = str(exc) or "interrupt"
         print(
-            f"stopped ({name}): finished answers are kept in the checkpoint under "
+            f"stopped ({exc or 'interrupt'}): finished answers are kept in the checkpoint under "
             f"{cfg.experiment.output_dir}/{cfg.experiment.name}/; run the same command again "
             "to resume",
             file=sys.stderr,
         )
         return 143 if isinstance(exc, Stopped) else 130
     publish = outputs["publish"]
-    with open(publish["results_path"], encoding="utf-8") as fh:
-        results = json.load(fh)
+    results = publish["results"]
     paths = [publish["results_path"], *(a["path"] for a in publish["artifacts"].values())]
-    uploaded = publish.get("uploaded") or {}
-    if uploaded:
-        kept = (
-            "kept" if not results["config"]["experiment"]["cleanup_local_artifacts"] else "deleted"
-        )
-        paths = [f"{info['url']}  (verified; local copy {kept})" for info in uploaded.values()]
+    if publish["uploaded"]:
+        kept = "deleted" if container["experiment"]["cleanup_local_artifacts"] else "kept"
+        paths = [f"{i['url']}  (verified; local copy {kept})" for i in publish["uploaded"].values()]
     if session_zip:
         paths.append(
             f"{session_zip}  (ClearML offline session: clearml-task --import-offline-session)"
@@ -107,17 +80,9 @@ def execute(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    code = execute(cfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    _hydra_main()
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    finish(lambda: run(cfg))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ server (checked first, so a missing server fails fast instead of reaching the de
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from pipelines.clearml_pipeline import CONFIG_NAME
 from pipelines.config import knob_values, portable_config
 
+CONFIG_NAME = "experiment_config"
 NO_AUTO_CONNECT = {
     "detect_repository": False,
     "hydra": False,
@@ -26,11 +24,11 @@ NO_AUTO_CONNECT = {
 
 
 def open_task(clearml_cfg: dict[str, Any], name: str, task_type: str):
-    """A task for a run on this machine: an offline session (``mode=offline``) or on the
+    """A task for work on this machine: an offline session (``mode=offline``) or on the
     configured server (checked first, so a missing one fails fast)."""
     from clearml import Task
 
-    from pipelines.clearml_server import check_server, prepare_sdk
+    from pipelines.clearml.sdk import check_server, prepare_sdk
 
     prepare_sdk()
     if clearml_cfg["mode"] == "offline":
@@ -42,7 +40,7 @@ def open_task(clearml_cfg: dict[str, Any], name: str, task_type: str):
         task_name=name,
         task_type=task_type,
         # No framework hooks (we report what we measure) and no repository scan: the scan
-        # of a venv holding torch and vLLM took minutes; results.json records the git commit.
+        # of a venv holding torch and vLLM took minutes; results.json records the code.
         auto_connect_frameworks=NO_AUTO_CONNECT,
         auto_connect_arg_parser=False,
         reuse_last_task_id=False,
@@ -59,28 +57,13 @@ def close_task(task) -> str | None:
 
 
 def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Returns the step outputs and, offline, the path of the session zip."""
-    from components.artifacts import file_info
-    from components.storage import ARTIFACT_NAMES
-    from pipelines.clearml_report import report_results
+    """The local run, its publish step reporting to the task; returns the step outputs and,
+    offline, the path of the session zip."""
+    from pipelines.clearml.report import reporter
     from pipelines.local import run_local
 
     task = open_task(container["clearml"], str(container["experiment"]["name"]), "testing")
     task.connect(knob_values(container), name="Args")
     task.connect_configuration(portable_config(cfg_node), name=CONFIG_NAME)
-    outputs = run_local(container, run_id=str(task.id))
-
-    publish = outputs["publish"]
-    results = json.loads(Path(publish["results_path"]).read_text(encoding="utf-8"))
-    predictions = json.loads(Path(outputs["score"]["predictions_path"]).read_text(encoding="utf-8"))
-    run_dir = Path(publish["results_path"]).parent
-    # Local files: results.json is new; the others were measured by the publish step.
-    artifacts = publish["uploaded"] or {
-        ARTIFACT_NAMES[filename]: info
-        for filename, info in {
-            **publish["artifacts"],
-            "results.json": file_info(run_dir / "results.json"),
-        }.items()
-    }
-    report_results(task, results, predictions, artifacts)
+    outputs = run_local(container, run_id=str(task.id), report=reporter(task))
     return outputs, close_task(task)

@@ -1,0 +1,251 @@
+"""The pipeline controller: what the services agent runs for every enqueued pipeline.
+
+    python -m pipelines.clearml.controller      (started by clearml-agent, never by hand)
+
+It reads its configuration from its own task, which is what `make enqueue` attached and
+what the web UI edits (the ``experiment_config`` object, then the ``Args`` over it), never
+from a command line. Then it reads top to bottom as the DAG: parameters, one step per entry
+of the pipeline definition (pipelines.dag) with the queue, image and parents the definition
+gives, each step receiving its parents' outputs, and ``start()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any
+
+from pipelines.clearml.tracking import CONFIG_NAME
+
+NON_RESPONSIVE = "forced stop (non-responsive)"
+MAX_LOST_AGENT_RELAUNCHES = 3
+
+
+def step_kwargs(spec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
+    """A step's arguments: its definition, the config it reads, the run's settings, and a
+    reference to each parent's outputs (the edges of the DAG)."""
+    from pipelines.config import ConfigError
+    from pipelines.dag import config_for
+
+    kwargs = {
+        "spec": json.dumps(spec.to_dict(), sort_keys=True),
+        "config": json.dumps(config_for(spec, cfg), sort_keys=True, ensure_ascii=False),
+        "run": json.dumps(run, sort_keys=True),
+    }
+    for name, text in kwargs.items():
+        if "${" in text:  # ClearML would read it as a reference to another step
+            raise ConfigError(
+                f"{spec.name}: its {name} holds '${{': {text[text.index('${') :][:60]}"
+            )
+    kwargs.update({parent: f"${{{parent}.outputs}}" for parent in spec.parents})
+    return kwargs
+
+
+def monitors(spec) -> dict[str, Any]:
+    """What the pipeline shows of a reporting step: its metrics and its artifacts."""
+    from components.storage import ARTIFACT_NAMES
+
+    if spec.function == "publish_step":
+        return {
+            "monitor_metrics": [("metrics", "token_recall"), ("metrics", "exact_match")],
+            "monitor_artifacts": list(ARTIFACT_NAMES.values()),
+        }
+    if spec.function == "leaderboard_step":
+        return {"monitor_artifacts": [f"leaderboard_{k}" for k in ("csv", "md", "png")]}
+    return {}
+
+
+def build_controller(
+    cfg: dict[str, Any],
+    name: str,
+    steps,
+    policy=None,
+    parameters: dict[str, tuple[Any, str]] | None = None,
+    experiment: str | None = None,
+):
+    """A PipelineController over ``steps`` (the current task becomes its task):
+    ``parameters`` name -> (value, help) are its Args."""
+    from clearml import PipelineController
+
+    from components.results import code_identity, utc_now
+    from components.secrets import redact
+    from pipelines.clearml.step import run_step
+    from pipelines.config import PROJECT_ROOT, require_storage
+
+    clearml_cfg = cfg["clearml"]
+    settings = require_storage(cfg["storage"], "the steps hand their files on through S3")
+    pipe = PipelineController(
+        name=name,
+        project=str(clearml_cfg["project"]),
+        version=str(clearml_cfg["pipeline_version"]),
+        pool_frequency=float(clearml_cfg["poll_s"]) / 60,
+        add_pipeline_tags=True,
+        abort_on_failure=True,
+        retry_on_failure=policy,
+        docker=clearml_cfg["images"]["cpu"],
+        packages=[],
+        output_uri=settings.output_uri,
+    )
+    for key, (value, help_text) in (parameters or {}).items():
+        pipe.add_parameter(key, "" if value is None else value, description=help_text)
+    run = {
+        "experiment": experiment or str(cfg["experiment"]["name"]),
+        "storage": redact(cfg["storage"]),
+        "code": code_identity(PROJECT_ROOT),
+        "started_at": utc_now(),
+    }
+    queues, images, docker_args = (clearml_cfg[k] for k in ("queues", "images", "docker_args"))
+    for spec in steps:
+        pipe.add_function_step(
+            name=spec.name,
+            function=run_step,
+            function_kwargs=step_kwargs(spec, cfg, run),
+            function_return=["outputs"],
+            parents=list(spec.parents),
+            execution_queue=queues[spec.queue],
+            docker=images[spec.queue],
+            docker_args=docker_args[spec.queue] or None,
+            task_type=spec.task_type,
+            packages=[],
+            cache_executed_step=False,
+            **monitors(spec),
+        )
+    return pipe
+
+
+def evaluation_parameters(cfg: dict[str, Any], args: dict | None) -> dict[str, tuple[Any, str]]:
+    from pipelines.config import KNOBS, pipeline_args
+
+    values = pipeline_args(cfg, args)
+    return {k.name: (values[k.name], k.help) for k in KNOBS}
+
+
+class LostAgentWatch(threading.Thread):
+    """Re-enqueues a step whose agent died: the server's watchdog stops such a task as
+    non-responsive, and ClearML's controller would wait for it forever."""
+
+    def __init__(self, pipe, poll_s: float) -> None:
+        super().__init__(name="lost-agent-watch", daemon=True)
+        self.pipe, self.poll_s = pipe, poll_s
+        self.relaunched: dict[str, int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.poll_s):
+            for name, node in self.pipe.get_pipeline_dag().items():
+                job = node.job
+                if job is None or job.status(force=True) != "stopped":
+                    continue
+                if str(job.task.data.status_message).lower() != NON_RESPONSIVE:
+                    continue
+                count = self.relaunched.get(name, 0)
+                if count >= MAX_LOST_AGENT_RELAUNCHES:
+                    continue
+                self.relaunched[name] = count + 1
+                message = (
+                    f"step {name}: its agent stopped answering (worker "
+                    f"{job.task.data.last_worker}); re-enqueued on {node.queue}, "
+                    f"{count + 1} of {MAX_LOST_AGENT_RELAUNCHES}"
+                )
+                self.pipe.get_logger().report_text(message)
+                job.launch(queue_name=node.queue)
+
+
+def outcome(pipe, policy) -> str | None:
+    """None when every step completed, else why the pipeline failed."""
+    failed = []
+    for name, node in pipe.get_pipeline_dag().items():
+        if node.job is not None and node.job.is_completed():
+            continue
+        if name in policy.final:
+            failed.append(f"step {name} failed ({policy.final[name]})")
+        elif node.job is not None and node.job.is_failed():
+            failed.append(f"step {name} failed (see its log)")
+    if not failed:
+        skipped = [n for n, node in pipe.get_pipeline_dag().items() if node.job is None]
+        return f"steps not run: {', '.join(skipped)}" if skipped else None
+    return "; ".join(failed)
+
+
+def run_pipeline(task, pipe, policy, poll_s: float) -> int:
+    """Starts the pipeline here (on the services agent) and waits for it; a failure
+    leaves its reason on this task."""
+    watch = LostAgentWatch(pipe, poll_s)
+    watch.start()
+    try:
+        pipe.start()
+    finally:
+        watch.done.set()
+    reason = outcome(pipe, policy)
+    if reason:
+        return fail(task, reason)
+    print("pipeline completed", flush=True)
+    return 0
+
+
+def attach() -> Any:
+    """This controller's task, when an agent runs it; None (and a message) by hand."""
+    from clearml import Task
+
+    from pipelines.clearml.sdk import prepare_sdk
+
+    if Task.running_locally():
+        print("error: the services agent runs this module; use `make enqueue`", file=sys.stderr)
+        return None
+    prepare_sdk()
+    return Task.init(auto_connect_frameworks=False, auto_connect_arg_parser=False)
+
+
+def attached_config(task) -> dict[str, Any]:
+    """The configuration object as the task holds it now (edited in the UI, perhaps)."""
+    import yaml
+
+    from pipelines.config import ConfigError
+
+    text = task.get_configuration_object(CONFIG_NAME)
+    if not text:
+        raise ConfigError(f"the task has no {CONFIG_NAME} configuration object")
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{CONFIG_NAME}: not valid YAML ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ConfigError(f"{CONFIG_NAME}: expected a mapping, got {type(config).__name__}")
+    return config
+
+
+def main() -> int:
+    from pipelines.clearml.failures import RetryPolicy
+    from pipelines.config import ConfigError, settle
+    from pipelines.dag import steps_for
+
+    task = attach()
+    if task is None:
+        return 2
+    try:
+        args = task.get_parameters_as_dict().get("Args", {})
+        attached = (task.get_user_properties(value_only=True) or {}).get("args_attached")
+        cfg = settle(attached_config(task), args, json.loads(attached) if attached else None)
+        policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
+        parameters = evaluation_parameters(cfg, args)
+        pipe = build_controller(cfg, task.name, steps_for(cfg), policy, parameters)
+    except ConfigError as exc:
+        return fail(task, f"config: {exc}")
+    # What a clone of this run starts from: these parameters, as this run settled them.
+    ran_with = {k: "" if v is None else str(v) for k, (v, _) in parameters.items()}
+    task.set_user_properties(args_attached=json.dumps(ran_with, sort_keys=True))
+    return run_pipeline(task, pipe, policy, float(cfg["clearml"]["poll_s"]))
+
+
+def fail(task, reason: str) -> int:
+    """The reason where a user looks first: the controller's log and its status message."""
+    print(f"pipeline failed: {reason}", file=sys.stderr, flush=True)
+    task.get_logger().report_text(f"pipeline failed: {reason}")
+    task.flush(wait_for_uploads=True)  # the log first: a failed task takes no more of it
+    task.mark_failed(status_reason=reason[:1000], status_message=reason[:1000], force=True)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`make enqueue`: check everything here, then create the pipeline's controller task on the
+server (its config attached, its parameters set) and enqueue it on the services queue.
+
+Nothing runs the pipeline in this process: the services agent runs pipelines.clearml.
+controller, which builds the DAG from the task. So a check that fails here (no server, no
+queue, no storage, a bad dataset line, a bad value) creates nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipelines.clearml.tracking import CONFIG_NAME
+
+CONTROLLER_MODULE = "pipelines.clearml.controller"
+
+
+def preflight(cfg: dict[str, Any]) -> None:
+    """Every check that needs no task: server, queues, storage, dataset, names."""
+    from components.dataset import load_qa_dataset
+    from pipelines.clearml.sdk import check_server, require_queues
+    from pipelines.config import ConfigError, require_storage
+
+    clearml_cfg = cfg["clearml"]
+    require_storage(
+        cfg["storage"],
+        "the pipeline's steps hand their files on through S3 (MinIO); set it, e.g. "
+        'make enqueue ARGS="storage.endpoint=http://minio:9000"',
+    )
+    if len(str(cfg["experiment"]["name"]).strip()) < 3:
+        raise ConfigError("experiment.name: ClearML needs at least 3 characters")
+    check_server(float(clearml_cfg["ping_timeout_s"]))
+    require_queues([clearml_cfg["queues"][k] for k in ("services", "cpu", "gpu")])
+    dataset = cfg["dataset"]
+    from pathlib import Path
+
+    if Path(dataset["path"]).is_file():  # else only the agents see it: they check it
+        load_qa_dataset(dataset["path"], dataset.get("limit"), dataset.get("on_error", "strict"))
+
+
+def create_pipeline(
+    name: str, clearml_cfg: dict[str, Any], module: str, config: dict, args: dict[str, Any]
+):
+    """A draft controller task that runs ``module`` on the services agent, with ``config``
+    attached and ``args`` as its parameters."""
+    import yaml
+    from clearml import PipelineController
+
+    from components.results import code_identity
+    from pipelines.clearml.sdk import prepare_sdk
+    from pipelines.config import PROJECT_ROOT
+
+    prepare_sdk()
+    pipe = PipelineController.create(
+        project_name=str(clearml_cfg["project"]),
+        task_name=name,
+        module=module,
+        packages=[""],
+        docker=clearml_cfg["images"]["cpu"],
+        version=str(clearml_cfg["pipeline_version"]),
+        detect_repository=False,
+    )
+    task = pipe.task
+    try:
+        task.set_configuration_object(
+            CONFIG_NAME,
+            config_text=yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+            config_type="yaml",
+            description="the whole config; edit it before enqueueing a clone (an edited Arg wins)",
+        )
+        values = {k: "" if v is None else v for k, v in args.items()}
+        task.set_parameters({f"Args/{k}": v for k, v in values.items()})
+        code = code_identity(PROJECT_ROOT)
+        task.set_user_properties(
+            args_attached=json.dumps({k: str(v) for k, v in values.items()}, sort_keys=True),
+            submitted_source_sha256=code["source_sha256"],
+            submitted_git=((code.get("git") or {}).get("commit") or ""),
+        )
+    except BaseException:
+        task.delete()
+        raise
+    return pipe
+
+
+def enqueue_pipeline(pipe, queue: str) -> str:
+    """Enqueues a created pipeline; returns its web address."""
+    from clearml import PipelineController
+
+    try:
+        PipelineController.enqueue(pipe, queue_name=queue)
+    except BaseException:
+        pipe.task.delete()
+        raise
+    return pipe.task.get_output_log_web_page()
+
+
+def submit(cfg_node) -> dict[str, Any]:
+    """`make enqueue`: returns the pipeline's id, experiment and web address."""
+    from pipelines.config import pipeline_args, portable_config, to_container, validate
+
+    cfg = validate(to_container(cfg_node), require_dataset=False)
+    preflight(cfg)
+    clearml_cfg = cfg["clearml"]
+    name = str(cfg["experiment"]["name"])
+    pipe = create_pipeline(
+        name, clearml_cfg, CONTROLLER_MODULE, portable_config(cfg_node), pipeline_args(cfg)
+    )
+    url = enqueue_pipeline(pipe, clearml_cfg["queues"]["services"])
+    return {"id": pipe.task.id, "experiment": name, "url": url}

@@ -1,0 +1,150 @@
+"""`make enqueue-sweep`: one pipeline per model x dataset on ClearML, then a summary.
+
+    make enqueue-sweep QUEUE=gpu MODELS=smollm2_360m,qwen3_0.6b DATASETS=nq_open \\
+        ARGS="storage.endpoint=http://minio:9000"
+
+How many pipelines run at once is up to the agents on the queues, not this package. A
+combination whose newest completed pipeline recorded the same config fingerprint and
+dataset sha256 (read from its results.json in S3) is reused unless ``sweep.force``. The
+summary is a pipeline of its own: its controller (on the services queue, which runs
+controllers side by side) waits for every run, then one CPU step, ``leaderboard``, builds
+the table, the plot and the files. Nothing waits on a CPU or GPU agent.
+
+    python -m pipelines.clearml.sweep      (the summary's controller, run by the services agent)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.storage import StorageSettings
+from pipelines.sweep import Combination, plan, sweep_name
+
+SUMMARY_MODULE = "pipelines.clearml.sweep"
+
+
+def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any] | None:
+    """The newest completed pipeline of this experiment whose results match the config
+    fingerprint and the dataset's content (when the dataset file is readable here)."""
+    from clearml import Task
+
+    from components.artifacts import sha256_file
+    from components.results import config_fingerprint
+    from components.storage import StorageError, fetch_artifacts
+
+    path = Path(str(combo.cfg["dataset"]["path"]))
+    if not path.is_file():
+        return None
+    digest, fingerprint = sha256_file(path), config_fingerprint(combo.cfg)
+    experiment = str(combo.cfg["experiment"]["name"])
+    tasks = Task.get_tasks(
+        project_name=str(combo.cfg["clearml"]["project"]),
+        task_name=f"^{re.escape(experiment)}( #\\d+)?$",
+        task_filter={"status": ["completed"], "type": ["controller"], "order_by": ["-last_update"]},
+    )
+    for task in tasks[:5]:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                key = settings.run_key(experiment, task.id)
+                files = fetch_artifacts(settings, key, tmp, ("results.json",))
+                results = json.loads(files["results.json"].read_text(encoding="utf-8"))
+            except (StorageError, ValueError):
+                continue
+        if (
+            results.get("config_fingerprint") == fingerprint
+            and results["dataset"]["sha256"] == digest
+        ):
+            return {"id": task.id, "experiment": experiment, "url": task.get_output_log_web_page()}
+    return None
+
+
+def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
+    """Checks every combination first (nothing is created if one fails), then enqueues."""
+    from pipelines.clearml.submit import (
+        CONTROLLER_MODULE,
+        create_pipeline,
+        enqueue_pipeline,
+        preflight,
+    )
+    from pipelines.config import compose, pipeline_args, portable_config, require_storage
+
+    combos = plan(models, datasets, overrides, check_paths=False)
+    for combo in combos:
+        preflight(combo.cfg)
+    cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
+    clearml_cfg = cfg["clearml"]
+    settings = require_storage(cfg["storage"], "the pipelines hand files on through S3")
+    name = sweep_name(cfg, models, datasets)
+    services = clearml_cfg["queues"]["services"]
+    runs = []
+    for number, combo in enumerate(combos, 1):
+        label = f"[{number}/{len(combos)}] {combo.model} x {combo.dataset}"
+        reused = None if cfg["sweep"]["force"] else reusable_run(combo, settings)
+        if reused is not None:
+            print(f"{label}: reused pipeline {reused['id']} {reused['url']}", flush=True)
+            runs.append({**reused, "model": combo.model, "dataset": combo.dataset, "reused": True})
+            continue
+        node = compose([f"model={combo.model}", f"dataset={combo.dataset}", *overrides])
+        experiment = str(combo.cfg["experiment"]["name"])
+        pipe = create_pipeline(
+            experiment,
+            clearml_cfg,
+            CONTROLLER_MODULE,
+            portable_config(node),
+            pipeline_args(combo.cfg),
+        )
+        url = enqueue_pipeline(pipe, services)
+        print(f"{label}: enqueued {pipe.task.id} {url}", flush=True)
+        entry = {"id": pipe.task.id, "experiment": experiment, "url": url, "reused": False}
+        runs.append({**entry, "model": combo.model, "dataset": combo.dataset})
+    summary_config = {
+        "name": name,
+        "runs": runs,
+        **{k: cfg[k] for k in ("storage", "sweep", "clearml")},
+    }
+    pipe = create_pipeline(f"sweep {name}", clearml_cfg, SUMMARY_MODULE, summary_config, {})
+    url = enqueue_pipeline(pipe, services)
+    print(f"summary sweep {name} ({pipe.task.id}): {url}", flush=True)
+    return {"name": name, "runs": runs, "summary": {"id": pipe.task.id, "url": url}}
+
+
+def main() -> int:
+    """The summary's controller: wait for every run here, then the leaderboard step."""
+    from pipelines.clearml.controller import (
+        attach,
+        attached_config,
+        build_controller,
+        fail,
+        run_pipeline,
+    )
+    from pipelines.clearml.failures import RetryPolicy
+    from pipelines.clearml.runs import wait_for
+    from pipelines.config import ConfigError
+    from pipelines.dag import summary_steps
+
+    task = attach()
+    if task is None:
+        return 2
+    cfg = attached_config(task)
+    poll = float(cfg["clearml"]["poll_s"])
+    print(f"waiting for {len(cfg['runs'])} pipelines", flush=True)
+    for run in cfg["runs"]:
+        run["status"] = wait_for([run["id"]], poll)[run["id"]]
+        print(f"{run['model']} x {run['dataset']}: {run['status']}", flush=True)
+    policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
+    try:
+        pipe = build_controller(
+            cfg, task.name, summary_steps(), policy, experiment=f"sweep-{cfg['name']}"
+        )
+    except ConfigError as exc:
+        return fail(task, f"config: {exc}")
+    return run_pipeline(task, pipe, policy, poll)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

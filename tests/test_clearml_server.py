@@ -1,0 +1,414 @@
+"""The ClearML path for real: a local ClearML server, agents on the services, cpu and gpu
+queues (the gpu queue served on CPU), moto's S3 server standing in for MinIO, and the
+README's own commands (`make enqueue`, `make enqueue-sweep`, `make fetch`), run as a user
+runs them. Clone-and-edit goes through the server's REST API, the way the web UI does it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.clearml_stack import BUCKET, wait_until
+from tests.conftest import ROOT, make
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+PIPELINE_TIMEOUT = 420
+ARTIFACTS = {
+    "experiment_results/results.json",
+    "model_predictions/predictions.json",
+    "memory_usage/memory_usage.json",
+}
+
+
+def enqueue(stack, *args: str, queue: str = "gpu") -> str:
+    """`make enqueue QUEUE=... ARGS="..."`; returns the pipeline's task id."""
+    endpoint = f"storage.endpoint={stack.s3_endpoint}"
+    proc = make(
+        "enqueue", f"QUEUE={queue}", f"ARGS={' '.join([*args, endpoint])}", base_env=stack.env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("pipeline "))
+    return line.split("(", 1)[1].split(")", 1)[0]
+
+
+def finished(stack, task_id: str, status: str = "completed") -> dict:
+    api = stack.api()
+    task = api.wait(task_id, PIPELINE_TIMEOUT)
+    assert task["status"] == status, (
+        f"{task['status']}: {task.get('status_message')}\n" + api.log(task_id)[-4000:]
+    )
+    return task
+
+
+def s3_json(stack, key: str):
+    from tests.conftest import s3_client
+
+    body = s3_client(stack.s3_endpoint).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return json.loads(body)
+
+
+def run_files(stack, experiment: str, task_id: str) -> tuple[dict, list]:
+    base = f"slm-experiments/{experiment}.{task_id}/artifacts"
+    return (
+        s3_json(stack, f"{base}/experiment_results/results.json"),
+        s3_json(stack, f"{base}/model_predictions/predictions.json"),
+    )
+
+
+def keys_under(stack, prefix: str) -> set[str]:
+    from tests.conftest import s3_client
+
+    pages = (
+        s3_client(stack.s3_endpoint)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=BUCKET, Prefix=prefix)
+    )
+    return {o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])}
+
+
+def answers(predictions: list[dict]) -> dict[str, str]:
+    return {p["question_id"]: p["prediction"] for p in predictions}
+
+
+@pytest.fixture(scope="module")
+def first_pipeline(clearml_stack):
+    """The README's command with default names: `make enqueue QUEUE=gpu ARGS="..."`."""
+    started = time.monotonic()
+    task_id = enqueue(clearml_stack, "dataset.limit=4")
+    task = finished(clearml_stack, task_id)
+    return {"id": task_id, "task": task, "seconds": time.monotonic() - started}
+
+
+def test_make_enqueue_runs_the_pipeline_on_the_agents(clearml_stack, first_pipeline, sample_run):
+    api, task_id = clearml_stack.api(), first_pipeline["id"]
+    steps = api.children(task_id)
+    assert set(steps) == {"load_dataset", "inference", "score", "publish"}
+    assert {n: t["status"] for n, t in steps.items()} == dict.fromkeys(steps, "completed")
+    queues = {q["id"]: q["name"] for q in api("queues.get_all")["queues"]}
+    queue = {n: queues[t["execution"]["queue"]["id"]] for n, t in steps.items()}
+    assert queue == {"load_dataset": "cpu", "inference": "gpu", "score": "cpu", "publish": "cpu"}
+    # S3: the documented layout, under the pipeline's own id.
+    prefix = f"slm-experiments/smollm2_135m_sample.{task_id}/"
+    keys = keys_under(clearml_stack, prefix)
+    assert {f"artifacts/{a}" for a in ARTIFACTS} <= keys
+    assert any(k.startswith("checkpoints/") for k in keys)
+    # The controller: Args, the editable config object, metrics, artifact links.
+    task = api.task(task_id)
+    args = {p["name"]: p["value"] for p in task["hyperparams"]["Args"].values()}
+    assert args["eval_limit"] == "4" and args["eval_model"] == "smollm2_135m"
+    assert args["gpu_queue"] == "gpu" and args["eval_dataset_path"] == ""
+    config = task["configuration"]["experiment_config"]["value"]
+    assert "${project_root:data/sample/qa_pairs.jsonl}" in config
+    assert "${model.name}_${dataset.name}" in config
+    metrics = {
+        (v["metric"], v["variant"]): v["value"]
+        for m in task["last_metrics"].values()
+        for v in m.values()
+    }
+    links = {a["key"]: a["uri"] for a in task["execution"]["artifacts"]}
+    for name in ("experiment_results", "model_predictions", "memory_usage"):
+        assert links[name].startswith(f"s3://{clearml_stack.s3_endpoint.split('://')[1]}/")
+    # The results: every step ran this code; the answers are a local run's.
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    assert results["run_id"] == task_id and results["counts"]["examples"] == 4
+    assert metrics[("metrics", "token_recall")] == pytest.approx(results["token_recall"]["mean"])
+    assert set(results["steps"]) == {"load_dataset", "inference", "score", "publish"}
+    codes = {s["code"]["source_sha256"] for s in results["steps"].values()}
+    assert len(codes) == 1
+    local = json.loads((sample_run / "predictions.json").read_text())
+    assert answers(predictions) == answers(local)
+
+
+def test_make_fetch_by_task_id_verifies_every_file(clearml_stack, first_pipeline, tmp_path):
+    dest = tmp_path / "downloads"
+    proc = make(
+        "fetch",
+        f"TASK={first_pipeline['id']}",
+        f"DEST={dest}",
+        f"ARGS=storage.endpoint={clearml_stack.s3_endpoint}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("(sha256 verified)") >= 6
+    results = json.loads((dest / "artifacts/experiment_results/results.json").read_text())
+    assert results["run_id"] == first_pipeline["id"]
+
+
+def clone(stack, task_id: str, name: str) -> str:
+    """What the web UI's Clone does."""
+    return stack.api()("tasks.clone", task=task_id, new_task_name=name)["id"]
+
+
+def test_clone_and_edit_an_arg_or_the_configuration_takes_effect(clearml_stack, first_pipeline):
+    api = clearml_stack.api()
+    by_arg = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample edited arg")
+    api(
+        "tasks.edit_hyper_params",
+        task=by_arg,
+        hyperparams=[{"section": "Args", "name": "eval_limit", "value": "2"}],
+    )
+    by_config = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample edited config")
+    text = api.task(by_config)["configuration"]["experiment_config"]["value"]
+    edited = text.replace("max_new_tokens: 32", "max_new_tokens: 3")
+    assert edited != text
+    api(
+        "tasks.edit_configuration",
+        task=by_config,
+        configuration=[{"name": "experiment_config", "value": edited, "type": "yaml"}],
+    )
+    for task_id in (by_arg, by_config):
+        api("tasks.enqueue", task=task_id, queue_name="services")
+    finished(clearml_stack, by_arg)
+    finished(clearml_stack, by_config)
+    results, _ = run_files(clearml_stack, "smollm2_135m_sample", by_arg)
+    assert results["counts"]["examples"] == 2
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", by_config)
+    assert results["counts"]["examples"] == 4
+    assert results["config"]["inference"]["max_new_tokens"] == 3
+    assert all(p["output_tokens"] <= 3 for p in predictions)
+
+
+def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(
+    clearml_stack, first_pipeline, tmp_path
+):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": "a", "question": "Q?", "answer": []}\n')
+    api = clearml_stack.api()
+    task_id = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample bad data")
+    api(
+        "tasks.edit_hyper_params",
+        task=task_id,
+        hyperparams=[{"section": "Args", "name": "eval_dataset_path", "value": str(bad)}],
+    )
+    api("tasks.enqueue", task=task_id, queue_name="services")
+    task = finished(clearml_stack, task_id, status="failed")
+    assert f"{bad}:1: answer: is an empty list" in task["status_message"]
+    assert "not retried (permanent)" in api.log(task_id)
+    load_log = api.log(api.children(task_id)["load_dataset"]["id"])
+    assert load_log.count("step failed (permanent)") == 1  # one attempt
+    assert "Retrying" not in load_log
+    assert "inference" not in api.children(task_id)
+
+
+def test_a_bad_dataset_is_refused_before_anything_is_created(clearml_stack, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": "a", "question": "Q?", "answer": ["x"]}\n{"question": 3}\n')
+    before = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        f"ARGS=dataset=qa_pairs dataset.path={bad} storage.endpoint={clearml_stack.s3_endpoint}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 2
+    assert f"{bad}:2: question: must be a string" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    assert after == before
+
+
+def test_no_services_queue_says_so_and_leaves_nothing_behind(clearml_stack):
+    before = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        f"ARGS=clearml.queues.services=no-such-queue storage.endpoint={clearml_stack.s3_endpoint}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 2
+    assert "no queue named 'no-such-queue'" in proc.stderr
+    assert "make agent QUEUE=no-such-queue" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    after = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    assert after == before
+
+
+def test_make_enqueue_sweep_two_models_then_a_leaderboard(clearml_stack):
+    proc = make(
+        "enqueue-sweep",
+        "QUEUE=gpu",
+        "MODELS=smollm2_135m,gemma3_270m",
+        "DATASETS=sample",
+        "ARGS=dataset.limit=2 inference.max_new_tokens=8 "
+        f"storage.endpoint={clearml_stack.s3_endpoint}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [line.split()[5] for line in proc.stdout.splitlines() if ": enqueued " in line]
+    summary = next(x for x in proc.stdout.splitlines() if x.startswith("summary "))
+    summary_id = summary.split("(", 1)[1].split(")", 1)[0]
+    assert len(runs) == 2
+    for task_id in runs:
+        finished(clearml_stack, task_id)
+    finished(clearml_stack, summary_id)
+    names = {}
+    for task_id, model in zip(runs, ("smollm2_135m", "gemma3_270m"), strict=True):
+        results, _ = run_files(clearml_stack, f"{model}_sample", task_id)
+        assert results["model"]["name"] == model and results["run_id"] == task_id
+        names[task_id] = model
+    api = clearml_stack.api()
+    links = {a["key"]: a["uri"] for a in api.task(summary_id)["execution"]["artifacts"]}
+    assert {"leaderboard_csv", "leaderboard_md", "leaderboard_png"} <= set(links)
+    board = api.children(summary_id)["leaderboard"]
+    outputs = json.loads(board["hyperparams"]["return"]["outputs"]["value"])
+    assert sorted(r["model"] for r in outputs["rows"]) == ["gemma3_270m", "smollm2_135m"]
+    assert {r["run_id"] for r in outputs["rows"]} == set(runs)
+
+
+# ---- when a worker dies ---------------------------------------------------------------
+
+
+def step_process(api, pipeline_id: str, step: str) -> psutil.Process:
+    """The process running a pipeline's step (found by its task id)."""
+
+    def find():
+        task = api.children(pipeline_id).get(step)
+        if not task or task["status"] != "in_progress":
+            return None
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if "run_step.py" in " ".join(proc.info["cmdline"] or []) and (
+                    proc.environ().get("CLEARML_TASK_ID") == task["id"]
+                ):
+                    return proc
+            except psutil.Error:
+                continue
+        return None
+
+    return wait_until(find, 300, poll=0.2, what=f"{step} running")
+
+
+def checkpoint_parts(stack, experiment: str, pipeline_id: str) -> int:
+    prefix = f"slm-experiments/{experiment}.{pipeline_id}/checkpoints/"
+    return len(keys_under(stack, prefix))
+
+
+SLOW = ("dataset.limit=12", "inference.batch_size=2", "inference.max_new_tokens=12")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(clearml_stack, tmp_path_factory):
+    """The answers of the same config run locally without interruption."""
+    from pipelines.config import compose, to_container
+    from pipelines.local import run_local
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    cfg = to_container(compose([*SLOW, f"experiment.output_dir={out}"]))
+    outputs = run_local(cfg)
+    return answers(json.loads(Path(outputs["score"]["predictions_path"]).read_text()))
+
+
+def test_a_killed_inference_step_is_retried_and_resumes(clearml_stack, uninterrupted):
+    api = clearml_stack.api()
+    task_id = enqueue(clearml_stack, *SLOW)
+    proc = step_process(api, task_id, "inference")
+    wait_until(
+        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 2,
+        300,
+        poll=0.1,
+        what="two checkpointed batches",
+    )
+    saved = checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id)
+    proc.send_signal(signal.SIGKILL)  # as the OOM killer would
+    finished(clearml_stack, task_id)
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    assert answers(predictions) == uninterrupted
+    # Every answer saved before the kill was resumed: at most the batch in flight was redone.
+    assert results["counts"]["resumed"] >= 2 * saved
+    log = api.log(task_id)
+    assert "step inference failed (transient)" in log and "retry 1 of 2" in log
+
+
+def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, uninterrupted):
+    api = clearml_stack.api()
+    task_id = enqueue(clearml_stack, *SLOW)
+    step_process(api, task_id, "inference")
+    wait_until(
+        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 1,
+        300,
+        poll=0.1,
+        what="a checkpointed batch",
+    )
+    step = api.children(task_id)["inference"]
+    lost = step["last_worker"].split(":", 1)[0]
+    clearml_stack.kill_agent(lost)  # the machine is gone, its step with it
+    try:
+        finished(clearml_stack, task_id)
+    finally:
+        clearml_stack.start_agent(lost, "gpu")
+    step = api.task(step["id"])
+    assert not step["last_worker"].startswith(lost)
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    assert answers(predictions) == uninterrupted
+    assert results["counts"]["resumed"] >= 2
+    assert "its agent stopped answering" in api.log(task_id)
+
+
+def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack):
+    ids = [
+        enqueue(clearml_stack, "dataset.limit=3", "inference.max_new_tokens=6") for _ in range(2)
+    ]
+    assert ids[0] != ids[1]
+    for task_id in ids:
+        finished(clearml_stack, task_id)
+    workers = set()
+    for task_id in ids:
+        results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+        assert results["run_id"] == task_id and len(predictions) == 3
+        keys = keys_under(clearml_stack, f"slm-experiments/smollm2_135m_sample.{task_id}/")
+        assert {f"artifacts/{a}" for a in ARTIFACTS} <= keys
+        workers |= {t["last_worker"] for t in clearml_stack.api().children(task_id).values()}
+    assert len(workers) >= 2  # the two pipelines ran side by side on different agents
+    proc = make(
+        "compare",
+        f"A={ids[0]}",
+        f"B={ids[1]}",
+        f"ARGS=storage.endpoint={clearml_stack.s3_endpoint}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "answers differ on 0 questions" in proc.stdout
+
+
+def test_a_step_running_other_code_than_its_controller_fails_naming_both(clearml_stack, tmp_path):
+    """An agent whose image was built from another commit: here, an agent importing a
+    modified copy of the package."""
+    copy = tmp_path / "other"
+    shutil.copytree(ROOT / "components", copy / "components")
+    shutil.copytree(ROOT / "pipelines", copy / "pipelines")
+    shutil.copytree(ROOT / "conf", copy / "conf")
+    (copy / "docker").mkdir()
+    shutil.copy(ROOT / "docker" / "versions.env", copy / "docker")
+    with (copy / "components" / "scoring.py").open("a") as fh:
+        fh.write("\n# a change the controller does not have\n")
+    clearml_stack.start_agent("skewed", "gpu-skewed", extra_env={"PYTHONPATH": str(copy)})
+    try:
+        task_id = enqueue(clearml_stack, "dataset.limit=2", queue="gpu-skewed")
+        task = finished(clearml_stack, task_id, status="failed")
+    finally:
+        clearml_stack.kill_agent("skewed")
+    message = task["status_message"]
+    assert "step inference failed (permanent: CodeSkew" in message
+    assert message.count("source ") >= 2
+    assert "make docker-build" in clearml_stack.api().log(task_id)
+
+
+def test_generated_step_script_imports_nothing_heavy_and_names_its_parents(
+    clearml_stack, first_pipeline
+):
+    api = clearml_stack.api()
+    steps = api.children(first_pipeline["id"])
+    score = steps["score"]
+    params = {p["name"]: p["value"] for p in score["hyperparams"]["kwargs_artifacts"].values()}
+    assert set(params) == {"load_dataset", "inference"}  # the edges are the data flow
+    script = score["script"]["diff"]
+    assert "import torch" not in script and "def run_step" in script
+    assert os.path.basename(score["script"]["entry_point"]) == "run_step.py"
