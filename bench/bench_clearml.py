@@ -90,7 +90,9 @@ def main() -> int:
         for _ in range(3):  # the first converts nothing (the model cache is warm) but imports cold
             started = time.monotonic()
             proc = make(
-                "enqueue", "QUEUE=gpu", f"ARGS=dataset.limit=4 storage.endpoint={endpoint}",
+                "enqueue",
+                "QUEUE=gpu",
+                f"ARGS=dataset.limit=4 storage.endpoint={endpoint}",
                 base_env=stack.env,
             )
             assert proc.returncode == 0, proc.stderr

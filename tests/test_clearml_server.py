@@ -39,12 +39,21 @@ def enqueue(stack, *args: str, queue: str = "gpu") -> str:
     return line.split("(", 1)[1].split(")", 1)[0]
 
 
+def failure(task: dict) -> str:
+    """Why a pipeline failed, as its controller recorded it."""
+    return task["hyperparams"]["properties"]["failure_reason"]["value"]
+
+
 def finished(stack, task_id: str, status: str = "completed") -> dict:
     api = stack.api()
     task = api.wait(task_id, PIPELINE_TIMEOUT)
-    assert task["status"] == status, (
-        f"{task['status']}: {task.get('status_message')}\n" + api.log(task_id)[-4000:]
-    )
+    if task["status"] != status:
+        children = api.children(task_id).items()
+        steps = {n: (t["status"], t.get("status_message")) for n, t in children}
+        raise AssertionError(
+            f"{task['status']}: {task.get('status_message')}\nsteps: {steps}\n"
+            + api.log(task_id)[-3000:]
+        )
     return task
 
 
@@ -190,7 +199,7 @@ def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(
     )
     api("tasks.enqueue", task=task_id, queue_name="services")
     task = finished(clearml_stack, task_id, status="failed")
-    assert f"{bad}:1: answer: is an empty list" in task["status_message"]
+    assert f"{bad}:1: answer: is an empty list" in failure(task)
     assert "not retried (permanent)" in api.log(task_id)
     load_log = api.log(api.children(task_id)["load_dataset"]["id"])
     assert load_log.count("step failed (permanent)") == 1  # one attempt
@@ -395,7 +404,7 @@ def test_a_step_running_other_code_than_its_controller_fails_naming_both(clearml
         task = finished(clearml_stack, task_id, status="failed")
     finally:
         clearml_stack.kill_agent("skewed")
-    message = task["status_message"]
+    message = failure(task)
     assert "step inference failed (permanent: CodeSkew" in message
     assert message.count("source ") >= 2
     assert "make docker-build" in clearml_stack.api().log(task_id)

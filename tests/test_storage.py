@@ -162,3 +162,24 @@ def test_a_secret_put_in_the_config_is_refused_and_never_echoed(tmp_path):
     assert proc.returncode == 2
     assert "storage.secret_key" in proc.stderr
     assert CREDS["AWS_SECRET_ACCESS_KEY"] not in proc.stdout + proc.stderr
+
+
+def test_cached_files_are_used_only_while_whole(settings, tmp_path):
+    """A pipeline's load step reuses examples cached under their content key, never a
+    copy that is gone or altered: then it reads the dataset again."""
+    from pipelines.stores import S3Store
+
+    store = S3Store(settings, "exp", "run1")
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text('{"question_id": "a"}\n')
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"count": 1}')
+    store.cache("examples", "key1", {"examples.jsonl": examples, "meta.json": meta})
+    hit = store.cached("examples", "key1", tmp_path / "hit")
+    assert hit is not None and hit["examples.jsonl"].read_text() == examples.read_text()
+    assert store.cached("examples", "other", tmp_path / "miss") is None
+    key = "slm-experiments/cache/examples/key1/examples.jsonl"
+    s3 = client(settings)
+    metadata = s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"question_id": "b"}\n', Metadata=metadata)
+    assert store.cached("examples", "key1", tmp_path / "tampered") is None

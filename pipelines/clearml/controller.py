@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from typing import Any
 
 from pipelines.clearml.tracking import CONFIG_NAME
@@ -96,6 +95,7 @@ def build_controller(
         "started_at": utc_now(),
     }
     queues, images, docker_args = (clearml_cfg[k] for k in ("queues", "images", "docker_args"))
+    relaunch = LostAgentRelaunch()
     for spec in steps:
         pipe.add_function_step(
             name=spec.name,
@@ -109,6 +109,7 @@ def build_controller(
             task_type=spec.task_type,
             packages=[],
             cache_executed_step=False,
+            status_change_callback=relaunch,
             **monitors(spec),
         )
     return pipe
@@ -121,35 +122,32 @@ def evaluation_parameters(cfg: dict[str, Any], args: dict | None) -> dict[str, t
     return {k.name: (values[k.name], k.help) for k in KNOBS}
 
 
-class LostAgentWatch(threading.Thread):
-    """Re-enqueues a step whose agent died: the server's watchdog stops such a task as
-    non-responsive, and ClearML's controller would wait for it forever."""
+class LostAgentRelaunch:
+    """A step's status callback: re-enqueues a step whose agent died. The server's watchdog
+    stops such a task as non-responsive, and ClearML's controller would then either wait
+    for it forever or, reading a stale status message, take it for aborted and skip its
+    children. Called in the controller's own loop, before it looks at the step again."""
 
-    def __init__(self, pipe, poll_s: float) -> None:
-        super().__init__(name="lost-agent-watch", daemon=True)
-        self.pipe, self.poll_s = pipe, poll_s
+    def __init__(self) -> None:
         self.relaunched: dict[str, int] = {}
-        self.done = threading.Event()
 
-    def run(self) -> None:
-        while not self.done.wait(self.poll_s):
-            for name, node in self.pipe.get_pipeline_dag().items():
-                job = node.job
-                if job is None or job.status(force=True) != "stopped":
-                    continue
-                if str(job.task.data.status_message).lower() != NON_RESPONSIVE:
-                    continue
-                count = self.relaunched.get(name, 0)
-                if count >= MAX_LOST_AGENT_RELAUNCHES:
-                    continue
-                self.relaunched[name] = count + 1
-                message = (
-                    f"step {name}: its agent stopped answering (worker "
-                    f"{job.task.data.last_worker}); re-enqueued on {node.queue}, "
-                    f"{count + 1} of {MAX_LOST_AGENT_RELAUNCHES}"
-                )
-                self.pipe.get_logger().report_text(message)
-                job.launch(queue_name=node.queue)
+    def __call__(self, pipeline, node, previous_status) -> None:
+        job = node.job
+        if job is None or job.status(force=True) != "stopped":
+            return
+        job.task.reload()
+        if str(job.task.data.status_message).lower() != NON_RESPONSIVE:
+            return
+        count = self.relaunched.get(node.name, 0)
+        if count >= MAX_LOST_AGENT_RELAUNCHES:
+            return
+        self.relaunched[node.name] = count + 1
+        pipeline.get_logger().report_text(
+            f"step {node.name}: its agent stopped answering (worker {job.task.data.last_worker}"
+            f"); re-enqueued on {node.queue}, {count + 1} of {MAX_LOST_AGENT_RELAUNCHES}"
+        )
+        job.launch(queue_name=node.queue)
+        job.status(force=True)  # queued now: the loop must not see the stop it just undid
 
 
 def outcome(pipe, policy) -> str | None:
@@ -168,15 +166,10 @@ def outcome(pipe, policy) -> str | None:
     return "; ".join(failed)
 
 
-def run_pipeline(task, pipe, policy, poll_s: float) -> int:
+def run_pipeline(task, pipe, policy) -> int:
     """Starts the pipeline here (on the services agent) and waits for it; a failure
     leaves its reason on this task."""
-    watch = LostAgentWatch(pipe, poll_s)
-    watch.start()
-    try:
-        pipe.start()
-    finally:
-        watch.done.set()
+    pipe.start()
     reason = outcome(pipe, policy)
     if reason:
         return fail(task, reason)
@@ -235,13 +228,15 @@ def main() -> int:
     # What a clone of this run starts from: these parameters, as this run settled them.
     ran_with = {k: "" if v is None else str(v) for k, (v, _) in parameters.items()}
     task.set_user_properties(args_attached=json.dumps(ran_with, sort_keys=True))
-    return run_pipeline(task, pipe, policy, float(cfg["clearml"]["poll_s"]))
+    return run_pipeline(task, pipe, policy)
 
 
 def fail(task, reason: str) -> int:
-    """The reason where a user looks first: the controller's log and its status message."""
+    """The reason where a user looks: the controller's log, its ``failure_reason``
+    property and its status message (which the agent may overwrite when the process ends)."""
     print(f"pipeline failed: {reason}", file=sys.stderr, flush=True)
     task.get_logger().report_text(f"pipeline failed: {reason}")
+    task.set_user_properties(failure_reason=reason[:1000])
     task.flush(wait_for_uploads=True)  # the log first: a failed task takes no more of it
     task.mark_failed(status_reason=reason[:1000], status_message=reason[:1000], force=True)
     return 1

@@ -143,7 +143,7 @@ def main() -> int:
         )
     except ConfigError as exc:
         return fail(task, f"config: {exc}")
-    return run_pipeline(task, pipe, policy, poll)
+    return run_pipeline(task, pipe, policy)
 
 
 if __name__ == "__main__":
