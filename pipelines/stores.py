@@ -99,7 +99,7 @@ class S3Store:
             return {
                 Path(k).name: fetch(self.settings, k, folder / Path(k).name, self._s3) for k in keys
             }
-        except StorageError:
+        except StorageError:  # a cache that cannot be read is a miss, not a failure
             return None
 
     def cache(self, name: str, key: str, files: dict[str, Path]) -> None:

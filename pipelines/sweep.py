@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from pipelines.config import ConfigError, compose, group_choices, to_container, validate
 
 
@@ -23,7 +25,8 @@ from pipelines.config import ConfigError, compose, group_choices, to_container, 
 class Combination:
     model: str
     dataset: str
-    cfg: dict[str, Any]
+    cfg: dict[str, Any]  # resolved and checked
+    node: DictConfig  # as composed (a ClearML sweep attaches it with its interpolations)
 
     @property
     def run_dir(self) -> Path:
@@ -53,11 +56,11 @@ def plan(
     for model in models:
         for dataset in datasets:
             try:
-                cfg = to_container(compose([f"model={model}", f"dataset={dataset}", *overrides]))
-                cfg = validate(cfg, require_dataset=check_paths)
+                node = compose([f"model={model}", f"dataset={dataset}", *overrides])
+                cfg = validate(to_container(node), require_dataset=check_paths)
             except ConfigError as exc:
                 raise ConfigError(f"{model} x {dataset}: {exc}") from exc
-            combos.append(Combination(model, dataset, cfg))
+            combos.append(Combination(model, dataset, cfg, node))
     dirs = [c.run_dir for c in combos]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(
@@ -77,9 +80,7 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
     """The combination's results.json if it is complete and still valid: same fingerprint,
     same dataset content, predictions file intact."""
     from components.artifacts import sha256_file
-    from components.backends import resolve_backend
-    from components.batching import model_shape
-    from components.device import resolve_device, resolve_dtype
+    from components.execution import resolve_execution
     from components.model_files import weights_digest
     from components.results import config_fingerprint
 
@@ -88,23 +89,15 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
         results = json.loads(path.read_text(encoding="utf-8"))
         predictions = combo.run_dir / "predictions.json"
         recorded = results["artifacts"]["predictions.json"]["sha256"]
-        inference = combo.cfg["inference"]
-        device = resolve_device(str(inference["device"]))
         # "auto" resolves per machine: results from a CPU box are not a GPU box's.
         ran_as = {k: results["inference"][k] for k in ("backend", "device", "dtype")}
-        shape = model_shape(results["model"]["loaded_from"], combo.cfg["model"].get("revision"))
-        backend = resolve_backend(
-            str(inference["backend"]),
-            device,
-            parameters=shape.parameters if shape else None,
-            questions=results["counts"]["examples"],
-            tensor_parallel_size=int(inference["tensor_parallel_size"]),
+        here = resolve_execution(
+            combo.cfg["inference"],
+            results["model"]["loaded_from"],
+            combo.cfg["model"].get("revision"),
+            results["counts"]["examples"],
         )
-        would_run_as = {
-            "backend": backend.name,
-            "device": device,
-            "dtype": resolve_dtype(str(inference["dtype"]), device),
-        }
+        would_run_as = {"backend": here.backend.name, "device": here.device, "dtype": here.dtype}
         same = (
             results.get("status") == "completed"
             and results.get("config_fingerprint") == config_fingerprint(combo.cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = Path(os.environ.get("CLEARML_SERVER_TOOLS") or ROOT.parent / "shared/tools/clearml-server")
+TOOLS = ROOT / os.environ.get("CLEARML_SERVER_TOOLS", "../shared/tools/clearml-server")
 BUCKET = "clearml-artifacts"
 S3_KEYS = ("stack-key-id", "stack-secret")
 # The server's watchdog stops a task whose agent stopped answering after this long
@@ -194,6 +195,8 @@ def why_not_available() -> str | None:
     """A reason to skip, or None when a stack can start here."""
     if not (TOOLS / "start.sh").is_file():
         return WHERE_TO_GET_IT
+    if not shutil.which("redis-server") and os.geteuid() != 0:
+        return "redis-server is missing and only root can install it: apt-get install redis-server"
     busy = [p for p in (6379, 9200) if port_in_use(p)]
     if busy:
         return (

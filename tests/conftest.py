@@ -192,10 +192,11 @@ def sample_run(tmp_path_factory) -> Path:
     return run_dir_of(cfg)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clearml_stack(s3_endpoint, tmp_path_factory):
     """A real ClearML server (../shared/tools/clearml-server), S3 as MinIO, an agent on
-    services and two on each of cpu and gpu (gpu served on CPU, by transformers)."""
+    services and two on each of cpu and gpu (gpu served on CPU, by transformers). For the
+    tests of one module: stopped after them, so idle agents never slow the other tests."""
     from tests.clearml_stack import Stack, why_not_available
 
     reason = why_not_available()

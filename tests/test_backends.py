@@ -276,31 +276,9 @@ def test_vllm_close_stops_the_engine_process(vllm_run):
 
 @pytest.mark.slow
 @needs_vllm
-def test_vllm_backend_end_to_end(tmp_path):
-    """vLLM's CPU build through the pipeline: one engine call for the whole list, same files."""
-    proc = run_cli(
-        "inference.backend=vllm",
-        "inference.dtype=bfloat16",
-        "dataset.limit=6",
-        "inference.max_new_tokens=12",
-        f"experiment.output_dir={tmp_path}",
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = check_run_folder(tmp_path / "smollm2_135m_sample", 6)
-    assert results["inference"]["backend"] == "vllm"
-    predictions = json.loads((tmp_path / "smollm2_135m_sample" / "predictions.json").read_text())
-    paris = next(p for p in predictions if "France" in p["question"])
-    assert "paris" in paris["prediction"].lower()
-    assert all(0 < p["output_tokens"] <= 12 for p in predictions)
-    # The engine runs in child processes: their memory is part of the peak.
-    assert results["memory"]["peak_rss_bytes"] > 1.5 * 2**30
-
-
-@pytest.mark.slow
-@needs_vllm
 def test_vllm_applies_the_completion_format_and_stop_sequence_of_a_base_model(tmp_path):
-    """Gemma 3 270M through vLLM: few-shot completion prompt, answers end at the line break."""
+    """vLLM's CPU build through the whole pipeline, with Gemma 3 270M: one engine, its
+    few-shot completion prompt, answers that end at the line break, the same files."""
     proc = run_cli(
         "model=gemma3_270m",
         "inference.backend=vllm",
@@ -310,7 +288,10 @@ def test_vllm_applies_the_completion_format_and_stop_sequence_of_a_base_model(tm
         env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    check_run_folder(tmp_path / "gemma3_270m_sample", 4)
+    results = check_run_folder(tmp_path / "gemma3_270m_sample", 4)
+    assert results["inference"]["backend"] == "vllm"
+    # The engine runs in child processes: their memory is part of the peak.
+    assert results["memory"]["peak_rss_bytes"] > 1.5 * 2**30
     predictions = json.loads((tmp_path / "gemma3_270m_sample" / "predictions.json").read_text())
     assert predictions[0]["prediction"] == "Paris"
     assert all("\n" not in p["prediction"] for p in predictions)

@@ -155,6 +155,28 @@ def test_settle_applies_parameters_as_the_ui_hands_them_over():
     )
 
 
+def test_an_edited_config_object_is_not_undone_by_unedited_parameters():
+    """What the UI's clone-and-edit does: the Args as attached are the baseline; only a
+    parameter that differs from it counts. A swapped group keeps the run's other knobs."""
+    attached = portable_config(compose(["dataset.limit=5"]))
+    args = pipeline_args_of(attached)
+    attached["inference"]["max_new_tokens"] = 3  # edited in experiment_config
+    cfg = settle(attached, args, baseline=dict(args))
+    assert cfg["inference"]["max_new_tokens"] == 3
+    cfg = settle(attached, {**args, "eval_max_new_tokens": "7"}, baseline=dict(args))
+    assert cfg["inference"]["max_new_tokens"] == 7  # an edited Arg wins
+    swapped = settle(attached, {**args, "eval_dataset": "nq_open"}, baseline=dict(args))
+    assert swapped["dataset"]["name"] == "nq_open"
+    assert swapped["dataset"]["limit"] == 5  # unedited, but still this run's limit
+
+
+def pipeline_args_of(attached: dict) -> dict[str, str]:
+    from pipelines.config import pipeline_args, validate
+
+    resolved = validate(to_container(compose(["dataset.limit=5"])))
+    return {k: "" if v is None else str(v) for k, v in pipeline_args(resolved).items()}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -361,7 +361,7 @@ def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, unint
     assert "its agent stopped answering" in api.log(task_id)
 
 
-def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack):
+def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack, tmp_path):
     ids = [
         enqueue(clearml_stack, "dataset.limit=3", "inference.max_new_tokens=6") for _ in range(2)
     ]
@@ -376,15 +376,26 @@ def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack):
         assert {f"artifacts/{a}" for a in ARTIFACTS} <= keys
         workers |= {t["last_worker"] for t in clearml_stack.api().children(task_id).values()}
     assert len(workers) >= 2  # the two pipelines ran side by side on different agents
-    proc = make(
+    endpoint = f"storage.endpoint={clearml_stack.s3_endpoint}"
+    out = f"experiment.output_dir={tmp_path}"
+    board = make(
+        "leaderboard",
+        f"RUNS={ids[0]},{ids[1]}",
+        f"ARGS={endpoint} {out}",
+        base_env=clearml_stack.env,
+    )
+    assert board.returncode == 0, board.stderr
+    (csv,) = tmp_path.glob("sweeps/*/leaderboard.csv")
+    assert sorted(line.split(",")[-2] for line in csv.read_text().splitlines()[1:]) == sorted(ids)
+    compare = make(
         "compare",
         f"A={ids[0]}",
         f"B={ids[1]}",
-        f"ARGS=storage.endpoint={clearml_stack.s3_endpoint}",
+        f"ARGS={endpoint} {out}",
         base_env=clearml_stack.env,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "answers differ on 0 questions" in proc.stdout
+    assert compare.returncode == 0, compare.stderr
+    assert "answers differ on 0 questions" in compare.stdout
 
 
 def test_a_step_running_other_code_than_its_controller_fails_naming_both(clearml_stack, tmp_path):

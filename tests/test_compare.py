@@ -103,7 +103,7 @@ def test_make_compare_on_two_experiments_writes_md_and_csv(two_runs):
 def test_make_compare_names_what_it_could_not_find(tmp_path):
     proc = make("compare", "A=nowhere", "B=run_b", f"ARGS=experiment.output_dir={tmp_path}")
     assert proc.returncode == 2
-    assert "'nowhere': no predictions.json" in proc.stderr
+    assert "'nowhere': no finished run in nowhere" in proc.stderr
     assert "make compare A=" in make("compare", "A=x").stderr
 
 

@@ -159,3 +159,10 @@ def test_deploy_doc_names_only_things_that_exist():
     for path in set(re.findall(r"`((?:docker|conf|pipelines|components|docs)/[\w./-]+)`", doc)):
         assert path in created_by_user or (ROOT / path).exists(), f"docs/deploy.md: {path}"
     assert "clearml-agent daemon" in doc and "clearml-session" in doc
+
+
+def test_docker_build_tags_the_images_the_compose_file_and_agents_run():
+    deploy = deploy_settings()
+    out = make_dry_run("docker-build")
+    for image in ("AGENT_IMAGE", "CPU_IMAGE", "GPU_IMAGE"):
+        assert f"-t {deploy[image]}:{deploy['IMAGE_TAG']} " in out, image

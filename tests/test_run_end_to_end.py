@@ -1,20 +1,24 @@
-"""The `make run` entry point in a real subprocess: three files that agree with each other."""
+"""`make run` as a user runs it (a few real subprocesses), and the same pipeline in-process
+for everything a subprocess would add nothing to: three files that agree with each other."""
 
 import pytest
 
-from tests.conftest import check_run_folder, make_dry_run, run_cli
+from pipelines.config import compose, to_container
+from pipelines.local import run_local
+from tests.conftest import check_run_folder, make, make_dry_run, run_cli
 
 pytestmark = pytest.mark.slow
 
 
+def run_here(*overrides: str) -> dict:
+    """The pipeline in this process, as `make run ARGS="..."` composes it."""
+    return run_local(to_container(compose(list(overrides))))
+
+
 def test_make_run_writes_three_consistent_files(tmp_path):
-    proc = run_cli(
-        "dataset.limit=5",
-        "inference.max_new_tokens=12",
-        "inference.dtype=float32",
-        "inference.seed=123",
-        f"experiment.output_dir={tmp_path}",
-    )
+    args = f"dataset.limit=5 inference.max_new_tokens=12 inference.dtype=float32 \
+inference.seed=123 experiment.output_dir={tmp_path}"
+    proc = make("run", f"ARGS={args}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run_folder(tmp_path / "smollm2_135m_sample", 5)
     assert results["inference"]["backend"] == "transformers"
@@ -33,14 +37,13 @@ def test_any_qa_pairs_file_and_experiment_name(tmp_path):
         '{"question_id": "q2", "question": "What colour is the sky?", "answer": ["?"]}\n',
         encoding="utf-8",
     )
-    proc = run_cli(
+    run_here(
         "dataset=qa_pairs",
         f"dataset.path={data}",
         "experiment.name=mine",
         "inference.max_new_tokens=8",
         f"experiment.output_dir={tmp_path / 'out'}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run_folder(tmp_path / "out" / "mine", 2)
     assert results["counts"]["unscorable"] == 1
     assert results["unscorable_ids"] == ["q2"]
@@ -67,14 +70,13 @@ def test_config_error_names_the_key(tmp_path):
 
 
 def test_nq_open_from_shared_data(tmp_path, nq_open_path):
-    proc = run_cli(
+    run_here(
         "dataset=nq_open",
         f"dataset.path={nq_open_path}",
         "dataset.limit=6",
         "inference.max_new_tokens=10",
         f"experiment.output_dir={tmp_path}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run_folder(tmp_path / "smollm2_135m_nq_open", 6)
     assert results["dataset"]["lines_in_file"] >= 3000
 
@@ -96,7 +98,7 @@ def test_hub_model_missing_from_the_cache_says_what_to_do(tmp_path):
     assert "model=smollm2_135m" in proc.stderr
 
 
-def test_skip_mode_records_skipped_lines_in_results(tmp_path):
+def test_skip_mode_records_skipped_lines_in_results(tmp_path, capsys):
     data = tmp_path / "mixed.jsonl"
     data.write_text(
         '{"question_id": "q1", "question": "What is the capital of Italy?", "answer": ["Rome"]}\n'
@@ -104,31 +106,29 @@ def test_skip_mode_records_skipped_lines_in_results(tmp_path):
         "not json\n",
         encoding="utf-8",
     )
-    proc = run_cli(
+    run_here(
         "dataset=qa_pairs",
         f"dataset.path={data}",
         "dataset.on_error=skip",
         "inference.max_new_tokens=6",
         f"experiment.output_dir={tmp_path / 'out'}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run_folder(tmp_path / "out" / "smollm2_135m_qa_pairs", 1)
     assert results["counts"]["skipped_lines"] == 2
     assert results["dataset"]["skipped_lines"] == [
         {"line": 2, "field": "question", "reason": "is missing"},
         {"line": 3, "field": "json", "reason": "Expecting value (column 1)"},
     ]
-    assert f"skipped {data}:2: question: is missing" in proc.stdout
+    assert f"skipped {data}:2: question: is missing" in capsys.readouterr().out
 
 
 def test_experiment_name_cannot_escape_the_output_folder(tmp_path):
-    proc = run_cli(
+    run_here(
         "experiment.name=../../escape",
         "dataset.limit=1",
         "inference.max_new_tokens=4",
         f"experiment.output_dir={tmp_path / 'out'}",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["escape"]
     assert not (tmp_path / "escape").exists()
 

@@ -17,7 +17,7 @@ from components.storage import (
     safe_name,
     set_retention,
 )
-from tests.conftest import BUCKET, CREDS, closed_port, run_cli, run_module
+from tests.conftest import BUCKET, CREDS, closed_port, make, run_cli, run_module
 
 
 def fake_run(tmp_path, size: int = 1000):
@@ -87,11 +87,18 @@ def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
     got = tmp_path / "back" / "artifacts" / "model_predictions" / "predictions.json"
     assert got.read_bytes() == (run_dir / "predictions.json").read_bytes()
 
+    # The README's command: every file checked, a tampered one refused with its name.
+    fetch = ["fetch", f"SRC={prefix_url}", f"ARGS=storage.endpoint={settings.endpoint}"]
+    proc = make(*fetch, f"DEST={tmp_path / 'cli'}", env=CREDS)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("(sha256 verified)") == 3
     s3 = client(settings)
     key = uploaded["model_predictions"]["key"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"tampered", Metadata={"sha256": "0" * 64})
     with pytest.raises(StorageError, match="sha256"):
         download_verified(settings, prefix_url, tmp_path / "again")
+    proc = make(*fetch, f"DEST={tmp_path / 'cli2'}", env=CREDS)
+    assert proc.returncode == 2 and f"{key}: sha256" in proc.stderr
 
 
 def test_retention_rule_is_set_and_read_back(settings):

@@ -214,3 +214,25 @@ def test_make_enqueue_sweep_without_a_server_fails_before_creating_anything(tmp_
     assert proc.returncode == 2
     assert "no ClearML server is configured" in proc.stderr
     assert not (tmp_path / ".clearml").exists()
+
+
+def test_make_leaderboard_ranks_finished_runs(tmp_path):
+    from components.artifacts import write_json_atomic
+
+    out = tmp_path / "out"
+    for name, recalls in (("m1_d", [1.0, 0.0, 0.0]), ("m2_d", [1.0, 1.0, 0.0])):
+        results, predictions = fake_run(recalls, name)
+        write_json_atomic(out / name / "results.json", results)
+        write_json_atomic(out / name / "predictions.json", predictions)
+    (out / "unfinished").mkdir()
+    write_json_atomic(out / "unfinished" / "predictions.json", [])
+    proc = make("leaderboard", "RUNS=m1_d,m2_d", f"ARGS=experiment.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out / "sweeps" / "m1_d-m2_d" / "leaderboard.csv")
+    assert [(r["experiment"], r["token_recall"]) for r in rows] == [
+        ("m2_d", "0.6667"),
+        ("m1_d", "0.3333"),
+    ]
+    assert proc.stdout.index("| m2 |") < proc.stdout.index("| m1 |")
+    again = make("leaderboard", "RUNS=m1_d,unfinished", f"ARGS=experiment.output_dir={out}")
+    assert again.returncode == 2 and "not a finished run (no results.json)" in again.stderr

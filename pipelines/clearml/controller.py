@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from pipelines.clearml.tracking import CONFIG_NAME
+from pipelines.clearml import CONFIG_NAME
+from pipelines.dag import StepSpec
+
+if TYPE_CHECKING:
+    from clearml import PipelineController, Task
+
+    from pipelines.clearml.failures import RetryPolicy
 
 NON_RESPONSIVE = "forced stop (non-responsive)"
 MAX_LOST_AGENT_RELAUNCHES = 3
 
 
-def step_kwargs(spec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
+def step_kwargs(spec: StepSpec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
     """A step's arguments: its definition, the config it reads, the run's settings, and a
     reference to each parent's outputs (the edges of the DAG)."""
     from pipelines.config import ConfigError
@@ -41,7 +48,7 @@ def step_kwargs(spec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str
     return kwargs
 
 
-def monitors(spec) -> dict[str, Any]:
+def monitors(spec: StepSpec) -> dict[str, Any]:
     """What the pipeline shows of a reporting step: its metrics and its artifacts."""
     from components.storage import ARTIFACT_NAMES
 
@@ -58,11 +65,11 @@ def monitors(spec) -> dict[str, Any]:
 def build_controller(
     cfg: dict[str, Any],
     name: str,
-    steps,
-    policy=None,
+    steps: Sequence[StepSpec],
+    policy: RetryPolicy | None = None,
     parameters: dict[str, tuple[Any, str]] | None = None,
     experiment: str | None = None,
-):
+) -> PipelineController:
     """A PipelineController over ``steps`` (the current task becomes its task):
     ``parameters`` name -> (value, help) are its Args."""
     from clearml import PipelineController
@@ -131,7 +138,7 @@ class LostAgentRelaunch:
     def __init__(self) -> None:
         self.relaunched: dict[str, int] = {}
 
-    def __call__(self, pipeline, node, previous_status) -> None:
+    def __call__(self, pipeline: PipelineController, node: Any, previous_status: str) -> None:
         job = node.job
         if job is None or job.status(force=True) != "stopped":
             return
@@ -150,7 +157,7 @@ class LostAgentRelaunch:
         job.status(force=True)  # queued now: the loop must not see the stop it just undid
 
 
-def outcome(pipe, policy) -> str | None:
+def outcome(pipe: PipelineController, policy: RetryPolicy) -> str | None:
     """None when every step completed, else why the pipeline failed."""
     failed = []
     for name, node in pipe.get_pipeline_dag().items():
@@ -166,7 +173,7 @@ def outcome(pipe, policy) -> str | None:
     return "; ".join(failed)
 
 
-def run_pipeline(task, pipe, policy) -> int:
+def run_pipeline(task: Task, pipe: PipelineController, policy: RetryPolicy) -> int:
     """Starts the pipeline here (on the services agent) and waits for it; a failure
     leaves its reason on this task."""
     pipe.start()
@@ -177,7 +184,7 @@ def run_pipeline(task, pipe, policy) -> int:
     return 0
 
 
-def attach() -> Any:
+def attach() -> Task | None:
     """This controller's task, when an agent runs it; None (and a message) by hand."""
     from clearml import Task
 
@@ -190,7 +197,7 @@ def attach() -> Any:
     return Task.init(auto_connect_frameworks=False, auto_connect_arg_parser=False)
 
 
-def attached_config(task) -> dict[str, Any]:
+def attached_config(task: Task) -> dict[str, Any]:
     """The configuration object as the task holds it now (edited in the UI, perhaps)."""
     import yaml
 
@@ -210,6 +217,7 @@ def attached_config(task) -> dict[str, Any]:
 
 def main() -> int:
     from pipelines.clearml.failures import RetryPolicy
+    from pipelines.clearml.sdk import ServerNotConfigured, require_queues
     from pipelines.config import ConfigError, settle
     from pipelines.dag import steps_for
 
@@ -220,18 +228,20 @@ def main() -> int:
         args = task.get_parameters_as_dict().get("Args", {})
         attached = (task.get_user_properties(value_only=True) or {}).get("args_attached")
         cfg = settle(attached_config(task), args, json.loads(attached) if attached else None)
+        require_queues([cfg["clearml"]["queues"][k] for k in ("cpu", "gpu")])
         policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
         parameters = evaluation_parameters(cfg, args)
         pipe = build_controller(cfg, task.name, steps_for(cfg), policy, parameters)
-    except ConfigError as exc:
+    except (ConfigError, ServerNotConfigured) as exc:
         return fail(task, f"config: {exc}")
-    # What a clone of this run starts from: these parameters, as this run settled them.
+    # The Args as this run settled them, and the baseline a clone of it starts from.
     ran_with = {k: "" if v is None else str(v) for k, (v, _) in parameters.items()}
+    task.update_parameters({f"Args/{k}": v for k, v in ran_with.items()})
     task.set_user_properties(args_attached=json.dumps(ran_with, sort_keys=True))
     return run_pipeline(task, pipe, policy)
 
 
-def fail(task, reason: str) -> int:
+def fail(task: Task, reason: str) -> int:
     """The reason where a user looks: the controller's log, its ``failure_reason``
     property and its status message (which the agent may overwrite when the process ends)."""
     print(f"pipeline failed: {reason}", file=sys.stderr, flush=True)

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.memory import highest_gpu_bytes
+from components.memory import gib, highest_gpu_bytes
 
 WORST_BEST_ROWS = 10
-
-
-def _gib(value: int | None) -> float:
-    return round((value or 0) / 2**30, 3)
 
 
 def report_results(
@@ -32,8 +28,8 @@ def report_results(
         "exact_match": results["exact_match"],
         "questions_per_s": results["throughput"]["questions_per_s"],
         "output_tokens_per_s": results["throughput"]["output_tokens_per_s"],
-        "peak_rss_gib": _gib(results["memory"]["peak_rss_bytes"]),
-        "peak_gpu_gib": _gib(peak_gpu),
+        "peak_rss_gib": gib(results["memory"]["peak_rss_bytes"]),
+        "peak_gpu_gib": gib(peak_gpu),
         "examples": results["counts"]["examples"],
         "unscorable": results["counts"]["unscorable"],
     }

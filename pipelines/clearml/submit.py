@@ -9,20 +9,34 @@ queue, no storage, a bad dataset line, a bad value) creates nothing at all.
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipelines.clearml.tracking import CONFIG_NAME
+from omegaconf import DictConfig
+
+from pipelines.clearml import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from clearml import PipelineController
 
 CONTROLLER_MODULE = "pipelines.clearml.controller"
 
 
-def preflight(cfg: dict[str, Any]) -> None:
-    """Every check that needs no task: server, queues, storage, dataset, names."""
+def check_server(clearml_cfg: dict[str, Any]) -> None:
+    """The server answers and the queues the pipeline needs exist."""
+    from pipelines.clearml.sdk import check_server as ping
+    from pipelines.clearml.sdk import require_queues
+
+    ping(float(clearml_cfg["ping_timeout_s"]))
+    require_queues([clearml_cfg["queues"][k] for k in ("services", "cpu", "gpu")])
+
+
+def check_run(cfg: dict[str, Any]) -> None:
+    """What one pipeline needs besides the server: storage, a name, a dataset without a bad
+    line (when the file is here; else only the agents see it, and they check it)."""
     from components.dataset import load_qa_dataset
-    from pipelines.clearml.sdk import check_server, require_queues
     from pipelines.config import ConfigError, require_storage
 
-    clearml_cfg = cfg["clearml"]
     require_storage(
         cfg["storage"],
         "the pipeline's steps hand their files on through S3 (MinIO); set it, e.g. "
@@ -30,18 +44,14 @@ def preflight(cfg: dict[str, Any]) -> None:
     )
     if len(str(cfg["experiment"]["name"]).strip()) < 3:
         raise ConfigError("experiment.name: ClearML needs at least 3 characters")
-    check_server(float(clearml_cfg["ping_timeout_s"]))
-    require_queues([clearml_cfg["queues"][k] for k in ("services", "cpu", "gpu")])
     dataset = cfg["dataset"]
-    from pathlib import Path
-
-    if Path(dataset["path"]).is_file():  # else only the agents see it: they check it
+    if Path(dataset["path"]).is_file():
         load_qa_dataset(dataset["path"], dataset.get("limit"), dataset.get("on_error", "strict"))
 
 
 def create_pipeline(
     name: str, clearml_cfg: dict[str, Any], module: str, config: dict, args: dict[str, Any]
-):
+) -> PipelineController:
     """A draft controller task that runs ``module`` on the services agent, with ``config``
     attached and ``args`` as its parameters."""
     import yaml
@@ -83,7 +93,7 @@ def create_pipeline(
     return pipe
 
 
-def enqueue_pipeline(pipe, queue: str) -> str:
+def enqueue_pipeline(pipe: PipelineController, queue: str) -> str:
     """Enqueues a created pipeline; returns its web address."""
     from clearml import PipelineController
 
@@ -95,12 +105,13 @@ def enqueue_pipeline(pipe, queue: str) -> str:
     return pipe.task.get_output_log_web_page()
 
 
-def submit(cfg_node) -> dict[str, Any]:
+def submit(cfg_node: DictConfig) -> dict[str, Any]:
     """`make enqueue`: returns the pipeline's id, experiment and web address."""
     from pipelines.config import pipeline_args, portable_config, to_container, validate
 
     cfg = validate(to_container(cfg_node), require_dataset=False)
-    preflight(cfg)
+    check_run(cfg)
+    check_server(cfg["clearml"])
     clearml_cfg = cfg["clearml"]
     name = str(cfg["experiment"]["name"])
     pipe = create_pipeline(

@@ -8,16 +8,14 @@ combination whose newest completed pipeline recorded the same config fingerprint
 dataset sha256 (read from its results.json in S3) is reused unless ``sweep.force``. The
 summary is a pipeline of its own: its controller (on the services queue, which runs
 controllers side by side) waits for every run, then one CPU step, ``leaderboard``, builds
-the table, the plot and the files. Nothing waits on a CPU or GPU agent.
-
-    python -m pipelines.clearml.sweep      (the summary's controller, run by the services agent)
+the table, the plot and the files (pipelines/clearml/summary.py). Nothing waits on a CPU
+or GPU agent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 from components.storage import StorageSettings
 from pipelines.sweep import Combination, plan, sweep_name
 
-SUMMARY_MODULE = "pipelines.clearml.sweep"
+SUMMARY_MODULE = "pipelines.clearml.summary"
 
 
 def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any] | None:
@@ -57,7 +55,7 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
                 continue
         if (
             results.get("config_fingerprint") == fingerprint
-            and results["dataset"]["sha256"] == digest
+            and (results.get("dataset") or {}).get("sha256") == digest
         ):
             return {"id": task.id, "experiment": experiment, "url": task.get_output_log_web_page()}
     return None
@@ -67,16 +65,18 @@ def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) 
     """Checks every combination first (nothing is created if one fails), then enqueues."""
     from pipelines.clearml.submit import (
         CONTROLLER_MODULE,
+        check_run,
+        check_server,
         create_pipeline,
         enqueue_pipeline,
-        preflight,
     )
-    from pipelines.config import compose, pipeline_args, portable_config, require_storage
+    from pipelines.config import pipeline_args, portable_config, require_storage
 
     combos = plan(models, datasets, overrides, check_paths=False)
     for combo in combos:
-        preflight(combo.cfg)
+        check_run(combo.cfg)
     cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
+    check_server(cfg["clearml"])
     clearml_cfg = cfg["clearml"]
     settings = require_storage(cfg["storage"], "the pipelines hand files on through S3")
     name = sweep_name(cfg, models, datasets)
@@ -89,13 +89,12 @@ def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) 
             print(f"{label}: reused pipeline {reused['id']} {reused['url']}", flush=True)
             runs.append({**reused, "model": combo.model, "dataset": combo.dataset, "reused": True})
             continue
-        node = compose([f"model={combo.model}", f"dataset={combo.dataset}", *overrides])
         experiment = str(combo.cfg["experiment"]["name"])
         pipe = create_pipeline(
             experiment,
             clearml_cfg,
             CONTROLLER_MODULE,
-            portable_config(node),
+            portable_config(combo.node),
             pipeline_args(combo.cfg),
         )
         url = enqueue_pipeline(pipe, services)
@@ -111,40 +110,3 @@ def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) 
     url = enqueue_pipeline(pipe, services)
     print(f"summary sweep {name} ({pipe.task.id}): {url}", flush=True)
     return {"name": name, "runs": runs, "summary": {"id": pipe.task.id, "url": url}}
-
-
-def main() -> int:
-    """The summary's controller: wait for every run here, then the leaderboard step."""
-    from pipelines.clearml.controller import (
-        attach,
-        attached_config,
-        build_controller,
-        fail,
-        run_pipeline,
-    )
-    from pipelines.clearml.failures import RetryPolicy
-    from pipelines.clearml.runs import wait_for
-    from pipelines.config import ConfigError
-    from pipelines.dag import summary_steps
-
-    task = attach()
-    if task is None:
-        return 2
-    cfg = attached_config(task)
-    poll = float(cfg["clearml"]["poll_s"])
-    print(f"waiting for {len(cfg['runs'])} pipelines", flush=True)
-    for run in cfg["runs"]:
-        run["status"] = wait_for([run["id"]], poll)[run["id"]]
-        print(f"{run['model']} x {run['dataset']}: {run['status']}", flush=True)
-    policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
-    try:
-        pipe = build_controller(
-            cfg, task.name, summary_steps(), policy, experiment=f"sweep-{cfg['name']}"
-        )
-    except ConfigError as exc:
-        return fail(task, f"config: {exc}")
-    return run_pipeline(task, pipe, policy)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

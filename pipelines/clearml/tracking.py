@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.clearml import CONFIG_NAME
 from pipelines.config import knob_values, portable_config
 
-CONFIG_NAME = "experiment_config"
 NO_AUTO_CONNECT = {
     "detect_repository": False,
     "hydra": False,

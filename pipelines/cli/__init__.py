@@ -2,8 +2,8 @@
 compose the config, call into the library and turn a user's mistake into one line.
 
     make run -> run.py      make sweep -> sweep.py      make compare -> compare.py
-    make enqueue -> enqueue.py      make enqueue-sweep -> enqueue_sweep.py
-    make fetch / publish / retention -> fetch.py / publish.py / retention.py
+    make leaderboard -> leaderboard.py      make enqueue -> enqueue.py
+    make enqueue-sweep -> enqueue_sweep.py  make fetch / publish / retention -> artifacts.py
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.config import register
-
-register()  # conf/'s schemas, before @hydra.main composes anything
+from pipelines import config  # noqa: F401  (registers conf/'s schemas before @hydra.main)
 
 
 class Stopped(Exception):
@@ -32,18 +30,30 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from components.storage import StorageError
     from pipelines.clearml.sdk import ServerNotConfigured
 
-    return (ValueError, ModelFilesError, StorageError, ServerNotConfigured)
+    return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured)
 
 
 def finish(work: Callable[[], int | None]) -> None:
-    """Runs a command's body and exits with its code."""
+    """Runs a command's body and exits with its code: 2 for a user's mistake, 143 after
+    SIGTERM, 130 after Ctrl-C."""
     import logging
+
+    from pipelines.steps import GenerationOutOfMemory
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         code = work() or 0
+    except GenerationOutOfMemory as exc:
+        print(f"error: {exc}; set a smaller inference.batch_size", file=sys.stderr, flush=True)
+        code = 2
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 2
+    except Stopped as exc:
+        print(f"stopped ({exc})", file=sys.stderr, flush=True)
+        code = 143
+    except KeyboardInterrupt:
+        print("stopped (interrupt)", file=sys.stderr, flush=True)
+        code = 130
     sys.exit(code)

@@ -32,8 +32,11 @@ def artifacts(cfg: DictConfig) -> int:
     elif what["command"] == "publish":
         if not what["run_dir"]:
             raise ConfigError("artifacts.run_dir: which run (make publish EXPERIMENT=<name>)")
+        run_dir = Path(what["run_dir"])
+        if not run_dir.is_dir():  # an experiment name: its folder under experiment.output_dir
+            run_dir = Path(container["experiment"]["output_dir"]) / what["run_dir"]
         cleanup = bool(container["experiment"]["cleanup_local_artifacts"])
-        for url in publish_again(settings, Path(what["run_dir"]), cleanup):
+        for url in publish_again(settings, run_dir, cleanup):
             print(f"{url}  (verified)")
     elif what["command"] == "retention":
         print(f"lifecycle rules on bucket {settings.bucket} at {settings.endpoint}:")

@@ -11,13 +11,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from components.memory import highest_gpu_bytes
+from components.memory import gib, highest_gpu_bytes
 from pipelines.cli import Stopped, finish
 from pipelines.config import to_container
 
 
 def _gib(value: int | None) -> str:
-    return "n/a" if not value else f"{value / 2**30:.2f} GiB"
+    return "n/a" if not value else f"{gib(value):.2f} GiB"
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

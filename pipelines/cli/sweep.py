@@ -37,9 +37,10 @@ def sweep(cfg: DictConfig) -> int:
             "running one resumes from its checkpoint; run the same command again",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(exc, Stopped) else 130
     print()
-    print(to_markdown(summary["leaderboard"], f"sweep {summary['name']}"), end="")
+    confidence = float(cfg.sweep.confidence)
+    print(to_markdown(summary["leaderboard"], f"sweep {summary['name']}", confidence), end="")
     print("wrote")
     for path in summary["paths"].values():
         print(f"  {path}")
