@@ -111,7 +111,7 @@ def main() -> int:
         "clearml-server 2.0.0 code with one agent per queue in venv mode, "
         "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=1, moto S3",
         "measured": dt.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} cores, no GPU (the gpu queue served on CPU)",
+        "machine": f"{os.cpu_count()} cores, no GPU; the gpu queue served on the CPU",
         "target_end_to_end_s": 60,
         "runs": runs,
         "median_end_to_end_s": sorted(r["end_to_end_s"] for r in runs)[len(runs) // 2],

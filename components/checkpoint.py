@@ -149,7 +149,11 @@ class S3Checkpoint:
         key = f"{self.prefix}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         try:
             self._s3.put_object(
-                Bucket=self.settings.bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256"
+                Bucket=self.settings.bucket,
+                Key=key,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                Metadata={"sha256": hashlib.sha256(body).hexdigest()},
             )
         except (BotoCoreError, ClientError) as exc:
             raise as_storage_error(self.settings, f"saving checkpoint {key}", exc) from exc

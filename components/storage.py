@@ -243,11 +243,16 @@ def publish_run(
 def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=None) -> Path:
     """Downloads one object to ``target`` (atomically), checked against its recorded sha256:
     the one way anything here reads a file back from S3."""
+    return _fetch(settings, url_or_key, Path(target), s3)[0]
+
+
+def _fetch(settings: StorageSettings, url_or_key: str, target: Path, s3) -> tuple[Path, bool]:
+    """(the file, whether it had a sha256 to check: every object this package writes has
+    one; ClearML's own uploads do not)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     s3 = s3 or client(settings)
     bucket, key = settings.key_of(url_or_key)
-    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     try:
@@ -264,7 +269,7 @@ def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=Non
         tmp.unlink()
         raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
     os.replace(tmp, target)
-    return target
+    return target, bool(expected)
 
 
 def list_keys(settings: StorageSettings, prefix: str, s3=None) -> list[str]:
@@ -284,15 +289,17 @@ def list_keys(settings: StorageSettings, prefix: str, s3=None) -> list[str]:
 
 def download_verified(
     settings: StorageSettings, url_or_prefix: str, dest: str | Path
-) -> list[Path]:
-    """Downloads every object under a run prefix, checking each against its sha256."""
+) -> dict[Path, bool]:
+    """Downloads every object under a run prefix, checking each against its sha256; for each
+    file, whether it had one."""
     s3 = client(settings)
     bucket, prefix = settings.key_of(url_or_prefix)
     base = f"s3://{settings.host}/{bucket}/"
-    written = []
+    written: dict[Path, bool] = {}
     for key in list_keys(settings, base + prefix, s3):
         relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
-        written.append(fetch(settings, base + key, Path(dest) / relative, s3))
+        path, checked = _fetch(settings, base + key, Path(dest) / relative, s3)
+        written[path] = checked
     if not written:
         raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {settings.endpoint}")
     return written

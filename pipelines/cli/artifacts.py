@@ -27,8 +27,8 @@ def artifacts(cfg: DictConfig) -> int:
     )
     if what["command"] == "fetch":
         source = fetch_source(what["source"], what["task_id"])
-        for path in download_verified(settings, source, what["dest"]):
-            print(f"{path}  (sha256 verified)")
+        for path, checked in download_verified(settings, source, what["dest"]).items():
+            print(f"{path}  ({'sha256 verified' if checked else 'no sha256 recorded'})")
     elif what["command"] == "publish":
         if not what["run_dir"]:
             raise ConfigError("artifacts.run_dir: which run (make publish EXPERIMENT=<name>)")
