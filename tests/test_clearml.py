@@ -68,33 +68,42 @@ print("DAG=" + json.dumps(dag))
 """
 
 
-def dump_controller(env: dict, *overrides: str) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", DUMP_CONTROLLER, *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("DAG="))[4:])
+def dump_controllers(env: dict, *overrides: list[str]) -> list[dict]:
+    """Controllers built under offline mode, one process each, side by side."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DUMP_CONTROLLER, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in overrides
+    ]
+    dags = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        dags.append(json.loads(next(x for x in out.splitlines() if x.startswith("DAG="))[4:]))
+    return dags
 
 
 @pytest.fixture(scope="module")
 def controllers(clearml_env_module, s3_endpoint) -> dict:
     """Two controllers built offline: the default pipeline and a sharded tensor-parallel one."""
     endpoint = f"storage.endpoint={s3_endpoint}"
-    return {
-        "default": dump_controller(clearml_env_module, endpoint, "clearml.queues.gpu=gpu-a100"),
-        "sharded": dump_controller(
-            clearml_env_module,
+    default, sharded = dump_controllers(
+        clearml_env_module,
+        [endpoint, "clearml.queues.gpu=gpu-a100"],
+        [
             endpoint,
             "inference.shards=2",
             "inference.backend=vllm",
             "inference.tensor_parallel_size=2",
-        ),
-    }
+        ],
+    )
+    return {"default": default, "sharded": sharded}
 
 
 def test_controller_steps_queues_images_and_edges(controllers, s3_endpoint):
