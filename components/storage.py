@@ -52,13 +52,15 @@ def safe_prefix(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    """The validated ``storage`` settings; their defaults live in the config schema only."""
+
     endpoint: str
-    bucket: str = "clearml-artifacts"
-    prefix: str = "slm-experiments"
-    region: str = "us-east-1"
-    max_attempts: int = 5
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    bucket: str
+    prefix: str
+    region: str
+    max_attempts: int
+    connect_timeout: float
+    read_timeout: float
 
     @classmethod
     def from_config(cls, storage: dict[str, Any]) -> StorageSettings | None:
@@ -70,12 +72,12 @@ class StorageSettings:
             endpoint = f"http://{endpoint}"
         return cls(
             endpoint=endpoint.rstrip("/"),
-            bucket=str(storage.get("bucket") or cls.bucket),
-            prefix=safe_prefix(storage.get("prefix") or cls.prefix),
-            region=str(storage.get("region") or cls.region),
-            max_attempts=int(storage.get("max_attempts") or cls.max_attempts),
-            connect_timeout=float(storage.get("connect_timeout") or cls.connect_timeout),
-            read_timeout=float(storage.get("read_timeout") or cls.read_timeout),
+            bucket=str(storage["bucket"]),
+            prefix=safe_prefix(storage["prefix"]),
+            region=str(storage["region"]),
+            max_attempts=int(storage["max_attempts"]),
+            connect_timeout=float(storage["connect_timeout"]),
+            read_timeout=float(storage["read_timeout"]),
         )
 
     @property

@@ -224,12 +224,12 @@ def clearml_stack(s3_endpoint, tmp_path_factory):
 @pytest.fixture
 def settings(s3_endpoint, monkeypatch, tmp_path):
     """Storage settings for the moto server, credentials in the environment, bucket made."""
-    from components.storage import StorageSettings, client
+    from components.storage import client
 
     for key, value in CREDS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
-    settings = StorageSettings.from_config({"endpoint": s3_endpoint, "bucket": BUCKET})
+    settings = storage_settings(endpoint=s3_endpoint, bucket=BUCKET)
     s3 = client(settings)
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
@@ -264,3 +264,13 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def storage_settings(**values):
+    """StorageSettings as a run builds them: the schema's defaults, then ``values``."""
+    import dataclasses
+
+    from components.storage import StorageSettings
+    from pipelines.config import StorageConfig
+
+    return StorageSettings.from_config(dataclasses.asdict(StorageConfig(**values)))

@@ -10,14 +10,21 @@ import pytest
 from components.storage import (
     LIFECYCLE_RULE_ID,
     StorageError,
-    StorageSettings,
     client,
     download_verified,
     publish_run,
     safe_name,
     set_retention,
 )
-from tests.conftest import BUCKET, CREDS, closed_port, make, run_cli, run_module
+from tests.conftest import (
+    BUCKET,
+    CREDS,
+    closed_port,
+    make,
+    run_cli,
+    run_module,
+    storage_settings,
+)
 
 
 def fake_run(tmp_path, size: int = 1000):
@@ -60,8 +67,8 @@ def test_cleanup_deletes_local_copies_only_after_verified_upload(settings, tmp_p
 
 def test_failed_upload_keeps_every_local_file(settings, tmp_path):
     run_dir = fake_run(tmp_path)
-    down = StorageSettings.from_config(
-        {"endpoint": f"http://127.0.0.1:{closed_port()}", "max_attempts": 2, "connect_timeout": 1}
+    down = storage_settings(
+        endpoint=f"http://127.0.0.1:{closed_port()}", max_attempts=2, connect_timeout=1
     )
     with pytest.raises(StorageError, match="failed after 2 attempts"):
         publish_run(down, run_dir, "exp", "run3", cleanup_local=True)
@@ -73,7 +80,7 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
 
 
 def test_missing_bucket_says_how_to_create_it(settings, tmp_path):
-    missing = StorageSettings.from_config({"endpoint": settings.endpoint, "bucket": "no-such"})
+    missing = storage_settings(endpoint=settings.endpoint, bucket="no-such")
     with pytest.raises(StorageError, match="bucket 'no-such' does not exist"):
         publish_run(missing, fake_run(tmp_path), "exp", "run5")
 

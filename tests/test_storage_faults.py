@@ -9,7 +9,7 @@ import pytest
 
 from components.artifacts import file_info
 from components.storage import StorageError, StorageSettings, client, publish_run
-from tests.conftest import BUCKET, CREDS, run_module
+from tests.conftest import BUCKET, CREDS, run_module, storage_settings
 from tests.fault_proxy import FaultProxy
 
 
@@ -26,8 +26,8 @@ def run_dir_with_results(tmp_path, size: int = 2000):
 
 
 def through(proxy: FaultProxy, attempts: int = 5) -> StorageSettings:
-    return StorageSettings.from_config(
-        {"endpoint": proxy.endpoint, "bucket": BUCKET, "max_attempts": attempts, "read_timeout": 5}
+    return storage_settings(
+        endpoint=proxy.endpoint, bucket=BUCKET, max_attempts=attempts, read_timeout=5
     )
 
 
@@ -83,8 +83,8 @@ def test_a_slow_endpoint_times_out_with_a_clear_error(settings, tmp_path):
     run_dir = run_dir_with_results(tmp_path)
     with FaultProxy(settings.endpoint) as proxy:
         proxy.delay = 2.0
-        slow = StorageSettings.from_config(
-            {"endpoint": proxy.endpoint, "bucket": BUCKET, "max_attempts": 2, "read_timeout": 0.5}
+        slow = storage_settings(
+            endpoint=proxy.endpoint, bucket=BUCKET, max_attempts=2, read_timeout=0.5
         )
         with pytest.raises(StorageError, match="failed after 2 attempts"):
             publish_run(slow, run_dir, "exp", "r2", cleanup_local=True)
