@@ -55,4 +55,9 @@ def run_local(
             log.info("step %s", spec.name)
             parents = {name: outputs[name] for name in spec.parents}
             outputs[spec.name] = execute(spec, cfg, parents, context)
+    # The answers are in predictions.json now; a checkpoint is for a run that did not finish,
+    # and kept it would turn the next `make run` into a replay with no speed to report.
+    for out in outputs.values():
+        if out.get("checkpoint"):
+            Path(out["checkpoint"]).unlink(missing_ok=True)
     return outputs

@@ -73,6 +73,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert 4 <= results["counts"]["resumed"] < 12
     assert results["counts"]["examples"] == 12
+    assert not list(run_dir.glob("checkpoint-*.jsonl"))  # finished: the next run starts afresh
 
     # The same config, uninterrupted (here: a subprocess adds nothing to this one).
     from pipelines.config import compose, to_container

@@ -1,6 +1,7 @@
 """inference.shards=N locally: contiguous shards, run one after another, merged in order."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,16 +95,22 @@ def test_sharded_run_equals_unsharded_and_a_lost_shard_is_redone_alone(tmp_path,
         assert [s["examples"] for s in sharded["timing"]["shards"]] == [2, 2, 3]
         assert sharded["token_recall"] == whole["token_recall"]
 
-        # Lose shard 1's answers (its agent died): a rerun redoes that shard only.
+        # A finished run leaves no checkpoint. One killed after shards 0 and 2 finished left
+        # theirs (the answers it had saved, in the checkpoint's own format): a rerun redoes
+        # shard 1 only.
         lost = json.loads((tmp_path / "sharded" / "results.json").read_text())
-        (checkpoint,) = (tmp_path / "sharded").glob("checkpoint-*.jsonl")
-        kept = [g for g in read_jsonl(checkpoint) if g["question_id"] not in SHARD_1]
-        write_jsonl_atomic(checkpoint, kept)
+        assert not list((tmp_path / "sharded").glob("checkpoint-*.jsonl"))
+        checkpoint = Path(lost["inference"]["checkpoint"])
+        saved = json.loads((tmp_path / "sharded" / "predictions.json").read_text())
+        fields = ("question_id", "prediction", "prompt_tokens", "output_tokens")
+        answers = [{f: p[f] for f in fields} for p in saved]
+        write_jsonl_atomic(checkpoint, [a for a in answers if a["question_id"] not in SHARD_1])
         again = run("sharded", 3)
     assert [s["resumed"] for s in again["timing"]["shards"]] == [2, 0, 3]
     assert predictions("sharded") == predictions("whole")
     assert again["run_id"] != lost["run_id"]
     # Another shard count resumes from the same checkpoint: nothing is generated again.
+    write_jsonl_atomic(checkpoint, answers)
     with keep_loaded():
         two = run("sharded", 2)
     assert sum(s["resumed"] for s in two["timing"]["shards"]) == 7
