@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_NQ = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
 CREDS = {"AWS_ACCESS_KEY_ID": "test-key-id-XYZ", "AWS_SECRET_ACCESS_KEY": "test-secret-XYZ"}
 BUCKET = "clearml-artifacts"
+# Where converted models are cached, fixed before a test points HOME elsewhere (a fresh
+# HOME would convert the model again: ~25 s for nothing the test checks).
+MODEL_CACHE = {"XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")}
 SMOLLM2 = {
     "name": "smollm2_135m",
     "path": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -244,7 +247,13 @@ def offline_env(home: Path, s3_endpoint: str) -> dict[str, str]:
         'sdk { aws { s3 { credentials: [ { host: "' + host + '", key: ${?AWS_ACCESS_KEY_ID}, '
         "secret: ${?AWS_SECRET_ACCESS_KEY}, secure: false } ] } } }\n"
     )
-    return {**without_clearml_env(), **CREDS, "HOME": str(home), "CLEARML_CONFIG_FILE": str(conf)}
+    return {
+        **without_clearml_env(),
+        **CREDS,
+        **MODEL_CACHE,
+        "HOME": str(home),
+        "CLEARML_CONFIG_FILE": str(conf),
+    }
 
 
 @pytest.fixture

@@ -16,7 +16,15 @@ import pytest
 
 from pipelines.config import ConfigError, compose, portable_config, settle, to_container
 from pipelines.dag import pipeline_steps
-from tests.conftest import BUCKET, ROOT, closed_port, make, run_cli, without_clearml_env
+from tests.conftest import (
+    BUCKET,
+    MODEL_CACHE,
+    ROOT,
+    closed_port,
+    make,
+    run_cli,
+    without_clearml_env,
+)
 
 
 def test_parents_are_the_steps_a_step_reads_from():
@@ -244,7 +252,7 @@ def test_offline_session_holds_config_parameters_scalars_and_artifacts(tmp_path)
         "dataset.limit=2",
         "inference.max_new_tokens=6",
         f"experiment.output_dir={tmp_path / 'out'}",
-        env={"HOME": str(tmp_path)},
+        env={"HOME": str(tmp_path), **MODEL_CACHE},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     zip_path = Path(re.search(r"(\S+\.zip)", proc.stdout).group(1))
