@@ -177,7 +177,7 @@ server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR
 
 agent: install ## An agent on this machine: make agent QUEUE=gpu [GPUS=0]; QUEUE=cpu; QUEUE=services
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu" >&2; exit 2; }
-	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval" \
+	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" \
 	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(WORKER_IMAGE) $(AGENT_MODE) --detached
 
 session: install ## JupyterLab/VS Code in the worker image on a queue: make session QUEUE=gpu

@@ -142,6 +142,8 @@ def test_make_agent_prints_the_exact_commands():
     out = make_dry_run("agent", "QUEUE=gpu", "GPUS=0")
     assert f"clearml-agent daemon --queue gpu --create-queue --docker {gpu_image} --gpus 0" in out
     assert "CLEARML_AGENT_EXTRA_DOCKER_ARGS=" in out and ":/root/.cache/huggingface" in out
+    # S3 keys from the agent's environment reach the steps' containers (names only, no values).
+    assert "-e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" in out
     out = make_dry_run("agent", "QUEUE=cpu")
     assert f"--queue cpu --create-queue --docker {cpu_image} --cpu-only" in out
     out = make_dry_run("agent", "QUEUE=services")
