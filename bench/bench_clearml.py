@@ -23,11 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.artifacts import write_json_atomic  # noqa: E402
-from tests.clearml_stack import BUCKET, S3_KEYS, Stack, why_not_available  # noqa: E402
-from tests.conftest import make  # noqa: E402
+from pipelines.dag import pipeline_steps  # noqa: E402
+from tests.clearml_stack import BUCKET, Stack, server_home, why_not_available  # noqa: E402
+from tests.conftest import make, s3_client  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "clearml_pipeline.json"
-STEPS = ("load_dataset", "inference", "score", "publish")
+STEPS = tuple(spec.name for spec in pipeline_steps())
 
 
 def seconds(later: str | None, earlier: str | None) -> float | None:
@@ -61,7 +62,6 @@ def breakdown(api, pipeline_id: str) -> dict:
 
 
 def main() -> int:
-    import boto3
     from moto.server import ThreadedMotoServer
 
     reason = why_not_available()
@@ -72,15 +72,8 @@ def main() -> int:
     s3.start()
     host, port = s3.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=S3_KEYS[0],
-        aws_secret_access_key=S3_KEYS[1],
-        region_name="us-east-1",
-    ).create_bucket(Bucket=BUCKET)
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    stack = Stack(home / "clearml-server-local", Path(tempfile.mkdtemp()), endpoint).start()
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
+    stack = Stack(server_home(), Path(tempfile.mkdtemp()), endpoint).start()
     try:
         stack.start_agent("services", "services", services=True)
         stack.start_agent("cpu", "cpu")

@@ -119,12 +119,12 @@ class S3Checkpoint:
     """One object per batch under ``<run prefix>/checkpoints/<key>/``: each PUT is atomic,
     and two attempts of a step (a lost agent that comes back) never overwrite each other."""
 
-    def __init__(self, settings: StorageSettings, prefix: str) -> None:
+    def __init__(self, settings: StorageSettings, prefix: str, s3=None) -> None:
         from components.storage import client
 
         self.settings, self.prefix = settings, prefix.rstrip("/")
         self.location = settings.url(self.prefix + "/")
-        self._s3 = client(settings)
+        self._s3 = s3 or client(settings)
 
     def load(self) -> dict[str, dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError

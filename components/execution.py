@@ -25,7 +25,8 @@ def resolve_execution(
     inference: Mapping[str, Any], model_path: str, revision: str | None, questions: int
 ) -> Execution:
     device = resolve_device(str(inference.get("device", "auto")))
-    shape = model_shape(model_path, revision)
+    # Only CUDA's choices (backend by model size, batch by memory) need it; it reads files.
+    shape = model_shape(model_path, revision) if device == "cuda" else None
     backend = resolve_backend(
         str(inference.get("backend", "auto")),
         device,

@@ -86,14 +86,15 @@ def code_identity(root: Path) -> dict[str, Any]:
 
 
 def environment(root: Path) -> dict[str, Any]:
+    code = code_identity(root)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": platform.node(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "packages": package_versions(),
-        "git": code_identity(root)["git"],
-        "source_sha256": source_digest(root),
+        "git": code["git"],
+        "source_sha256": code["source_sha256"],
     }
 
 
@@ -132,7 +133,7 @@ def build_results(
     inf_cfg = config["inference"]
     metrics = scores["metrics"]
     memory = run.get("memory") or {}
-    stages = {k: v for k, v in memory.get("stages", {}).items() if k != "idle"}
+    stages = memory.get("stages", {})  # merge_reports left out the idle samples
     steps = run.get("steps", {})
     return {
         "experiment": run["experiment"],

@@ -106,7 +106,12 @@ class StorageSettings:
 
     def artifact_key(self, experiment: str, run_id: str, filename: str) -> str:
         """Where ``results.json``, ``predictions.json``, ``memory_usage.json`` of a run go."""
-        return f"{self.run_key(experiment, run_id)}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
+        return artifact_subkey(self.run_key(experiment, run_id), filename)
+
+
+def artifact_subkey(run_key: str, filename: str) -> str:
+    """An artifact's key under its run's: ``<run key>/artifacts/<name>/<file>``."""
+    return f"{run_key}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
 
 
 def _clearml_conf_credentials(settings: StorageSettings) -> tuple[str, str] | None:
@@ -290,11 +295,11 @@ def list_keys(settings: StorageSettings, prefix: str, s3=None) -> list[str]:
 
 
 def download_verified(
-    settings: StorageSettings, url_or_prefix: str, dest: str | Path
+    settings: StorageSettings, url_or_prefix: str, dest: str | Path, s3=None
 ) -> dict[Path, bool]:
     """Downloads every object under a run prefix, checking each against its sha256; for each
     file, whether it had one."""
-    s3 = client(settings)
+    s3 = s3 or client(settings)
     bucket, prefix = settings.key_of(url_or_prefix)
     base = f"s3://{settings.host}/{bucket}/"
     written: dict[Path, bool] = {}
@@ -313,9 +318,7 @@ def fetch_artifacts(
     """A finished run's artifacts (``results.json``, ...) side by side in ``dest``."""
     s3 = client(settings)
     return {
-        name: fetch(
-            settings, f"{run_key}/artifacts/{ARTIFACT_NAMES[name]}/{name}", Path(dest) / name, s3
-        )
+        name: fetch(settings, artifact_subkey(run_key, name), Path(dest) / name, s3)
         for name in names
     }
 

@@ -40,8 +40,7 @@ def fetch_source(source: str | None, task_id: str | None) -> str:
     if source:
         return source
     from pipelines.clearml.runs import task_prefix
-    from pipelines.clearml.sdk import check_server, prepare_sdk
+    from pipelines.clearml.sdk import connect
 
-    prepare_sdk()
-    check_server()
+    connect()
     return task_prefix(str(task_id))

@@ -20,13 +20,10 @@ from pipelines.runs import TASK_ID, resolve_run
 
 
 def _identity(run_dir: Path) -> tuple[str, str, str | None]:
-    """(experiment, label, dataset sha256) from results.json; the folder name without it."""
-    results = run_dir / "results.json"
-    if results.is_file():
-        data = json.loads(results.read_text(encoding="utf-8"))
-        sha = (data.get("dataset") or {}).get("sha256")
-        return data["experiment"], f"{data['experiment']}.{data['run_id']}", sha
-    return run_dir.name, run_dir.name, None
+    """(experiment, label, dataset sha256) from results.json (resolve_run found it there)."""
+    data = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    sha = (data.get("dataset") or {}).get("sha256")
+    return data["experiment"], f"{data['experiment']}.{data['run_id']}", sha
 
 
 def compare(ref_a: str, ref_b: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +52,6 @@ def compare(ref_a: str, ref_b: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "comparison": comparison,
         "paths": paths,
-        "labels": (label_a, label_b),
         "session": session,
     }
 

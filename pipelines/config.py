@@ -462,6 +462,12 @@ def knob_values(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k.name: lookup(cfg, k.key) for k in KNOBS}
 
 
+def args_text(values: dict[str, Any]) -> dict[str, str]:
+    """``Args`` as ClearML stores them, text with None as empty: the form settle() compares
+    an edit against, so every writer of Args and of their baseline must use it."""
+    return {k: "" if v is None else str(v) for k, v in values.items()}
+
+
 def pipeline_args(cfg: dict[str, Any], given: dict[str, Any] | None = None) -> dict[str, Any]:
     """A pipeline's ``Args``: the knobs' values, except the dataset path, which stays as
     given (empty: the config's own, resolved on the agents' machines)."""

@@ -36,20 +36,21 @@ class StepSpec:
     reports: bool = False  # reports the run's metrics and artifacts (the pipeline monitors them)
 
     @property
-    def parents(self) -> tuple[str, ...]:
-        refs = [
+    def _refs(self) -> list[str]:
+        return [
             r for ref in self.inputs.values() for r in (ref if isinstance(ref, tuple) else (ref,))
         ]
-        names = [r.split(".")[1] for r in refs if r.startswith("step.")]
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        names = [r.split(".")[1] for r in self._refs if r.startswith("step.")]
         return tuple(dict.fromkeys(names))
 
     @property
     def config_keys(self) -> tuple[str, ...]:
         """The config subtrees the step reads ("" for the whole config)."""
-        refs = [
-            r for ref in self.inputs.values() for r in (ref if isinstance(ref, tuple) else (ref,))
-        ]
-        return tuple(dict.fromkeys(r[4:] for r in refs if r == "cfg" or r.startswith("cfg.")))
+        keys = (r[4:] for r in self._refs if r == "cfg" or r.startswith("cfg."))
+        return tuple(dict.fromkeys(keys))
 
     def load(self) -> Callable[..., dict[str, Any]]:
         return getattr(importlib.import_module(STEPS_MODULE), self.function)
@@ -83,32 +84,27 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
         files=("examples_path",),
     )
     examples = "step.load_dataset.examples_path"
-    generate = {"model": "cfg.model", "inference": "cfg.inference", "examples_path": examples}
-    if shards <= 1:
-        generation = [
-            StepSpec(
-                "inference",
-                "inference_step",
-                "gpu",
-                {**generate, "run": "run"},
-                files=("generations_path",),
-                task_type="inference",
-            )
-        ]
-    else:
-        names = tuple(f"{SHARD_PREFIX}{i}" for i in range(shards))
-        generation = [
-            StepSpec(
-                name,
-                "inference_step",
-                "gpu",
-                {**generate, "run": "run"},
-                fixed={"shard": i, "shards": shards},
-                files=("generations_path",),
-                task_type="inference",
-            )
-            for i, name in enumerate(names)
-        ]
+    generate = {
+        "model": "cfg.model",
+        "inference": "cfg.inference",
+        "examples_path": examples,
+        "run": "run",
+    }
+    sharded = shards > 1
+    names = tuple(f"{SHARD_PREFIX}{i}" for i in range(shards)) if sharded else ("inference",)
+    generation = [
+        StepSpec(
+            name,
+            "inference_step",
+            "gpu",
+            generate,
+            fixed={"shard": i, "shards": shards} if sharded else {},
+            files=("generations_path",),
+            task_type="inference",
+        )
+        for i, name in enumerate(names)
+    ]
+    if sharded:
         generation.append(
             StepSpec(
                 MERGE,

@@ -37,7 +37,6 @@ class RunContext:
     store: Store
     storage: StorageSettings | None = None  # where publish uploads the run's artifacts
     cleanup_local: bool = False
-    cache_dir: str | None = None  # converted model files
     report: Reporter | None = None  # ClearML reporting of the finished run, if any
     batch_cap: int | None = None  # an earlier attempt ran out of memory above this batch
 

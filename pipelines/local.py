@@ -29,7 +29,6 @@ def run_local(
     *,
     run_id: str | None = None,
     report: Reporter | None = None,
-    cache_dir: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Executes every step; returns each step's outputs. Nothing is written to the run
     folder before the config (and the dataset file's existence) has been checked."""
@@ -43,7 +42,6 @@ def run_local(
         store=LocalStore(run_dir),
         storage=StorageSettings.from_config(cfg["storage"]),
         cleanup_local=bool(cfg["experiment"]["cleanup_local_artifacts"]),
-        cache_dir=cache_dir,
         report=report,
     )
     steps = steps_for(cfg)

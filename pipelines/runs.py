@@ -34,11 +34,10 @@ def resolve_run(ref: str, cfg: dict[str, Any]) -> Path:
 
 def _fetch_task(task_id: str, cfg: dict[str, Any], dest: Path) -> Path:
     from pipelines.clearml.runs import fetch_task_run
-    from pipelines.clearml.sdk import check_server, prepare_sdk
+    from pipelines.clearml.sdk import connect
     from pipelines.config import require_storage
 
     settings = require_storage(cfg["storage"], "needed to fetch a task's files from S3")
-    prepare_sdk()
-    check_server(float(cfg["clearml"]["ping_timeout_s"]))
+    connect(float(cfg["clearml"]["ping_timeout_s"]))
     fetch_task_run(settings, task_id, dest, ("predictions.json", "results.json"))
     return dest

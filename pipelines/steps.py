@@ -119,7 +119,7 @@ def inference_step(
         load_seconds = time.perf_counter() - started
 
     def keep(indices: list[int], generations: list) -> None:
-        plan["checkpoint"].append(
+        records = [
             {
                 "question_id": todo[i][1]["question_id"],
                 "prediction": g.text,
@@ -127,7 +127,9 @@ def inference_step(
                 "output_tokens": g.output_tokens,
             }
             for i, g in zip(indices, generations, strict=True)
-        )
+        ]
+        plan["checkpoint"].append(records)
+        done.update((r["question_id"], r) for r in records)
 
     with memory.stage("generate"):
         started = time.perf_counter()
@@ -152,10 +154,9 @@ def inference_step(
                     release(backend)
         generate_seconds = time.perf_counter() - started
 
-    finished = plan["checkpoint"].load() if todo else done
     generations_path = run.dir / f"generations{suffix}.jsonl"
-    write_jsonl_atomic(generations_path, (finished[e["question_id"]] for e in examples))
-    new = [finished[e["question_id"]] for _, e in todo]
+    write_jsonl_atomic(generations_path, (done[e["question_id"]] for e in examples))
+    new = [done[e["question_id"]] for _, e in todo]
     output_tokens = sum(g["output_tokens"] for g in new)
     files = plan["files"]
     return {
@@ -179,8 +180,8 @@ def inference_step(
         "batch_size_reason": plan.get("batch_size_reason"),
         "load_seconds": load_seconds,
         "generate_seconds": generate_seconds,
-        "prompt_tokens": sum(finished[e["question_id"]]["prompt_tokens"] for e in examples),
-        "output_tokens": sum(finished[e["question_id"]]["output_tokens"] for e in examples),
+        "prompt_tokens": sum(done[e["question_id"]]["prompt_tokens"] for e in examples),
+        "output_tokens": sum(done[e["question_id"]]["output_tokens"] for e in examples),
         # Speed of what this run generated; resumed answers took no time here.
         "questions_per_s": len(new) / generate_seconds if new and generate_seconds else None,
         "output_tokens_per_s": output_tokens / generate_seconds
@@ -208,7 +209,7 @@ def _plan_inference(
     seed = inference.get("seed")
     if seed is not None:
         seed_everything(int(seed))
-    files = resolve_model(model, run.cache_dir, weights_digest(model))
+    files = resolve_model(model, digest=weights_digest(model))
     fmt = PromptFormat.from_config(model, inference)
     execution = resolve_execution(inference, files.path, model.get("revision"), len(examples))
     device, dtype, backend_name = execution.device, execution.dtype, execution.backend.name
@@ -459,7 +460,10 @@ def publish_step(
     }
     results = build_results(config, dataset, inference, scores, meta, artifacts)
     results_path = write_json_atomic(run.dir / "results.json", results)
-    predictions = json.loads(predictions_file.read_text(encoding="utf-8"))
+    # Read before publish_run, which may delete the local copy; only a reporter needs it.
+    predictions = (
+        json.loads(predictions_file.read_text(encoding="utf-8")) if run.report is not None else None
+    )
     uploaded: dict[str, dict[str, Any]] = {}
     if run.storage is not None:
         uploaded = publish_run(

@@ -81,7 +81,7 @@ class S3Store:
         return fetch(self.settings, ref, folder / Path(ref).name, self._s3)
 
     def checkpoint(self, key: str) -> Checkpoint:
-        return S3Checkpoint(self.settings, f"{self.base}/checkpoints/{key}")
+        return S3Checkpoint(self.settings, f"{self.base}/checkpoints/{key}", self._s3)
 
     def _cache_key(self, name: str, key: str) -> str:
         return f"{self.settings.prefix}/cache/{name}/{key}"
@@ -89,18 +89,13 @@ class S3Store:
     def cached(self, name: str, key: str, folder: Path) -> dict[str, Path] | None:
         """Each object must exist and match its recorded sha256; a run never refers to
         another run's objects, it gets copies."""
-        from components.storage import StorageError, fetch, list_keys
+        from components.storage import StorageError, download_verified
 
-        base = self._cache_key(name, key)
         try:
-            keys = list(list_keys(self.settings, base, self._s3))
-            if not keys:
-                return None
-            return {
-                Path(k).name: fetch(self.settings, k, folder / Path(k).name, self._s3) for k in keys
-            }
-        except StorageError:  # a cache that cannot be read is a miss, not a failure
+            files = download_verified(self.settings, self._cache_key(name, key), folder, self._s3)
+        except StorageError:  # an empty or unreadable cache is a miss, not a failure
             return None
+        return {path.name: path for path in files}
 
     def cache(self, name: str, key: str, files: dict[str, Path]) -> None:
         from components.storage import upload_verified

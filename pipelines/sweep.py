@@ -35,9 +35,9 @@ class Combination:
         return run_dir_of(self.cfg)
 
 
-def split_names(value: str | list[str], group: str) -> list[str]:
-    """Config group names, checked, duplicates dropped."""
-    text = ",".join(value) if isinstance(value, list | tuple) else str(value)
+def split_names(value: list[str], group: str) -> list[str]:
+    """Config group names, checked, duplicates dropped; an item may itself be "a,b" or "a b"."""
+    text = ",".join(map(str, value))
     names = [n.strip() for n in text.replace(" ", ",").split(",") if n.strip()]
     if not names:
         raise ConfigError(f"{group}: name at least one (e.g. {group.upper()}=a,b)")
@@ -91,19 +91,23 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
         recorded = results["artifacts"]["predictions.json"]["sha256"]
         # "auto" resolves per machine: results from a CPU box are not a GPU box's.
         ran_as = {k: results["inference"][k] for k in ("backend", "device", "dtype")}
-        here = resolve_execution(
-            combo.cfg["inference"],
-            results["model"]["loaded_from"],
-            combo.cfg["model"].get("revision"),
-            results["counts"]["examples"],
-        )
-        would_run_as = {"backend": here.backend.name, "device": here.device, "dtype": here.dtype}
+
+        def would_run_as() -> dict[str, str]:
+            here = resolve_execution(
+                combo.cfg["inference"],
+                results["model"]["loaded_from"],
+                combo.cfg["model"].get("revision"),
+                results["counts"]["examples"],
+            )
+            return {"backend": here.backend.name, "device": here.device, "dtype": here.dtype}
+
+        # Cheapest first: most stale runs fail on the fingerprint.
         same = (
             results.get("status") == "completed"
             and results.get("config_fingerprint") == config_fingerprint(combo.cfg)
+            and ran_as == would_run_as()
             and results["dataset"]["sha256"] == sha256_file(combo.cfg["dataset"]["path"])
             and results["model"].get("gguf_sha256") == weights_digest(combo.cfg["model"])
-            and ran_as == would_run_as
             and sha256_file(predictions) == recorded
         )
     except (OSError, ValueError, KeyError, TypeError):

@@ -206,6 +206,12 @@ def why_not_available() -> str | None:
     return None
 
 
+def server_home() -> Path:
+    """Where setup.sh put the server's environment (CLEARML_LOCAL_DIR, as the tool has it)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("CLEARML_LOCAL_DIR") or cache / "clearml-server-local")
+
+
 def wait_until(check, timeout: float, poll: float = 1.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

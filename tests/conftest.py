@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_NQ = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
 CREDS = {"AWS_ACCESS_KEY_ID": "test-key-id-XYZ", "AWS_SECRET_ACCESS_KEY": "test-secret-XYZ"}
 BUCKET = "clearml-artifacts"
+QUESTIONS = [  # what the generation tests ask the real model
+    "What is the capital of France?",
+    "Who wrote Romeo and Juliet?",
+    "What is the chemical symbol for gold?",
+    "Which planet is known as the Red Planet?",
+    "In which year did the Second World War end?",
+]
 # Where converted models are cached, fixed before a test points HOME elsewhere (a fresh
 # HOME would convert the model again: ~25 s for nothing the test checks).
 MODEL_CACHE = {"XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")}
@@ -200,7 +207,7 @@ def clearml_stack(s3_endpoint, tmp_path_factory):
     """A real ClearML server (../shared/tools/clearml-server), S3 as MinIO, an agent on
     services and two on each of cpu and gpu (gpu served on CPU, by transformers). For the
     tests of one module: stopped after them, so idle agents never slow the other tests."""
-    from tests.clearml_stack import Stack, why_not_available
+    from tests.clearml_stack import Stack, server_home, why_not_available
 
     reason = why_not_available()
     if reason:
@@ -208,11 +215,9 @@ def clearml_stack(s3_endpoint, tmp_path_factory):
     s3 = s3_client(s3_endpoint)
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
-    home = Path(
-        os.environ.get("CLEARML_LOCAL_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clearml-server-local"
+    stack = Stack(
+        home=server_home(), work=tmp_path_factory.mktemp("clearml"), s3_endpoint=s3_endpoint
     )
-    stack = Stack(home=home, work=tmp_path_factory.mktemp("clearml"), s3_endpoint=s3_endpoint)
     stack.start()
     try:
         stack.start_agent("services", "services", services=True)

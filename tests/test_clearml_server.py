@@ -207,37 +207,33 @@ def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(
     assert "inference" not in api.children(task_id)
 
 
+def refused_enqueue(stack, args: str) -> str:
+    """`make enqueue` that must fail with one line (exit 2) and create no task: its stderr."""
+    before = len(stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        f"ARGS={args} storage.endpoint={stack.s3_endpoint}",
+        base_env=stack.env,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    after = len(stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
+    assert after == before
+    return proc.stderr
+
+
 def test_a_bad_dataset_is_refused_before_anything_is_created(clearml_stack, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question_id": "a", "question": "Q?", "answer": ["x"]}\n{"question": 3}\n')
-    before = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
-    proc = make(
-        "enqueue",
-        "QUEUE=gpu",
-        f"ARGS=dataset=qa_pairs dataset.path={bad} storage.endpoint={clearml_stack.s3_endpoint}",
-        base_env=clearml_stack.env,
-    )
-    assert proc.returncode == 2
-    assert f"{bad}:2: question: must be a string" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    after = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
-    assert after == before
+    stderr = refused_enqueue(clearml_stack, f"dataset=qa_pairs dataset.path={bad}")
+    assert f"{bad}:2: question: must be a string" in stderr
 
 
 def test_no_services_queue_says_so_and_leaves_nothing_behind(clearml_stack):
-    before = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
-    proc = make(
-        "enqueue",
-        "QUEUE=gpu",
-        f"ARGS=clearml.queues.services=no-such-queue storage.endpoint={clearml_stack.s3_endpoint}",
-        base_env=clearml_stack.env,
-    )
-    assert proc.returncode == 2
-    assert "no queue named 'no-such-queue'" in proc.stderr
-    assert "make agent QUEUE=no-such-queue" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    after = len(clearml_stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
-    assert after == before
+    stderr = refused_enqueue(clearml_stack, "clearml.queues.services=no-such-queue")
+    assert "no queue named 'no-such-queue'" in stderr
+    assert "make agent QUEUE=no-such-queue" in stderr
 
 
 def test_make_enqueue_sweep_two_models_then_a_leaderboard(clearml_stack):

@@ -7,16 +7,10 @@ import pytest
 
 from components.backends import GenerationParams
 from components.prompts import PromptFormat, encode_prompts, load_tokenizer, render
+from tests.conftest import QUESTIONS
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Who wrote Romeo and Juliet?",
-    "What is the chemical symbol for gold?",
-    "Which planet is known as the Red Planet?",
-    "In which year did the Second World War end?",
-]
 FMT = PromptFormat(system_prompt="Answer as briefly as possible.")
 
 

@@ -8,7 +8,6 @@ from components.backends.base import (
     auto_backend,
     create_backend,
     resolve_backend,
-    resolve_backend_name,
 )
 
 __all__ = [
@@ -19,5 +18,4 @@ __all__ = [
     "auto_backend",
     "create_backend",
     "resolve_backend",
-    "resolve_backend_name",
 ]

@@ -204,24 +204,6 @@ def resolve_backend(
     return BackendChoice(name, f"inference.backend={name}")
 
 
-def resolve_backend_name(
-    name: str,
-    device: str,
-    *,
-    parameters: int | None = None,
-    questions: int = 0,
-    tensor_parallel_size: int = 1,
-) -> str:
-    """resolve_backend's name alone."""
-    return resolve_backend(
-        name,
-        device,
-        parameters=parameters,
-        questions=questions,
-        tensor_parallel_size=tensor_parallel_size,
-    ).name
-
-
 def backend_class(name: str) -> type:
     module_name, class_name = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)

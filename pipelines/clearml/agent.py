@@ -17,7 +17,7 @@ from pipelines.clearml.sdk import prepare_sdk
 prepare_sdk()
 
 
-def check_code(controller: dict[str, Any]) -> dict[str, Any]:
+def check_code(controller: dict[str, Any]) -> None:
     """This step's code must be the controller's: an agent whose image was built from
     another commit would silently produce other results."""
     from components.results import code_identity
@@ -31,7 +31,6 @@ def check_code(controller: dict[str, Any]) -> dict[str, Any]:
             "build the worker images from one commit (make docker-build), restart the agents, "
             "and enqueue again"
         )
-    return mine
 
 
 def describe(code: dict[str, Any]) -> str:

@@ -77,7 +77,7 @@ def build_controller(
     from components.results import code_identity, utc_now
     from components.secrets import redact
     from pipelines.clearml.step import run_step
-    from pipelines.config import PROJECT_ROOT, require_storage
+    from pipelines.config import PROJECT_ROOT, args_text, require_storage
 
     clearml_cfg = cfg["clearml"]
     settings = require_storage(cfg["storage"], "the steps hand their files on through S3")
@@ -93,8 +93,9 @@ def build_controller(
         packages=[],
         output_uri=settings.output_uri,
     )
-    for key, (value, help_text) in (parameters or {}).items():
-        pipe.add_parameter(key, "" if value is None else value, description=help_text)
+    texts = args_text({k: v for k, (v, _) in (parameters or {}).items()})
+    for key, (_, help_text) in (parameters or {}).items():
+        pipe.add_parameter(key, texts[key], description=help_text)
     run = {
         "experiment": experiment or str(cfg["experiment"]["name"]),
         "storage": redact(cfg["storage"]),
@@ -218,7 +219,7 @@ def attached_config(task: Task) -> dict[str, Any]:
 def main() -> int:
     from pipelines.clearml.failures import RetryPolicy
     from pipelines.clearml.sdk import ServerNotConfigured, require_queues
-    from pipelines.config import ConfigError, settle
+    from pipelines.config import ConfigError, args_text, settle
     from pipelines.dag import steps_for
 
     task = attach()
@@ -235,7 +236,7 @@ def main() -> int:
     except (ConfigError, ServerNotConfigured) as exc:
         return fail(task, f"config: {exc}")
     # The Args as this run settled them, and the baseline a clone of it starts from.
-    ran_with = {k: "" if v is None else str(v) for k, (v, _) in parameters.items()}
+    ran_with = args_text({k: v for k, (v, _) in parameters.items()})
     task.update_parameters({f"Args/{k}": v for k, v in ran_with.items()})
     task.set_user_properties(args_attached=json.dumps(ran_with, sort_keys=True))
     return run_pipeline(task, pipe, policy)

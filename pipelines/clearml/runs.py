@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from components.storage import StorageError, StorageSettings, fetch_artifacts
 
@@ -29,14 +28,11 @@ def fetch_task_run(
     return fetch_artifacts(settings, key, dest, names)
 
 
-def wait_for(task_ids: list[str], poll_s: float) -> dict[str, str]:
-    """Each task's final status; waits without holding any worker but the caller's."""
+def wait_for(task_id: str, poll_s: float) -> str:
+    """The task's final status; waits without holding any worker but the caller's."""
     from clearml import Task
 
     final = ("completed", "failed", "stopped", "closed", "published")
-    status: dict[str, Any] = {}
-    for task_id in task_ids:
-        task = Task.get_task(task_id=task_id)
-        task.wait_for_status(status=final, raise_on_status=None, check_interval_sec=poll_s)
-        status[task_id] = str(task.status)
-    return status
+    task = Task.get_task(task_id=task_id)
+    task.wait_for_status(status=final, raise_on_status=None, check_interval_sec=poll_s)
+    return str(task.status)

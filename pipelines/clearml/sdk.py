@@ -42,6 +42,12 @@ def prepare_sdk() -> None:
     ConfigSDKWrapper.clear_config_impl()  # re-read the sdk section with the overrides
 
 
+def connect(timeout: float = 5.0) -> str:
+    """The SDK prepared and the server answering: what every server-side command needs."""
+    prepare_sdk()
+    return check_server(timeout)
+
+
 def api_host() -> str:
     """The API server from the environment or clearml.conf (read by ClearML's own config
     loader); raises if neither names one."""

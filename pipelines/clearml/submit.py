@@ -59,7 +59,7 @@ def create_pipeline(
 
     from components.results import code_identity
     from pipelines.clearml.sdk import prepare_sdk
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config import PROJECT_ROOT, args_text
 
     prepare_sdk()
     pipe = PipelineController.create(
@@ -79,11 +79,11 @@ def create_pipeline(
             config_type="yaml",
             description="the whole config; edit it before enqueueing a clone (an edited Arg wins)",
         )
-        values = {k: "" if v is None else v for k, v in args.items()}
+        values = args_text(args)
         task.set_parameters({f"Args/{k}": v for k, v in values.items()})
         code = code_identity(PROJECT_ROOT)
         task.set_user_properties(
-            args_attached=json.dumps({k: str(v) for k, v in values.items()}, sort_keys=True),
+            args_attached=json.dumps(values, sort_keys=True),
             submitted_source_sha256=code["source_sha256"],
             submitted_git=((code.get("git") or {}).get("commit") or ""),
         )
@@ -105,13 +105,11 @@ def enqueue_pipeline(pipe: PipelineController, queue: str) -> str:
     return pipe.task.get_output_log_web_page()
 
 
-def submit(cfg_node: DictConfig) -> dict[str, Any]:
-    """`make enqueue`: returns the pipeline's id, experiment and web address."""
-    from pipelines.config import pipeline_args, portable_config, to_container, validate
+def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
+    """One checked experiment as a pipeline on the services queue: its id, experiment and
+    web address."""
+    from pipelines.config import pipeline_args, portable_config
 
-    cfg = validate(to_container(cfg_node), require_dataset=False)
-    check_run(cfg)
-    check_server(cfg["clearml"])
     clearml_cfg = cfg["clearml"]
     name = str(cfg["experiment"]["name"])
     pipe = create_pipeline(
@@ -119,3 +117,13 @@ def submit(cfg_node: DictConfig) -> dict[str, Any]:
     )
     url = enqueue_pipeline(pipe, clearml_cfg["queues"]["services"])
     return {"id": pipe.task.id, "experiment": name, "url": url}
+
+
+def submit(cfg_node: DictConfig) -> dict[str, Any]:
+    """`make enqueue`: returns the pipeline's id, experiment and web address."""
+    from pipelines.config import to_container, validate
+
+    cfg = validate(to_container(cfg_node), require_dataset=False)
+    check_run(cfg)
+    check_server(cfg["clearml"])
+    return enqueue_run(cfg, cfg_node)

@@ -35,7 +35,7 @@ def main() -> int:
         return fail(task, f"config: {exc!r}")
     print(f"waiting for {len(runs)} pipelines", flush=True)
     for run in runs:
-        run["status"] = wait_for([run["id"]], poll)[run["id"]]
+        run["status"] = wait_for(run["id"], poll)
         print(f"{run['model']} x {run['dataset']}: {run['status']}", flush=True)
     policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
     try:

@@ -64,13 +64,13 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
 def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
     """Checks every combination first (nothing is created if one fails), then enqueues."""
     from pipelines.clearml.submit import (
-        CONTROLLER_MODULE,
         check_run,
         check_server,
         create_pipeline,
         enqueue_pipeline,
+        enqueue_run,
     )
-    from pipelines.config import pipeline_args, portable_config, require_storage
+    from pipelines.config import require_storage
 
     combos = plan(models, datasets, overrides, check_paths=False)
     for combo in combos:
@@ -89,18 +89,9 @@ def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) 
             print(f"{label}: reused pipeline {reused['id']} {reused['url']}", flush=True)
             runs.append({**reused, "model": combo.model, "dataset": combo.dataset, "reused": True})
             continue
-        experiment = str(combo.cfg["experiment"]["name"])
-        pipe = create_pipeline(
-            experiment,
-            clearml_cfg,
-            CONTROLLER_MODULE,
-            portable_config(combo.node),
-            pipeline_args(combo.cfg),
-        )
-        url = enqueue_pipeline(pipe, services)
-        print(f"{label}: enqueued {pipe.task.id} {url}", flush=True)
-        entry = {"id": pipe.task.id, "experiment": experiment, "url": url, "reused": False}
-        runs.append({**entry, "model": combo.model, "dataset": combo.dataset})
+        entry = enqueue_run(combo.cfg, combo.node)
+        print(f"{label}: enqueued {entry['id']} {entry['url']}", flush=True)
+        runs.append({**entry, "reused": False, "model": combo.model, "dataset": combo.dataset})
     summary_config = {
         "name": name,
         "runs": runs,

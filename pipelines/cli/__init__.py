@@ -33,9 +33,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured)
 
 
-def finish(work: Callable[[], int | None]) -> None:
+def finish(work: Callable[[], int | None], stopped_hint: Callable[[], str] | None = None) -> None:
     """Runs a command's body and exits with its code: 2 for a user's mistake, 143 after
-    SIGTERM, 130 after Ctrl-C."""
+    SIGTERM, 130 after Ctrl-C (``stopped_hint``: what was kept and how to go on)."""
     import logging
 
     from pipelines.steps import GenerationOutOfMemory
@@ -50,10 +50,9 @@ def finish(work: Callable[[], int | None]) -> None:
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 2
-    except Stopped as exc:
-        print(f"stopped ({exc})", file=sys.stderr, flush=True)
-        code = 143
-    except KeyboardInterrupt:
-        print("stopped (interrupt)", file=sys.stderr, flush=True)
-        code = 130
+    except (Stopped, KeyboardInterrupt) as exc:
+        label = str(exc) if isinstance(exc, Stopped) else "interrupt"
+        hint = f": {stopped_hint()}" if stopped_hint else ""
+        print(f"stopped ({label}){hint}", file=sys.stderr, flush=True)
+        code = 143 if isinstance(exc, Stopped) else 130
     sys.exit(code)

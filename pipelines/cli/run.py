@@ -5,14 +5,13 @@ python -m pipelines.cli.run model=smollm2_135m dataset=qa_pairs dataset.path=FIL
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from components.memory import gib, highest_gpu_bytes
-from pipelines.cli import Stopped, finish
+from pipelines.cli import finish
 from pipelines.config import to_container
 
 
@@ -51,21 +50,12 @@ def run(cfg: DictConfig) -> int:
 
     container = to_container(cfg)
     session_zip = None
-    try:
-        if container["clearml"]["mode"] in ("offline", "server"):
-            from pipelines.clearml.tracking import run_tracked
+    if container["clearml"]["mode"] in ("offline", "server"):
+        from pipelines.clearml.tracking import run_tracked
 
-            outputs, session_zip = run_tracked(cfg, container)
-        else:
-            outputs = run_local(container)
-    except (Stopped, KeyboardInterrupt) as exc:
-        print(
-            f"stopped ({exc or 'interrupt'}): finished answers are kept in the checkpoint under "
-            f"{cfg.experiment.output_dir}/{cfg.experiment.name}/; run the same command again "
-            "to resume",
-            file=sys.stderr,
-        )
-        return 143 if isinstance(exc, Stopped) else 130
+        outputs, session_zip = run_tracked(cfg, container)
+    else:
+        outputs = run_local(container)
     publish = outputs["publish"]
     results = publish["results"]
     paths = [publish["results_path"], *(a["path"] for a in publish["artifacts"].values())]
@@ -82,7 +72,14 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    finish(lambda: run(cfg))
+    finish(
+        lambda: run(cfg),
+        stopped_hint=lambda: (
+            "finished answers are kept in the checkpoint under "
+            f"{cfg.experiment.output_dir}/{cfg.experiment.name}/; run the same command again "
+            "to resume"
+        ),
+    )
 
 
 if __name__ == "__main__":

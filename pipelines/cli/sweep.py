@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import Stopped, finish
+from pipelines.cli import finish
 
 SWEEP_KEYS = ("sweep.models=", "sweep.datasets=")
 
@@ -29,15 +29,7 @@ def sweep(cfg: DictConfig) -> int:
 
     models = split_names(list(cfg.sweep.models), "model")
     datasets = split_names(list(cfg.sweep.datasets), "dataset")
-    try:
-        summary = run_sweep(models, datasets, user_overrides())
-    except (Stopped, KeyboardInterrupt) as exc:
-        print(
-            f"stopped ({exc or 'interrupt'}): finished combinations are kept and reused, the "
-            "running one resumes from its checkpoint; run the same command again",
-            file=sys.stderr,
-        )
-        return 143 if isinstance(exc, Stopped) else 130
+    summary = run_sweep(models, datasets, user_overrides())
     print()
     confidence = float(cfg.sweep.confidence)
     print(to_markdown(summary["leaderboard"], f"sweep {summary['name']}", confidence), end="")
@@ -52,7 +44,13 @@ def sweep(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    finish(lambda: sweep(cfg))
+    finish(
+        lambda: sweep(cfg),
+        stopped_hint=lambda: (
+            "finished combinations are kept and reused, the running one resumes "
+            "from its checkpoint; run the same command again"
+        ),
+    )
 
 
 if __name__ == "__main__":
