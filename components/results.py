@@ -207,7 +207,8 @@ def build_results(
                 k: v["peak_gpu_bytes"] for k, v in stages.items() if v["peak_gpu_bytes"]
             },
         },
-        "environment": environment(Path(__file__).resolve().parent.parent),
+        # Where the answers were generated (on ClearML not this, the publish step's, machine).
+        "environment": inference["environment"],
         "steps": steps,
         "artifacts": artifacts,
         "config": redact(config),

@@ -97,6 +97,8 @@ def inference_step(
     from components import memory
     from components.artifacts import read_jsonl, write_jsonl_atomic
     from components.backends.pool import release
+    from components.results import environment
+    from pipelines.config import PROJECT_ROOT
 
     every = list(read_jsonl(examples_path))
     low, high = shard_bounds(len(every), shard, shards)
@@ -169,6 +171,7 @@ def inference_step(
         "generated": len(new),
         "generated_output_tokens": output_tokens,
         "model_reused": plan.get("reused", False),
+        "environment": environment(PROJECT_ROOT),
         "model_path": files.path,
         "model_source": files.source,
         "gguf_sha256": files.gguf_sha256,
@@ -357,6 +360,7 @@ def merge_shards_step(
     seconds = sum(o["generate_seconds"] for o in shard_outputs)
     kept = ("model_path", "model_source", "gguf_sha256", "backend", "backend_reason", "device")
     kept += ("dtype", "batch_size", "batch_size_reason", "model_reused", "checkpoint")
+    kept += ("environment",)
     return {
         **{k: first.get(k) for k in kept},
         "generations_path": str(generations_path),
