@@ -144,11 +144,19 @@ class Stack:
         secret = re.search(r'secret_key: "([^"]+)"', text)[1]
         return Api(self.api_host, key, secret)
 
+    def ensure_queue(self, name: str) -> None:
+        """Two agents started at once with --create-queue race to create their queue, and the
+        loser exits (E11000 duplicate key): the queue is made here first."""
+        api = self.api()
+        if not api("queues.get_all", name=f"^{re.escape(name)}$")["queues"]:
+            api("queues.create", name=name)
+
     def start_agent(
         self, name: str, queue: str, services: bool = False, extra_env: dict | None = None
     ) -> subprocess.Popen:
         """An agent in its own process group (so it and the tasks it runs can be killed
         together, as when a machine is lost)."""
+        self.ensure_queue(queue)
         env = {
             **self.env,
             "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
