@@ -77,6 +77,16 @@ class Api:
         events = self("events.get_task_log", task=task_id, batch_size=10000)["events"]
         return "".join(e.get("msg", "") for e in sorted(events, key=lambda e: e["timestamp"]))
 
+    def log_with(self, task_id: str, text: str, timeout: float = 60) -> str:
+        """The task's log once it holds ``text``: a task's last lines are sent by a thread
+        and can reach the server after its status does."""
+
+        def holding() -> str | None:
+            log = self.log(task_id)
+            return log if text in log else None
+
+        return wait_until(holding, timeout, what=f"{text!r} in the log of {task_id}")
+
     def wait(self, task_id: str, timeout: float) -> dict:
         """The task once it is completed, failed or stopped."""
         final = ("completed", "failed", "stopped", "closed", "published")

@@ -200,8 +200,8 @@ def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(
     api("tasks.enqueue", task=task_id, queue_name="services")
     task = finished(clearml_stack, task_id, status="failed")
     assert f"{bad}:1: answer: is an empty list" in failure(task)
-    assert "not retried (permanent)" in api.log(task_id)
-    load_log = api.log(api.children(task_id)["load_dataset"]["id"])
+    api.log_with(task_id, "not retried (permanent)")
+    load_log = api.log_with(api.children(task_id)["load_dataset"]["id"], "step failed (permanent)")
     assert load_log.count("step failed (permanent)") == 1  # one attempt
     assert "Retrying" not in load_log
     assert "inference" not in api.children(task_id)
@@ -328,8 +328,8 @@ def test_a_killed_inference_step_is_retried_and_resumes(clearml_stack, uninterru
     assert answers(predictions) == uninterrupted
     # Every answer saved before the kill was resumed: at most the batch in flight was redone.
     assert results["counts"]["resumed"] >= 2 * saved
-    log = api.log(task_id)
-    assert "step inference failed (transient)" in log and "retry 1 of 2" in log
+    log = api.log_with(task_id, "retry 1 of 2")
+    assert "step inference failed (transient)" in log
 
 
 def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, uninterrupted):
@@ -354,7 +354,7 @@ def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, unint
     results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
     assert answers(predictions) == uninterrupted
     assert results["counts"]["resumed"] >= 2
-    assert "its agent stopped answering" in api.log(task_id)
+    api.log_with(task_id, "its agent stopped answering")
 
 
 def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack, tmp_path):
@@ -414,7 +414,7 @@ def test_a_step_running_other_code_than_its_controller_fails_naming_both(clearml
     message = failure(task)
     assert "step inference failed (permanent: CodeSkew" in message
     assert message.count("source ") >= 2
-    assert "make docker-build" in clearml_stack.api().log(task_id)
+    clearml_stack.api().log_with(task_id, "make docker-build")
 
 
 def test_generated_step_script_imports_nothing_heavy_and_names_its_parents(
