@@ -237,15 +237,18 @@ def test_no_services_queue_says_so_and_leaves_nothing_behind(clearml_stack):
 
 
 def test_make_enqueue_sweep_two_models_then_a_leaderboard(clearml_stack):
-    proc = make(
-        "enqueue-sweep",
-        "QUEUE=gpu",
-        "MODELS=smollm2_135m,gemma3_270m",
-        "DATASETS=sample",
-        "ARGS=dataset.limit=2 inference.max_new_tokens=8 "
-        f"storage.endpoint={clearml_stack.s3_endpoint}",
-        base_env=clearml_stack.env,
-    )
+    def enqueue_sweep():
+        return make(
+            "enqueue-sweep",
+            "QUEUE=gpu",
+            "MODELS=smollm2_135m,gemma3_270m",
+            "DATASETS=sample",
+            "ARGS=dataset.limit=2 inference.max_new_tokens=8 "
+            f"storage.endpoint={clearml_stack.s3_endpoint}",
+            base_env=clearml_stack.env,
+        )
+
+    proc = enqueue_sweep()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = [line.split()[5] for line in proc.stdout.splitlines() if ": enqueued " in line]
     summary = next(x for x in proc.stdout.splitlines() if x.startswith("summary "))
@@ -266,6 +269,14 @@ def test_make_enqueue_sweep_two_models_then_a_leaderboard(clearml_stack):
     outputs = json.loads(board["hyperparams"]["return"]["outputs"]["value"])
     assert sorted(r["model"] for r in outputs["rows"]) == ["gemma3_270m", "smollm2_135m"]
     assert {r["run_id"] for r in outputs["rows"]} == set(runs)
+
+    # The same sweep again: both finished pipelines are reused, nothing new is enqueued.
+    again = enqueue_sweep()
+    assert again.returncode == 0, again.stdout + again.stderr
+    reused = [line.split()[6] for line in again.stdout.splitlines() if ": reused pipeline " in line]
+    assert reused == runs and ": enqueued " not in again.stdout, again.stdout + again.stderr
+    summary = next(x for x in again.stdout.splitlines() if x.startswith("summary "))
+    finished(clearml_stack, summary.split("(", 1)[1].split(")", 1)[0])
 
 
 # ---- when a worker dies ---------------------------------------------------------------

@@ -41,9 +41,16 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
     digest, fingerprint = sha256_file(path), config_fingerprint(combo.cfg)
     experiment = str(combo.cfg["experiment"]["name"])
     tasks = Task.get_tasks(
-        project_name=str(combo.cfg["clearml"]["project"]),
+        # A PipelineController's task lives in its own hidden sub-project.
+        project_name=f"{combo.cfg['clearml']['project']}/.pipelines/{experiment}",
         task_name=f"^{re.escape(experiment)}( #\\d+)?$",
-        task_filter={"status": ["completed"], "type": ["controller"], "order_by": ["-last_update"]},
+        task_filter={
+            "status": ["completed"],
+            "type": ["controller"],
+            "order_by": ["-last_update"],
+            "search_hidden": True,  # ... which ClearML hides from a plain search
+            "_allow_extra_fields_": True,
+        },
     )
     for task in tasks[:5]:
         with tempfile.TemporaryDirectory() as tmp:
