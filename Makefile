@@ -132,33 +132,57 @@ compare: install ## Two runs question by question: make compare A=<experiment|fo
 COMPOSE ?= docker-compose
 COMPOSE_FILE := docker/docker-compose.yml
 COMPOSE_ENV := docker/.env.compose
+DOCKER ?= docker
+# Extra `docker build` options, e.g. --network host where dockerd has no bridge network.
+DOCKER_BUILD_ARGS ?=
+# An agent: QUEUE names one queue or several in priority order ("gpu_high gpu"); the first
+# decides the image: services and cpu run the CPU image, anything else (gpu, gpu-a100, ...)
+# the CUDA image on GPUS (none: no GPU, --cpu-only). AGENT_DOCKER_ARGS go to every step's
+# container, e.g. "--network host" where the server or MinIO is on this machine's 127.0.0.1.
 GPUS ?= all
+AGENT_DOCKER_ARGS ?=
+FOREGROUND ?=
 HF_CACHE ?= $(HOME)/.cache/huggingface
 MODEL_CACHE ?= $(HOME)/.cache/slm-qa-eval
 WORKSPACE ?= ~/workspace
+# clearml-session: Jupyter only by default (VS Code would download code-server from GitHub at
+# start); SESSION_GATEWAY: the address the session's SSH tunnel goes to, where the worker's own
+# is not reachable from here (127.0.0.1 for an agent on this machine).
+SESSION_ARGS ?= --vscode-server false
+SESSION_GATEWAY ?=
 AGENT := $(VENV)/bin/clearml-agent
 SESSION := $(VENV)/bin/clearml-session
-# Queue -> what the agent runs: services (controllers) and cpu in the CPU image, anything else
-# (gpu, gpu-a100, ...) in the CUDA image on GPUS.
-WORKER_IMAGE = $(if $(filter services cpu,$(QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
-AGENT_MODE = $(if $(filter services,$(QUEUE)),--services-mode --cpu-only,$(if $(filter cpu,$(QUEUE)),--cpu-only,--gpus $(GPUS)))
+FIRST_QUEUE = $(firstword $(QUEUE))
+WORKER_IMAGE = $(if $(filter services cpu,$(FIRST_QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
+AGENT_GPUS = $(if $(filter-out none,$(GPUS)),--gpus $(GPUS),--cpu-only)
+AGENT_MODE = $(if $(filter services,$(FIRST_QUEUE)),--services-mode --cpu-only,$(if $(filter cpu,$(FIRST_QUEUE)),--cpu-only,$(AGENT_GPUS)))
+AGENT_RUN = $(if $(filter 1 true yes,$(FOREGROUND)),--foreground,--detached)
+# clearml-agent's bootstrap in every step container, made a no-op because the images hold
+# everything: no apt-get (opencv libraries), a pip requirement no interpreter matches (so
+# `pip install -U pip` installs nothing), and clearml-agent from the image, never the index.
+# docker/clearml.conf.example sets the same in clearml.conf (docs/deploy.md).
+AGENT_BOOTSTRAP = CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false \
+  CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_VERSION="\"<0 ; python_version < '3'\"" \
+  CLEARML_AGENT_DOCKER_AGENT_REPO="--no-index clearml-agent"
 
 .PHONY: docker-build server-up server-down agent session lint-static
 
-docker-build: ## Build the CPU and CUDA worker images and the agent image (docker/versions.env)
-	docker build -f docker/agent.Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) \
+docker-build: ## Build the worker and agent images (bases: PYTHON_BASE_IMAGE=, CUDA_BASE_IMAGE=, DOCKER_CLI_IMAGE=)
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/agent.Dockerfile -t $(AGENT_IMAGE):$(IMAGE_TAG) \
 	  --build-arg DOCKER_CLI_IMAGE=$(DOCKER_CLI_IMAGE) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) \
 	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) .
-	docker build -f docker/worker-cpu.Dockerfile -t $(CPU_IMAGE):$(IMAGE_TAG) \
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/worker-cpu.Dockerfile -t $(CPU_IMAGE):$(IMAGE_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) \
 	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \
-	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) .
-	docker build -f docker/worker-gpu.Dockerfile -t $(GPU_IMAGE):$(IMAGE_TAG) \
+	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) \
+	  --build-arg JUPYTERLAB_VERSION=$(JUPYTERLAB_VERSION) .
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/worker-gpu.Dockerfile -t $(GPU_IMAGE):$(IMAGE_TAG) \
 	  --build-arg CUDA_BASE_IMAGE=$(CUDA_BASE_IMAGE) \
 	  --build-arg VLLM_VERSION=$(VLLM_VERSION) \
 	  --build-arg CLEARML_VERSION=$(CLEARML_VERSION) \
 	  --build-arg CLEARML_AGENT_VERSION=$(CLEARML_AGENT_VERSION) \
+	  --build-arg JUPYTERLAB_VERSION=$(JUPYTERLAB_VERSION) \
 	  --build-arg SMOLLM2_VERSION=$(SMOLLM2_VERSION) \
 	  --build-arg GEMMA3_270M_VERSION=$(GEMMA3_270M_VERSION) .
 
@@ -175,14 +199,16 @@ server-up: $(COMPOSE_ENV) ## ClearML server + MinIO (bucket, expiry rule) + serv
 server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR, MINIO_DATA_DIR)
 	$(COMPOSE) -f $(COMPOSE_FILE) --env-file $(COMPOSE_ENV) down
 
-agent: install ## An agent on this machine: make agent QUEUE=gpu [GPUS=0]; QUEUE=cpu; QUEUE=services
-	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu" >&2; exit 2; }
-	CLEARML_AGENT_EXTRA_DOCKER_ARGS="-v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" \
-	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(WORKER_IMAGE) $(AGENT_MODE) --detached
+agent: install ## An agent in docker mode: make agent QUEUE=gpu [GPUS=0|none] [AGENT_DOCKER_ARGS=...] [FOREGROUND=1]
+	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu (or QUEUE=\"gpu_high gpu\", cpu, services)" >&2; exit 2; }
+	$(AGENT_BOOTSTRAP) \
+	  CLEARML_AGENT_EXTRA_DOCKER_ARGS="$(AGENT_DOCKER_ARGS) -v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" \
+	  $(AGENT) daemon --queue $(QUEUE) --create-queue --docker $(WORKER_IMAGE) $(AGENT_MODE) $(AGENT_RUN)
 
-session: install ## JupyterLab/VS Code in the worker image on a queue: make session QUEUE=gpu
+session: install ## JupyterLab in the worker image on a queue's agent: make session QUEUE=gpu [SESSION_GATEWAY=127.0.0.1]
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make session QUEUE=gpu" >&2; exit 2; }
-	$(SESSION) --docker $(WORKER_IMAGE) --queue $(QUEUE) --store-workspace $(WORKSPACE)
+	$(SESSION) --docker $(WORKER_IMAGE) --queue $(FIRST_QUEUE) --store-workspace '$(WORKSPACE)' \
+	  $(if $(SESSION_GATEWAY),--remote-gateway $(SESSION_GATEWAY)) $(SESSION_ARGS)
 
 lint-static: install-dev ## hadolint, shellcheck and the compose file check (also part of make test)
 	$(VENV)/bin/hadolint docker/*.Dockerfile

@@ -17,11 +17,26 @@ RUN apt-get update \
 
 RUN pip install --no-cache-dir "clearml==${CLEARML_VERSION}" "clearml-agent==${CLEARML_AGENT_VERSION}"
 
+# The interpreter clearml-agent's container bootstrap runs (it then searches no PATH).
+ENV LOCAL_PYTHON=/usr/local/bin/python
+
+# `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
+# at start where they are missing.
+ARG JUPYTERLAB_VERSION
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openssh-server \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}"
+
 WORKDIR /opt/slm-qa-eval
+# Dependencies first: a change of the code below rebuilds in seconds.
 COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir .
 COPY components ./components
 COPY pipelines ./pipelines
 COPY conf ./conf
 COPY data ./data
 COPY docker/versions.env ./docker/versions.env
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir --no-deps -e .

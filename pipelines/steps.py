@@ -97,6 +97,7 @@ def inference_step(
     from components import memory
     from components.artifacts import read_jsonl, write_jsonl_atomic
     from components.backends.pool import release
+    from components.fault_injection import hold_after_first_batch
     from components.results import environment
     from pipelines.config import PROJECT_ROOT
 
@@ -120,6 +121,8 @@ def inference_step(
             _load_backend(plan, model, inference, prompts, run.batch_cap)
         load_seconds = time.perf_counter() - started
 
+    saved = []  # batches checkpointed by this attempt
+
     def keep(indices: list[int], generations: list) -> None:
         records = [
             {
@@ -132,6 +135,8 @@ def inference_step(
         ]
         plan["checkpoint"].append(records)
         done.update((r["question_id"], r) for r in records)
+        saved.append(len(records))
+        hold_after_first_batch(len(examples) - len(todo), len(saved))
 
     with memory.stage("generate"):
         started = time.perf_counter()

@@ -2,9 +2,11 @@
 
 The server is the clearml-server code itself (apiserver + fileserver) on stand-ins for
 MongoDB and Elasticsearch, started by ../shared/tools/clearml-server (or the folder named by
-CLEARML_SERVER_TOOLS); S3 is moto's standalone server, standing in for MinIO; agents run in
-venv mode in this project's own environment, as `clearml-agent daemon` would in a worker
-image. Everything started here is stopped by PID.
+CLEARML_SERVER_TOOLS); S3 is moto's standalone server, standing in for MinIO. Agents run in
+docker mode as users run them (`make agent`, or the bare `clearml-agent daemon --docker`,
+with a clearml.conf made from docker/clearml.conf.example: tests/docker_stack.py), or, for
+the overhead benchmark's comparison, in venv mode in this project's own environment.
+Everything started here is stopped by PID (and containers by the agent's label).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import docker_stack
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / os.environ.get("CLEARML_SERVER_TOOLS", "../shared/tools/clearml-server")
 BUCKET = "clearml-artifacts"
@@ -28,6 +32,11 @@ S3_KEYS = ("stack-key-id", "stack-secret")
 # The server's watchdog stops a task whose agent stopped answering after this long
 # (production default: 7200 s; docs/clearml.md says how to lower it).
 WATCHDOG = {"threshold_sec": 30, "watch_interval_sec": 5}
+# Fixed by the server's tools: Redis and osmem (its Elasticsearch stand-in).
+SERVER_PORTS = (6379, 9200)
+# Packaged models converted once, shared by the host and the step containers (make agent's
+# MODEL_CACHE), fixed before a test points HOME elsewhere.
+MODEL_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slm-qa-eval"
 WHERE_TO_GET_IT = (
     f"{TOOLS} is absent: the real-server tests need the clearml-server source and its "
     "scripts (setup.sh, start.sh, stop.sh); get clearml-server from "
@@ -103,8 +112,11 @@ class Stack:
     work: Path  # this session's files: clearml.conf, agent logs
     s3_endpoint: str
     api_host: str = ""
+    files_host: str = ""
     config_file: Path = Path()
+    docker_config_file: Path = Path()  # docker/clearml.conf.example, filled in
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)
+    worker_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -119,6 +131,13 @@ class Stack:
         }
 
     def start(self) -> Stack:
+        stop_stale_server(self.home)
+        busy = [p for p in SERVER_PORTS if port_in_use(p)]
+        if busy:
+            raise RuntimeError(
+                f"ports {busy} are taken by something other than a clearml-server-local of "
+                f"{self.home} (Redis and osmem need them): stop it and run again"
+            )
         env = {
             **os.environ,
             "CLEARML_LOCAL_DIR": str(self.home),
@@ -137,6 +156,7 @@ class Stack:
         if proc.returncode != 0:
             raise RuntimeError(f"clearml-server did not start:\n{log.read_text()[-3000:]}")
         self.api_host = f"http://127.0.0.1:{env['CLEARML_LOCAL_API_PORT']}"
+        self.files_host = f"http://127.0.0.1:{env['CLEARML_LOCAL_FILES_PORT']}"
         host = self.s3_endpoint.split("://", 1)[1]
         server_conf = (self.home / "clearml.conf").read_text()
         self.config_file = self.work / "clearml.conf"
@@ -146,13 +166,32 @@ class Stack:
             + f"sdk {{ aws {{ s3 {{ credentials: [ {{ {credentials}, secure: false }} ] }} }} }}\n"
             + "sdk { development { worker { ping_period_sec: 5, report_period_sec: 2 } } }\n"
         )
+        (self.work / "hf-cache").mkdir(exist_ok=True)
+        self.docker_config_file = docker_stack.conf_from_example(
+            self.work / "clearml-docker.conf",
+            api=self.api_host,
+            files=self.files_host,
+            web="http://127.0.0.1:8080",
+            s3_host=host,
+            hf_cache=self.work / "hf-cache",
+            model_cache=MODEL_CACHE,
+        )
         return self
 
-    def api(self) -> Api:
+    @property
+    def data(self) -> Path:
+        """A folder the agents' containers see at the same path: datasets for the steps."""
+        folder = self.work / "data"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def credentials(self) -> tuple[str, str]:
         text = self.config_file.read_text()
-        key = re.search(r'access_key: "([^"]+)"', text)[1]
-        secret = re.search(r'secret_key: "([^"]+)"', text)[1]
-        return Api(self.api_host, key, secret)
+        found = re.search(r'access_key: "([^"]+)", secret_key: "([^"]+)"', text)
+        return found[1], found[2]
+
+    def api(self) -> Api:
+        return Api(self.api_host, *self.credentials())
 
     def ensure_queue(self, name: str) -> None:
         """Two agents started at once with --create-queue race to create their queue, and the
@@ -161,32 +200,87 @@ class Stack:
         if not api("queues.get_all", name=f"^{re.escape(name)}$")["queues"]:
             api("queues.create", name=name)
 
+    def agent_env(self, name: str, docker: bool) -> dict[str, str]:
+        """A user's agent machine: in docker mode the clearml.conf made from
+        docker/clearml.conf.example with its keys in the environment, as deploy.md has it."""
+        key, secret = self.credentials()
+        worker_id = f"{name}:{os.getpid()}"
+        self.worker_ids[name] = worker_id
+        common = {"CLEARML_AGENT_QUEUE_POLL_FREQ_SEC": "1", "CLEARML_WORKER_ID": worker_id}
+        if not docker:
+            return {
+                **self.env,
+                **common,
+                "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
+                "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "1",
+            }
+        return {
+            **{k: v for k, v in self.env.items() if k != "CLEARML_CONFIG_FILE"},
+            **common,
+            "CLEARML_CONFIG_FILE": str(self.docker_config_file),
+            "CLEARML_API_ACCESS_KEY": key,
+            "CLEARML_API_SECRET_KEY": secret,
+            "AWS_ACCESS_KEY_ID": S3_KEYS[0],
+            "AWS_SECRET_ACCESS_KEY": S3_KEYS[1],
+        }
+
     def start_agent(
-        self, name: str, queue: str, services: bool = False, extra_env: dict | None = None
+        self,
+        name: str,
+        queue: str,
+        services: bool = False,
+        extra_env: dict | None = None,
+        docker: bool = True,
     ) -> subprocess.Popen:
         """An agent in its own process group (so it and the tasks it runs can be killed
-        together, as when a machine is lost)."""
+        together, as when a machine is lost). Docker mode: `make agent QUEUE=...` as
+        docs/deploy.md gives it, in the foreground, the gpu queue without GPUs."""
         self.ensure_queue(queue)
-        env = {
-            **self.env,
-            "CLEARML_AGENT_SKIP_PIP_VENV_INSTALL": sys.executable,
-            "CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL": "1",
-            "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC": "1",
-            "CLEARML_WORKER_ID": f"{name}:{os.getpid()}",
-            **(extra_env or {}),
-        }
-        command = [str(Path(sys.executable).parent / "clearml-agent"), "daemon", "--queue", queue]
-        command += ["--create-queue", "--foreground", "--cpu-only"]
-        if services:
-            command.append("--services-mode")
+        env = {**self.agent_env(name, docker), **(extra_env or {})}
+        if docker:
+            command = [
+                "make",
+                "--no-print-directory",
+                "agent",
+                f"QUEUE={queue}",
+                "GPUS=none",  # no GPU here: the gpu queue is served on the CPU
+                # Data folders are the user's to mount (the tests' own at the same path).
+                f"AGENT_DOCKER_ARGS={docker_stack.HOST_NETWORK} -e HF_HUB_OFFLINE=1 "
+                f"-v {self.data}:{self.data}",
+                f"HF_CACHE={self.work / 'hf-cache'}",
+                f"MODEL_CACHE={MODEL_CACHE}",
+                "FOREGROUND=1",
+            ]
+        else:
+            command = [str(Path(sys.executable).parent / "clearml-agent"), "daemon"]
+            command += ["--queue", queue, "--create-queue", "--foreground", "--cpu-only"]
+            if services:
+                command.append("--services-mode")
+        return self._spawn(name, command, env)
+
+    def start_bare_agent(self, name: str, queue: str) -> subprocess.Popen:
+        """The design card's `clearml-agent daemon --queue <queue> --docker`, with only
+        docker/clearml.conf.example (filled in) behind it: the image comes from each task,
+        mounts and bootstrap settings from the conf. ``--cpu-only``: no GPU here."""
+        self.ensure_queue(queue)
+        agent = str(Path(sys.executable).parent / "clearml-agent")
+        command = [agent, "daemon", "--queue", queue, "--docker", "--cpu-only"]
+        return self._spawn(name, command, self.agent_env(name, docker=True))
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.work / f"agent-{name}.log", "ab")  # noqa: SIM115  (closed with the agent)
         self.agents[name] = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self.agents[name]
 
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """The agent and everything it started, at once: a lost machine."""
+        """The agent, everything it started and its containers, at once: a lost machine."""
         import psutil
 
         proc = self.agents.pop(name)
@@ -197,10 +291,18 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         proc.wait(timeout=30)
+        worker = self.worker_ids.get(name)
+        if worker and shutil.which("docker"):
+            running = docker_stack.containers("clearml-parent-worker-id", worker)
+            if running:
+                docker_stack.docker("kill", *running, check=False)
 
-    def stop(self) -> None:
+    def stop_agents(self) -> None:
         for name in list(self.agents):
             self.kill_agent(name, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.stop_agents()
         subprocess.run(
             ["bash", str(TOOLS / "stop.sh")],
             env={**os.environ, "CLEARML_LOCAL_DIR": str(self.home)},
@@ -209,18 +311,29 @@ class Stack:
         )
 
 
+def stop_stale_server(home: Path) -> None:
+    """A server of ours left by a killed run (its PID files remain) is stopped first."""
+    if any((home / "run").glob("*.pid")):
+        subprocess.run(
+            ["bash", str(TOOLS / "stop.sh")],
+            env={**os.environ, "CLEARML_LOCAL_DIR": str(home)},
+            capture_output=True,
+            timeout=120,
+        )
+        wait_until(
+            lambda: not any(port_in_use(p) for p in SERVER_PORTS),
+            30,
+            poll=0.5,
+            what="the stale server's ports to be free",
+        )
+
+
 def why_not_available() -> str | None:
-    """A reason to skip, or None when a stack can start here."""
+    """A reason the server cannot start here, or None."""
     if not (TOOLS / "start.sh").is_file():
         return WHERE_TO_GET_IT
     if not shutil.which("redis-server") and os.geteuid() != 0:
         return "redis-server is missing and only root can install it: apt-get install redis-server"
-    busy = [p for p in (6379, 9200) if port_in_use(p)]
-    if busy:
-        return (
-            f"ports {busy} are taken (another clearml-server-local or Redis/Elasticsearch "
-            f"runs here): stop it ({TOOLS / 'stop.sh'}) and run the tests again"
-        )
     return None
 
 

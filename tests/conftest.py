@@ -202,16 +202,42 @@ def sample_run(tmp_path_factory) -> Path:
     return run_dir_of(cfg)
 
 
-@pytest.fixture(scope="module")
-def clearml_stack(s3_endpoint, tmp_path_factory):
-    """A real ClearML server (../shared/tools/clearml-server), S3 as MinIO, an agent on
-    services and two on each of cpu and gpu (gpu served on CPU, by transformers). For the
-    tests of one module: stopped after them, so idle agents never slow the other tests."""
+def unavailable(reason: str) -> None:
+    """A prerequisite is missing: skip, saying why; under CI (``CI=true``), where
+    `make test` installed everything, fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_images() -> dict[str, str]:
+    """The project's images, built by `make docker-build` on the base-image stand-ins of
+    ../shared/tools/docker-local (cached layers: seconds when the code is unchanged)."""
+    from pipelines.config import deploy_settings
+    from tests.docker_stack import build_images, setup_docker, why_docker_unavailable
+
+    reason = why_docker_unavailable()
+    if reason:
+        unavailable(reason)
+    seconds = build_images(setup_docker())
+    print(f"\nmake docker-build: {seconds:.0f} s", flush=True)
+    deploy = deploy_settings()
+    return {
+        kind: f"{deploy[f'{kind.upper()}_IMAGE']}:{deploy['IMAGE_TAG']}"
+        for kind in ("cpu", "gpu", "agent")
+    }
+
+
+@pytest.fixture(scope="session")
+def clearml_server(s3_endpoint, tmp_path_factory):
+    """A real ClearML server (../shared/tools/clearml-server) with S3 as MinIO, shared by
+    the session; each module starts the agents it needs (clearml_stack)."""
     from tests.clearml_stack import Stack, server_home, why_not_available
 
     reason = why_not_available()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     s3 = s3_client(s3_endpoint)
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
@@ -220,13 +246,25 @@ def clearml_stack(s3_endpoint, tmp_path_factory):
     )
     stack.start()
     try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def clearml_stack(clearml_server, docker_images):
+    """Agents in docker mode as users start them (`make agent`): one on services, two on
+    each of cpu and gpu (gpu served on CPU, by transformers in the CUDA image). Stopped
+    after the module, so idle agents never slow the other tests."""
+    stack = clearml_server
+    try:
         stack.start_agent("services", "services", services=True)
         for queue in ("cpu", "gpu"):
             for number in (1, 2):
                 stack.start_agent(f"{queue}{number}", queue)
         yield stack
     finally:
-        stack.stop()
+        stack.stop_agents()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.backends.base import Generation, GenerationParams
+from components.fault_injection import out_of_memory_above
 from components.prompts import cut_at_stop
 
 
@@ -89,6 +90,7 @@ class TransformersBackend:
             width = max(len(prompts[i]) for i in batch)
             ids = [[self.pad_id] * (width - len(prompts[i])) + prompts[i] for i in batch]
             mask = [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch]
+            out_of_memory_above(len(batch))
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=torch.tensor(ids, device=self.device),
