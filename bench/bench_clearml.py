@@ -3,10 +3,13 @@
     make bench-clearml        # writes bench/results/clearml_pipeline.json
 
 Runs `make enqueue QUEUE=gpu ARGS="dataset.limit=4 ..."` (the README's command) against a
-real ClearML server (../shared/tools/clearml-server; agents in venv mode on this machine,
-moto's S3 server as MinIO) and splits each step's time into queue wait (created ->
-started by an agent), start (the agent's setup, Python and imports until the step's own
-code runs), work (the step's code) and finish (its outputs reported, the task closed).
+real ClearML server (../shared/tools/clearml-server, moto's S3 server as MinIO), once with
+agents in docker mode as users run them (`make agent`: every step in its own container of
+the images `make docker-build` made on ../shared/tools/docker-local's stand-ins) and once in
+venv mode (the steps in this environment, for comparison), and splits each step's time into
+queue wait (created -> started by an agent), start (the agent's setup, the container, Python
+and imports until the step's own code runs), work (the step's code) and finish (its outputs
+reported, the task closed).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from components.artifacts import write_json_atomic  # noqa: E402
 from pipelines.dag import pipeline_steps  # noqa: E402
 from tests.clearml_stack import BUCKET, Stack, server_home, why_not_available  # noqa: E402
 from tests.conftest import make, s3_client  # noqa: E402
+from tests.docker_stack import build_images, setup_docker, why_docker_unavailable  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "clearml_pipeline.json"
 STEPS = tuple(spec.name for spec in pipeline_steps())
@@ -61,26 +65,15 @@ def breakdown(api, pipeline_id: str) -> dict:
     }
 
 
-def main() -> int:
-    from moto.server import ThreadedMotoServer
-
-    reason = why_not_available()
-    if reason:
-        print(f"skipped: {reason}")
-        return 0
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, port = s3.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    s3_client(endpoint).create_bucket(Bucket=BUCKET)
-    stack = Stack(server_home(), Path(tempfile.mkdtemp()), endpoint).start()
+def measure(stack: Stack, endpoint: str, docker: bool, runs: int = 3) -> dict:
+    """``runs`` pipelines one after another on one agent per queue; the first imports cold."""
+    stack.start_agent("services", "services", services=True, docker=docker)
+    stack.start_agent("cpu", "cpu", docker=docker)
+    stack.start_agent("gpu", "gpu", docker=docker)
+    api = stack.api()
+    measured = []
     try:
-        stack.start_agent("services", "services", services=True)
-        stack.start_agent("cpu", "cpu")
-        stack.start_agent("gpu", "gpu")
-        api = stack.api()
-        runs = []
-        for _ in range(3):  # the first converts nothing (the model cache is warm) but imports cold
+        for _ in range(runs):
             started = time.monotonic()
             proc = make(
                 "enqueue",
@@ -94,20 +87,51 @@ def main() -> int:
             submitted = time.monotonic() - started
             task = api.wait(pipeline_id, 600)
             assert task["status"] == "completed", task.get("status_message")
-            runs.append({"make_enqueue_s": round(submitted, 2), **breakdown(api, pipeline_id)})
-            print(json.dumps(runs[-1], indent=2), flush=True)
+            measured.append({"make_enqueue_s": round(submitted, 2), **breakdown(api, pipeline_id)})
+            print(json.dumps(measured[-1], indent=2), flush=True)
+    finally:
+        stack.stop_agents()
+    return {
+        "runs": measured,
+        "median_end_to_end_s": sorted(r["end_to_end_s"] for r in measured)[len(measured) // 2],
+    }
+
+
+def main() -> int:
+    from moto.server import ThreadedMotoServer
+
+    reason = why_not_available()
+    if reason:
+        print(f"skipped: {reason}")
+        return 0
+    docker_reason = why_docker_unavailable()
+    if not docker_reason:
+        print(f"make docker-build: {build_images(setup_docker()):.0f} s", flush=True)
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, port = s3.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
+    stack = Stack(server_home(), Path(tempfile.mkdtemp()), endpoint).start()
+    modes = {}
+    try:
+        if docker_reason:
+            modes["docker"] = {"skipped": docker_reason}
+        else:
+            modes["docker"] = measure(stack, endpoint, docker=True)
+        modes["venv"] = measure(stack, endpoint, docker=False)
     finally:
         stack.stop()
         s3.stop()
     result = {
         "what": "make enqueue QUEUE=gpu ARGS='dataset.limit=4', SmolLM2-135M, the local "
-        "clearml-server 2.0.0 code with one agent per queue in venv mode, "
-        "CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=1, moto S3",
+        "clearml-server 2.0.0 code with one agent per queue, CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=1, "
+        "moto S3; docker: `make agent` (every step in its container, the gpu queue served on "
+        "the CPU by the CUDA image); venv: the steps in this environment",
         "measured": dt.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, no GPU; the gpu queue served on the CPU",
         "target_end_to_end_s": 60,
-        "runs": runs,
-        "median_end_to_end_s": sorted(r["end_to_end_s"] for r in runs)[len(runs) // 2],
+        **modes,
     }
     write_json_atomic(OUT, result)
     print(f"wrote {OUT}")

@@ -483,3 +483,24 @@ def test_the_bare_agent_command_runs_a_step_with_the_example_conf_alone(
     _, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
     local = json.loads((sample_run / "predictions.json").read_text())
     assert answers(predictions) == answers(local)
+
+
+def test_make_agent_detaches_and_stop_stops_it(clearml_stack):
+    """`make agent` as docs/deploy.md gives it: the agent goes to the background and serves
+    its queues; the same command with STOP=1 stops it."""
+    args = ["agent", "QUEUE=gpu-detached gpu-detached-low", "GPUS=none"]
+    env = clearml_stack.agent_env("detached", docker=True)
+    api = clearml_stack.api()
+
+    def registered():
+        return [w for w in api("workers.get_all")["workers"] if w["id"].startswith("detached")]
+
+    started = make(*args, base_env=env, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        (worker,) = wait_until(registered, 60, what="the detached agent to register")
+        assert [q["name"] for q in worker["queues"]] == ["gpu-detached", "gpu-detached-low"]
+    finally:
+        stopped = make(*args, "STOP=1", base_env=env, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    wait_until(lambda: not registered(), 60, what="the detached agent to unregister")

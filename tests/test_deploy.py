@@ -145,11 +145,39 @@ def test_make_agent_prints_the_exact_commands():
     # S3 keys from the agent's environment reach the steps' containers (names only, no values).
     assert "-e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY" in out
     out = make_dry_run("agent", "QUEUE=cpu")
-    assert f"--queue cpu --create-queue --docker {cpu_image} --cpu-only" in out
+    assert f"--queue cpu --create-queue --docker {cpu_image} --cpu-only --detached" in out
     out = make_dry_run("agent", "QUEUE=services")
     assert "--services-mode --cpu-only" in out
-    out = make_dry_run("session", "QUEUE=gpu")
+    # Several queues in priority order, no GPU, extra docker args, in the foreground.
+    out = make_dry_run(
+        "agent",
+        "QUEUE=gpu_high gpu",
+        "GPUS=none",
+        "AGENT_DOCKER_ARGS=--network host",
+        "FOREGROUND=1",
+    )
+    assert (
+        f"--queue gpu_high gpu --create-queue --docker {gpu_image} --cpu-only --foreground" in out
+    )
+    assert 'CLEARML_AGENT_EXTRA_DOCKER_ARGS="--network host -v ' in out
+    out = make_dry_run("session", "QUEUE=gpu", "SESSION_GATEWAY=127.0.0.1")
     assert f"clearml-session --docker {gpu_image} --queue gpu --store-workspace" in out
+    assert "--remote-gateway 127.0.0.1 --vscode-server false" in out
+
+
+def test_the_bootstrap_settings_agree_between_make_agent_and_the_conf_example():
+    """What makes clearml-agent's container bootstrap a no-op, set the same two ways."""
+    out = make_dry_run("agent", "QUEUE=gpu")
+    conf = (ROOT / "docker" / "clearml.conf.example").read_text()
+    assert "CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false" in out
+    assert "docker_install_opencv_libs: false" in conf
+    assert (
+        "CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_VERSION=\"\\\"<0 ; python_version < '3'" in out
+    )
+    assert "package_manager.pip_version: \"<0 ; python_version < '3'\"" in conf
+    assert 'CLEARML_AGENT_DOCKER_AGENT_REPO="--no-index clearml-agent"' in out
+    assert 'CLEARML_AGENT_DOCKER_AGENT_REPO: "--no-index clearml-agent"' in conf
+    assert "apply_environment: true" in conf
 
 
 def test_deploy_doc_names_only_things_that_exist():
