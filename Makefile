@@ -68,6 +68,7 @@ run: install ## Run one experiment locally: make run ARGS="dataset.limit=20 infe
 
 test: install-dev ## Run the whole test suite (CI runs this)
 	$(PY) -m ruff check .
+	@if [ -n "$(strip $(PYTEST_ARGS))" ]; then echo "note: PYTEST_ARGS narrows or changes the suite: $(PYTEST_ARGS)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install-dev ## Tests without the slow ones (no vLLM engine, no end-to-end runs)
@@ -86,15 +87,18 @@ bench-clearml: install-dev ## Time a 4-question pipeline on the local ClearML se
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache
 
-DAYS ?= 90
+DAYS ?=
 SRC ?=
 DEST ?= downloads
 TASK ?=
 
 EXPERIMENT ?=
-.PHONY: retention fetch publish
+.PHONY: retention clean-outputs fetch publish
 retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 ARGS="storage.endpoint=http://minio:9000"
-	$(PY) -m pipelines.cli.artifacts artifacts.command=retention artifacts.days=$(DAYS) $(ARGS)
+	$(PY) -m pipelines.cli.artifacts artifacts.command=retention artifacts.days=$(or $(DAYS),90) $(ARGS)
+
+clean-outputs: install ## Remove local runs unchanged for DAYS days whose files are verified in S3: make clean-outputs DAYS=7 ARGS="storage.endpoint=..."
+	$(PY) -m pipelines.cli.artifacts artifacts.command=clean-outputs artifacts.days=$(or $(DAYS),7) $(ARGS)
 
 publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
 	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }

@@ -205,7 +205,8 @@ def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict
     return {"url": settings.url(key), "key": key, "bytes": size, "sha256": sha256}
 
 
-def require_bucket(s3, settings: StorageSettings) -> None:
+def require_bucket(s3, settings: StorageSettings, what: str) -> None:
+    """The bucket exists and answers; ``what`` names the work that needs it in the error."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -216,9 +217,25 @@ def require_bucket(s3, settings: StorageSettings) -> None:
                 f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
                 f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
             ) from exc
-        raise as_storage_error(settings, f"bucket {settings.bucket!r}", exc) from exc
+        raise as_storage_error(settings, what, exc) from exc
     except BotoCoreError as exc:
-        raise as_storage_error(settings, "upload", exc) from exc
+        raise as_storage_error(settings, what, exc) from exc
+
+
+def run_folder_files(run_dir: str | Path) -> list[str]:
+    """The files of a run folder besides its three artifacts, as paths relative to it: what
+    goes to S3 with them when the local copies are to be deleted. Checkpoints stay out (a
+    finished run deletes its own), and so do temporary files."""
+    run_dir = Path(run_dir)
+    found = []
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if not path.is_file() or relative.as_posix() in ARTIFACT_NAMES:
+            continue
+        if path.name.startswith((".", "checkpoint-")):
+            continue
+        found.append(relative.as_posix())
+    return found
 
 
 def publish_run(
@@ -229,21 +246,32 @@ def publish_run(
     *,
     cleanup_local: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Uploads the three artifacts, results.json last (its presence means the run is whole);
-    deletes local copies only after every upload verified."""
+    """Uploads the three artifacts, results.json last (its presence means the run is whole).
+    With ``cleanup_local`` the folder's other files go first, under ``<run key>/files/``, and
+    every uploaded local file is deleted once all of them verified."""
     run_dir = Path(run_dir)
     s3 = client(settings)
-    require_bucket(s3, settings)
+    run_key = settings.run_key(experiment, run_id)
+    require_bucket(s3, settings, f"upload of {run_dir} to {settings.url(run_key)}/")
+    local = []
+    if cleanup_local:
+        for relative in run_folder_files(run_dir):
+            key = f"{run_key}/files/{'/'.join(safe_name(p) for p in relative.split('/'))}"
+            upload_verified(s3, settings, run_dir / relative, key)
+            local.append(run_dir / relative)
     uploaded: dict[str, dict[str, Any]] = {}
     for filename in sorted(ARTIFACT_NAMES, key=lambda name: name == "results.json"):
         path = run_dir / filename
         if path.is_file():
-            key = settings.artifact_key(experiment, run_id, filename)
-            info = upload_verified(s3, settings, path, key)
+            info = upload_verified(s3, settings, path, artifact_subkey(run_key, filename))
             uploaded[ARTIFACT_NAMES[filename]] = {**info, "path": str(path)}
+            local.append(path)
     if cleanup_local:
-        for info in uploaded.values():
-            Path(info["path"]).unlink()
+        for path in local:
+            path.unlink()
+        for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
     return uploaded
 
 
@@ -333,7 +361,7 @@ def set_retention(settings: StorageSettings, days: int) -> list[dict[str, Any]]:
     if days < 1:
         raise StorageError(f"retention days must be >= 1, got {days}")
     s3 = client(settings)
-    require_bucket(s3, settings)
+    require_bucket(s3, settings, "setting the lifecycle rule")
     try:
         rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
     except ClientError as exc:

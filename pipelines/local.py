@@ -14,6 +14,7 @@ from components.storage import StorageSettings, safe_name
 from pipelines.config import validate
 from pipelines.dag import steps_for
 from pipelines.executor import Reporter, RunContext, execute
+from pipelines.steps import GenerationOutOfMemory
 from pipelines.stores import LocalStore
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,24 @@ log = logging.getLogger(__name__)
 def run_dir_of(cfg: dict[str, Any]) -> Path:
     """``<output_dir>/<experiment>``; the name never makes a path out of output_dir."""
     return Path(cfg["experiment"]["output_dir"]) / safe_name(str(cfg["experiment"]["name"]))
+
+
+def execute_with_smaller_batches(spec, cfg, parents, context: RunContext) -> dict[str, Any]:
+    """A step that runs out of device memory is run again with half the batch, resuming from
+    its checkpoint, as a ClearML retry does; a batch of one that does not fit is final."""
+    while True:
+        try:
+            return execute(spec, cfg, parents, context)
+        except GenerationOutOfMemory as exc:
+            if exc.batch_size <= 1:
+                raise
+            context.batch_cap = exc.batch_size // 2
+            log.warning(
+                "step %s ran out of memory at batch size %d; again with %d",
+                spec.name,
+                exc.batch_size,
+                context.batch_cap,
+            )
 
 
 def run_local(
@@ -52,7 +71,7 @@ def run_local(
         for spec in steps:
             log.info("step %s", spec.name)
             parents = {name: outputs[name] for name in spec.parents}
-            outputs[spec.name] = execute(spec, cfg, parents, context)
+            outputs[spec.name] = execute_with_smaller_batches(spec, cfg, parents, context)
     # The answers are in predictions.json now; a checkpoint is for a run that did not finish,
     # and kept it would turn the next `make run` into a replay with no speed to report.
     for out in outputs.values():

@@ -152,9 +152,9 @@ def inference_step(
                     backend.generate(prompts, plan["params"], on_progress=bar.update, on_batch=keep)
                 except Exception as exc:
                     if _out_of_memory(exc):
+                        rows = min(int(plan["batch_size"] or 1), len(prompts))
                         raise GenerationOutOfMemory(
-                            f"out of memory at batch size {plan['batch_size']}: {exc}",
-                            int(plan["batch_size"] or 1),
+                            f"out of memory at batch size {rows}: {exc}", rows
                         ) from exc
                     raise
                 finally:
@@ -442,7 +442,7 @@ def publish_step(
     from components.memory import merge_reports
     from components.results import build_results, code_identity, utc_now
     from components.secrets import redact
-    from components.storage import ARTIFACT_NAMES, publish_run
+    from components.storage import ARTIFACT_NAMES, publish_run, run_folder_files
     from pipelines.config import PROJECT_ROOT
 
     predictions_file = run.dir / "predictions.json"
@@ -468,6 +468,13 @@ def publish_step(
         },
     }
     results = build_results(config, dataset, inference, scores, meta, artifacts)
+    if run.cleanup_local and run.storage is not None:
+        # What publish_run deletes here once every upload verified (the rest of the folder
+        # under <run key>/files/); the copy of this file in S3 means it happened.
+        results["local_cleanup"] = {
+            "deleted_after_verified_upload": sorted([*ARTIFACT_NAMES, *run_folder_files(run.dir)]),
+            "files": run.storage.url(f"{run.storage.run_key(run.experiment, run.run_id)}/files/"),
+        }
     results_path = write_json_atomic(run.dir / "results.json", results)
     # Read before publish_run, which may delete the local copy; only a reporter needs it.
     predictions = (

@@ -56,6 +56,10 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+class PortsTaken(RuntimeError):
+    """The server's fixed ports are held by something that is not a server of ours."""
+
+
 class Api:
     """The server's REST API, as the web UI calls it (no SDK state in the test process)."""
 
@@ -134,7 +138,7 @@ class Stack:
         stop_stale_server(self.home)
         busy = [p for p in SERVER_PORTS if port_in_use(p)]
         if busy:
-            raise RuntimeError(
+            raise PortsTaken(
                 f"ports {busy} are taken by something other than a clearml-server-local of "
                 f"{self.home} (Redis and osmem need them): stop it and run again"
             )

@@ -233,7 +233,7 @@ def docker_images() -> dict[str, str]:
 def clearml_server(s3_endpoint, tmp_path_factory):
     """A real ClearML server (../shared/tools/clearml-server) with S3 as MinIO, shared by
     the session; each module starts the agents it needs (clearml_stack)."""
-    from tests.clearml_stack import Stack, server_home, why_not_available
+    from tests.clearml_stack import PortsTaken, Stack, server_home, why_not_available
 
     reason = why_not_available()
     if reason:
@@ -244,7 +244,10 @@ def clearml_server(s3_endpoint, tmp_path_factory):
     stack = Stack(
         home=server_home(), work=tmp_path_factory.mktemp("clearml"), s3_endpoint=s3_endpoint
     )
-    stack.start()
+    try:
+        stack.start()  # a stale server of ours (a killed run's) is stopped first
+    except PortsTaken as exc:
+        unavailable(str(exc))
     try:
         yield stack
     finally:

@@ -283,6 +283,23 @@ def test_make_enqueue_without_a_server_says_how_to_configure_one(tmp_path):
     assert not (tmp_path / ".clearml").exists()  # nothing created, not even offline
 
 
+def test_a_new_user_learns_every_missing_prerequisite_at_once(tmp_path):
+    """Neither a server nor storage configured: one message names both, then exit 2."""
+    proc = make(
+        "enqueue",
+        "QUEUE=gpu",
+        base_env=without_clearml_env(),
+        env={"HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert "error: 2 things to fix first:" in lines
+    assert any(line.startswith("  - storage.endpoint: the pipeline's steps") for line in lines)
+    assert any(line.startswith("  - no ClearML server is configured;") for line in lines)
+    assert "Traceback" not in proc.stderr
+
+
 def test_make_enqueue_with_an_unreachable_server_says_it_does_not_answer(tmp_path):
     env = {"HOME": str(tmp_path), "CLEARML_API_HOST": f"http://127.0.0.1:{closed_port()}"}
     proc = make(

@@ -40,8 +40,11 @@ def enqueue(stack, *args: str, queue: str = "gpu") -> str:
 
 
 def failure(task: dict) -> str:
-    """Why a pipeline failed, as its controller recorded it."""
-    return task["hyperparams"]["properties"]["failure_reason"]["value"]
+    """Why a pipeline failed, as its controller recorded it: in its status message, where a
+    user looks first, and the same in its ``failure_reason`` property."""
+    reason = task["hyperparams"]["properties"]["failure_reason"]["value"]
+    assert task["status_message"] == reason
+    return reason
 
 
 def finished(stack, task_id: str, status: str = "completed") -> dict:
@@ -154,6 +157,35 @@ def test_every_step_ran_in_its_image_and_installed_nothing_at_start(
         assert "Requirement already satisfied: clearml-agent" in log, name
 
 
+def test_the_seed_s_retrieval_lines_give_the_predictions_themselves(clearml_stack, first_pipeline):
+    """docs/storage.md's lines, run as a user runs them (their clearml.conf holds the MinIO
+    keys): ``.get()`` is the predictions, ``get_local_copy()`` the file with its sha256."""
+    code = f"""
+import hashlib, json
+from clearml import Task
+artifact = Task.get_task(task_id="{first_pipeline["id"]}").artifacts["model_predictions"]
+predictions = artifact.get()
+path = artifact.get_local_copy()
+print(json.dumps({{"predictions": predictions, "hash": artifact.hash,
+                  "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest()}}))
+"""
+    proc = run_module_code(code, clearml_stack.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    _, predictions = run_files(clearml_stack, "smollm2_135m_sample", first_pipeline["id"])
+    assert got["predictions"] == predictions
+    assert got["sha256"] == got["hash"]
+
+
+def run_module_code(code: str, env: dict):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
 def test_make_fetch_by_task_id_verifies_every_file(clearml_stack, first_pipeline, tmp_path):
     dest = tmp_path / "downloads"
     proc = make(
@@ -164,7 +196,9 @@ def test_make_fetch_by_task_id_verifies_every_file(clearml_stack, first_pipeline
         base_env=clearml_stack.env,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("(sha256 verified)") >= 6
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(str(dest))]
+    assert len(lines) >= 6 and all(line.endswith("  (sha256 verified)") for line in lines), lines
+    assert "no sha256 recorded" not in proc.stdout
     results = json.loads((dest / "artifacts/experiment_results/results.json").read_text())
     assert results["run_id"] == first_pipeline["id"]
 
@@ -223,15 +257,11 @@ def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(clearml_stack,
     assert "inference" not in api.children(task_id)
 
 
-def refused_enqueue(stack, args: str) -> str:
-    """`make enqueue` that must fail with one line (exit 2) and create no task: its stderr."""
+def refused_enqueue(stack, args: str, storage: bool = True) -> str:
+    """`make enqueue` that must fail (exit 2) and create no task: its stderr."""
     before = len(stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
-    proc = make(
-        "enqueue",
-        "QUEUE=gpu",
-        f"ARGS={args} storage.endpoint={stack.s3_endpoint}",
-        base_env=stack.env,
-    )
+    endpoint = f" storage.endpoint={stack.s3_endpoint}" if storage else ""
+    proc = make("enqueue", "QUEUE=gpu", f"ARGS={args}{endpoint}", base_env=stack.env)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     after = len(stack.api()("tasks.get_all_ex", only_fields=["id"])["tasks"])
@@ -246,10 +276,52 @@ def test_a_bad_dataset_is_refused_before_anything_is_created(clearml_stack, tmp_
     assert f"{bad}:2: question: must be a string" in stderr
 
 
-def test_no_services_queue_says_so_and_leaves_nothing_behind(clearml_stack):
-    stderr = refused_enqueue(clearml_stack, "clearml.queues.services=no-such-queue")
-    assert "no queue named 'no-such-queue'" in stderr
-    assert "make agent QUEUE=no-such-queue" in stderr
+@pytest.mark.parametrize("kind", ["services", "cpu", "gpu"])
+def test_a_missing_queue_says_so_and_leaves_nothing_behind(clearml_stack, kind):
+    stderr = refused_enqueue(clearml_stack, f"clearml.queues.{kind}=no-such-{kind}")
+    assert stderr.startswith(f"error: no queue named 'no-such-{kind}' on the ClearML server")
+    assert f"make agent QUEUE=no-such-{kind}" in stderr
+
+
+def test_no_storage_endpoint_is_refused_before_anything_is_created(clearml_stack):
+    stderr = refused_enqueue(clearml_stack, "", storage=False)
+    assert stderr.startswith("error: storage.endpoint: the pipeline's steps hand their files on")
+
+
+def test_a_clone_with_an_invalid_arg_fails_its_controller_naming_the_key(
+    clearml_stack, first_pipeline
+):
+    api = clearml_stack.api()
+    task_id = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample bad arg")
+    api(
+        "tasks.edit_hyper_params",
+        task=task_id,
+        hyperparams=[{"section": "Args", "name": "eval_batch_size", "value": "0"}],
+    )
+    api("tasks.enqueue", task=task_id, queue_name="services")
+    task = finished(clearml_stack, task_id, status="failed")
+    assert failure(task) == ("config: inference.batch_size: must be an integer >= 1, got 0")
+    assert not api.children(task_id)  # no step ran
+
+
+def test_out_of_memory_is_retried_with_half_the_batch(clearml_stack):
+    """The backend raises torch's own out-of-memory error above 2 prompts (the test-only
+    hook, through the step's docker arguments): the step fails, transient, and its retry
+    generates at half the batch, which the results say."""
+    oom = "clearml.docker_args.gpu=\"'--ipc=host -e SLM_QA_EVAL_TEST_OOM_ABOVE=2'\""
+    task_id = enqueue(clearml_stack, "dataset.limit=4", "inference.max_new_tokens=4", oom)
+    finished(clearml_stack, task_id)
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    assert len(predictions) == 4
+    assert results["inference"]["batch_size"] == 2
+    assert results["inference"]["batch_size_reason"].endswith(
+        "capped at 2: an earlier attempt ran out of memory"
+    )
+    log = clearml_stack.api().log_with(task_id, "retry 1 of 2")
+    assert (
+        "step inference failed (transient): GenerationOutOfMemory: out of memory at batch "
+        "size 4" in log
+    )
 
 
 def test_make_enqueue_sweep_two_models_then_a_leaderboard(clearml_stack):

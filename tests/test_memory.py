@@ -36,8 +36,16 @@ def test_nested_stages_hand_back_to_the_outer_one():
 
 
 def test_stage_without_a_monitor_is_a_no_op():
+    ran = []
     with stage("anything"):
-        pass
+        ran.append(True)
+    assert ran == [True]
+    monitor = MemoryMonitor(interval=10).start()  # a later monitor starts with no stage
+    try:
+        assert monitor.stage_name != "anything"
+    finally:
+        monitor.stop()
+    assert "anything" not in monitor.report()["stages"]
 
 
 def test_reports_of_several_steps_merge_into_one():

@@ -24,6 +24,7 @@ def test_a_model_without_prompt_settings_is_a_chat_model_with_the_inference_defa
     assert fmt.template == INFERENCE["prompt_template"]
 
 
+@pytest.mark.slow  # converts the packaged model the first time
 def test_completion_prompt_puts_answered_examples_above_the_question(smollm2_path):
     fmt = completion(template="Q: {question}\nA:", system_prompt="", few_shot=SHOTS, stop=["\n"])
     text = render(load_tokenizer(smollm2_path), "where is paris", fmt)
@@ -32,6 +33,7 @@ def test_completion_prompt_puts_answered_examples_above_the_question(smollm2_pat
     assert fmt.stop == ("\n",)
 
 
+@pytest.mark.slow  # converts the packaged model the first time
 def test_chat_prompt_gives_examples_as_earlier_turns(smollm2_path):
     fmt = PromptFormat.from_config({"prompt": {"format": "chat", "few_shot": SHOTS}}, INFERENCE)
     text = render(load_tokenizer(smollm2_path), "where is paris", fmt)

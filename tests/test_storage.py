@@ -150,7 +150,9 @@ def test_make_run_with_storage_uploads_results_last_then_cleans_up(settings, tmp
     assert "token recall" in proc.stdout and "local copy deleted" in proc.stdout
     assert puts[-1].endswith("experiment_results/results.json"), puts
     run_dir = tmp_path / "smollm2_135m_sample"
-    assert not any((run_dir / n).exists() for n in ("results.json", "predictions.json"))
+    # About nothing stays: the publish step's own memory report, written after the upload.
+    left = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    assert left == ["steps/publish.memory.json"]
     results = json.loads(
         client(settings)
         .get_object(Bucket=BUCKET, Key=puts[-1].split(f"/{BUCKET}/", 1)[1])["Body"]
@@ -163,6 +165,15 @@ def test_make_run_with_storage_uploads_results_last_then_cleans_up(settings, tmp
         "memory_usage/memory_usage.json",
         "model_predictions/predictions.json",
     ]
+    files = prefix.replace("/artifacts/", "/files/")
+    listed = client(settings).list_objects_v2(Bucket=BUCKET, Prefix=files)["Contents"]
+    others = sorted(o["Key"][len(files) :] for o in listed)
+    assert {"examples.jsonl", "generations.jsonl", "config.yaml"} <= set(others)
+    assert {"steps/load_dataset.memory.json", "steps/inference.memory.json"} <= set(others)
+    deleted = results["local_cleanup"]["deleted_after_verified_upload"]
+    assert sorted(deleted) == sorted(
+        [*others, "predictions.json", "memory_usage.json", "results.json"]
+    )
     everything = proc.stdout + proc.stderr
     for path in run_dir.rglob("*"):
         if path.is_file():
@@ -197,3 +208,67 @@ def test_cached_files_are_used_only_while_whole(settings, tmp_path):
     metadata = s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"question_id": "b"}\n', Metadata=metadata)
     assert store.cached("examples", "key1", tmp_path / "tampered") is None
+
+
+def finished_run(output_dir, name: str, *, age_days: float, upload_to=None, checkpoint=False):
+    """A finished run folder, uploaded (or not), last changed ``age_days`` ago."""
+    from components.artifacts import file_info
+
+    run_dir = output_dir / name
+    run_dir.mkdir(parents=True)
+    for filename in ("predictions.json", "memory_usage.json"):
+        (run_dir / filename).write_text(json.dumps({"run": name, "file": filename}))
+    artifacts = {n: file_info(run_dir / n) for n in ("predictions.json", "memory_usage.json")}
+    results = {"experiment": name, "run_id": f"id-{name}", "finished_at": "2026-11-01T00:00:00"}
+    (run_dir / "results.json").write_text(json.dumps({**results, "artifacts": artifacts}))
+    if checkpoint:
+        (run_dir / "checkpoint-abc.jsonl").write_text("{}\n")
+    if upload_to is not None:
+        publish_run(upload_to, run_dir, name, f"id-{name}")
+    os_utime_days(run_dir, age_days)
+    return run_dir
+
+
+def test_make_clean_outputs_removes_only_old_runs_whose_files_are_in_s3(settings, tmp_path):
+    out = tmp_path / "outputs"
+    gone = finished_run(out, "old_uploaded", age_days=9, upload_to=settings)
+    local_only = finished_run(out, "old_local", age_days=9)
+    recent = finished_run(out, "recent_uploaded", age_days=2, upload_to=settings)
+    running = finished_run(
+        out, "old_with_checkpoint", age_days=9, upload_to=settings, checkpoint=True
+    )
+    changed = finished_run(out, "old_changed_since", age_days=9, upload_to=settings)
+    (changed / "predictions.json").write_text("[]")  # differs from what S3 holds
+    os_utime_days(changed, 9)
+    (out / "sweeps").mkdir()  # not a run folder: never touched
+    proc = make(
+        "clean-outputs",
+        "DAYS=7",
+        f"ARGS=storage.endpoint={settings.endpoint} experiment.output_dir={out}",
+        env=CREDS,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not gone.exists()
+    for kept in (local_only, recent, running, changed):
+        assert (kept / "results.json").is_file(), kept
+    lines = proc.stdout.splitlines()
+    assert f"removed {gone}: finished 2026-11-01T00:00:00, in s3://" in "\n".join(lines)
+    assert any(
+        line.startswith(f"kept {local_only}: not uploaded")
+        and "make publish EXPERIMENT=old_local" in line
+        for line in lines
+    )
+    assert f"kept {recent}: changed 2.0 days ago" in lines
+    assert f"kept {running}: a checkpoint is there: running, or cut short" in lines
+    assert any(line.startswith(f"kept {changed}: not uploaded (") for line in lines)
+    assert lines[-1].startswith(f"removed 1 of 5 runs in {out} (")
+    assert (out / "sweeps").is_dir()
+
+
+def os_utime_days(folder, days: float) -> None:
+    import os
+    import time
+
+    then = time.time() - days * 86400
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (then, then))

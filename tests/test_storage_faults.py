@@ -9,7 +9,7 @@ import pytest
 
 from components.artifacts import file_info
 from components.storage import StorageError, StorageSettings, client, publish_run
-from tests.conftest import BUCKET, CREDS, run_module, storage_settings
+from tests.conftest import BUCKET, CREDS, closed_port, make, run_module, storage_settings
 from tests.fault_proxy import FaultProxy
 
 
@@ -100,3 +100,45 @@ def test_a_failed_multipart_upload_is_aborted(settings, tmp_path):
     pending = client(settings).list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert [u for u in pending if "exp.r9" in u["Key"]] == []
     assert len(local_names(run_dir)) == 3
+
+
+@pytest.mark.slow
+def test_make_run_with_s3_down_keeps_everything_then_make_publish_uploads(settings, tmp_path):
+    """The README's row, through make: S3 does not answer, the run says so after its retries
+    (exit 2), every local file stays, and `make publish` uploads them once S3 is back."""
+    dead = f"http://127.0.0.1:{closed_port()}"
+    out = f"experiment.output_dir={tmp_path}"
+    run = make(
+        "run",
+        f"ARGS=dataset.limit=2 inference.max_new_tokens=4 storage.endpoint={dead} {out}",
+        env=CREDS,
+    )
+    assert run.returncode == 2, run.stderr[-3000:]
+    run_dir = tmp_path / "smollm2_135m_sample"
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: upload of {run_dir} to s3://")
+    assert f" at {dead} failed after 5 attempts: " in errors[0]
+    ours = [line for line in run.stderr.splitlines() if not line.startswith("make: ***")]
+    assert ours[-1] == (
+        f"every file of the run is kept in {run_dir}/; once S3 answers: make publish "
+        f'EXPERIMENT=smollm2_135m_sample ARGS="storage.endpoint={dead}"'
+    )
+    assert {"results.json", "predictions.json", "memory_usage.json"} <= set(local_names(run_dir))
+
+    publish = make(
+        "publish",
+        "EXPERIMENT=smollm2_135m_sample",
+        f"ARGS=storage.endpoint={settings.endpoint} {out}",
+        env=CREDS,
+    )
+    assert publish.returncode == 0, publish.stderr[-3000:]
+    urls = [line.split()[0] for line in publish.stdout.splitlines() if line.endswith("(verified)")]
+    names = [u.rsplit("/", 1)[1] for u in urls]
+    assert sorted(names) == ["memory_usage.json", "predictions.json", "results.json"]
+    assert names[-1] == "results.json"  # last: its presence means the run is whole
+    run_id = json.loads((run_dir / "results.json").read_text())["run_id"]
+    key = (
+        f"slm-experiments/smollm2_135m_sample.{run_id}/artifacts/model_predictions/predictions.json"
+    )
+    body = client(settings).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert body == (run_dir / "predictions.json").read_bytes()

@@ -243,14 +243,16 @@ def main() -> int:
 
 
 def fail(task: Task, reason: str) -> int:
-    """The reason where a user looks: the controller's log, its ``failure_reason``
-    property and its status message (which the agent may overwrite when the process ends)."""
+    """The reason where a user looks: the controller's log, its ``failure_reason`` property
+    and its status message. Returns the exit code: 0, because the agent marks a task whose
+    process exits non-zero failed again, with a message of its own ("Changed by
+    clearml-agent ..."), while it cannot turn a failed task completed."""
     print(f"pipeline failed: {reason}", file=sys.stderr, flush=True)
     task.get_logger().report_text(f"pipeline failed: {reason}")
     task.set_user_properties(failure_reason=reason[:1000])
     task.flush(wait_for_uploads=True)  # the log first: a failed task takes no more of it
     task.mark_failed(status_reason=reason[:1000], status_message=reason[:1000], force=True)
-    return 1
+    return 0
 
 
 if __name__ == "__main__":

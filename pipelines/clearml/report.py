@@ -77,13 +77,36 @@ def report_results(
         logger.report_table("predictions", series, iteration=0, table_plot=table)
 
     for name, info in artifacts.items():
-        source = info.get("url") or info["path"]
-        task.upload_artifact(
-            name,
-            artifact_object=source if info.get("url") else Path(source),
-            metadata={"bytes": info["bytes"], "sha256": info["sha256"]},
-            wait_on_upload=True,
-        )
+        if info.get("url"):
+            register_json_link(task, name, info)
+        else:
+            task.upload_artifact(
+                name,
+                artifact_object=Path(info["path"]),
+                metadata={"bytes": info["bytes"], "sha256": info["sha256"]},
+                wait_on_upload=True,
+            )
+
+
+def register_json_link(task: Any, name: str, info: dict[str, Any]) -> None:
+    """A JSON file already verified in S3, registered on the task without another upload,
+    as a JSON artifact: `Task.get_task(id).artifacts[name].get()` then returns its content
+    (a bare URL, as `upload_artifact` registers it, is "custom" and get() returns a path)."""
+    import time
+
+    from clearml.backend_api.services import tasks
+
+    artifact = tasks.Artifact(
+        key=name,
+        type="JSON",
+        uri=info["url"],
+        content_size=info["bytes"],
+        hash=info["sha256"],
+        timestamp=int(time.time()),
+        type_data=tasks.ArtifactTypeData(content_type="application/json"),
+        display_data=[("bytes", str(info["bytes"])), ("sha256", info["sha256"])],
+    )
+    task._add_artifacts([artifact])  # what upload_artifact ends with, type and all
 
 
 def report_leaderboard(task: Any, summary: dict[str, Any], runs: list[dict[str, Any]]) -> None:

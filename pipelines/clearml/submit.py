@@ -49,6 +49,33 @@ def check_run(cfg: dict[str, Any]) -> None:
         load_qa_dataset(dataset["path"], dataset.get("limit"), dataset.get("on_error", "strict"))
 
 
+class NotReady(ValueError):
+    """What stops `make enqueue`, every missing prerequisite at once."""
+
+
+def check_ready(cfgs: list[dict[str, Any]]) -> None:
+    """Every check of what pipelines need (storage, names, datasets, then the server and its
+    queues), all of them run, so a new user learns everything to fix in one message."""
+    from components.storage import StorageError
+    from pipelines.clearml.sdk import ServerNotConfigured
+    from pipelines.config import ConfigError
+
+    checks = [lambda c=cfg: check_run(c) for cfg in cfgs]
+    checks.append(lambda: check_server(cfgs[0]["clearml"]))
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except (ConfigError, ServerNotConfigured, StorageError, ValueError) as exc:
+            if str(exc) not in problems:
+                problems.append(str(exc))
+    if len(problems) == 1:
+        raise NotReady(problems[0])
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise NotReady(f"{len(problems)} things to fix first:\n{listed}")
+
+
 def create_pipeline(
     name: str, clearml_cfg: dict[str, Any], module: str, config: dict, args: dict[str, Any]
 ) -> PipelineController:
@@ -124,6 +151,5 @@ def submit(cfg_node: DictConfig) -> dict[str, Any]:
     from pipelines.config import to_container, validate
 
     cfg = validate(to_container(cfg_node), require_dataset=False)
-    check_run(cfg)
-    check_server(cfg["clearml"])
+    check_ready([cfg])
     return enqueue_run(cfg, cfg_node)

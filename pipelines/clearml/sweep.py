@@ -70,20 +70,12 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
 
 def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
     """Checks every combination first (nothing is created if one fails), then enqueues."""
-    from pipelines.clearml.submit import (
-        check_run,
-        check_server,
-        create_pipeline,
-        enqueue_pipeline,
-        enqueue_run,
-    )
+    from pipelines.clearml.submit import check_ready, create_pipeline, enqueue_pipeline, enqueue_run
     from pipelines.config import require_storage
 
     combos = plan(models, datasets, overrides, check_paths=False)
-    for combo in combos:
-        check_run(combo.cfg)
+    check_ready([combo.cfg for combo in combos])
     cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
-    check_server(cfg["clearml"])
     clearml_cfg = cfg["clearml"]
     settings = require_storage(cfg["storage"], "the pipelines hand files on through S3")
     name = sweep_name(cfg, models, datasets)

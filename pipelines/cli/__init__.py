@@ -33,6 +33,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured)
 
 
+_started = False  # finish() was reached: Hydra accepted the command line
+
+
+def launch(main: Callable[[], None]) -> None:
+    """Runs a `@hydra.main` entry point. Hydra's own refusal of the command line (an unknown
+    ``model=``, a malformed override) exits 1 before our code runs; it is a user's mistake
+    like any other, so it exits 2."""
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _started:
+            sys.exit(2)
+        raise
+
+
 def finish(work: Callable[[], int | None], stopped_hint: Callable[[], str] | None = None) -> None:
     """Runs a command's body and exits with its code: 2 for a user's mistake, 143 after
     SIGTERM, 130 after Ctrl-C (``stopped_hint``: what was kept and how to go on)."""
@@ -40,12 +55,19 @@ def finish(work: Callable[[], int | None], stopped_hint: Callable[[], str] | Non
 
     from pipelines.steps import GenerationOutOfMemory
 
+    global _started
+    _started = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         code = work() or 0
-    except GenerationOutOfMemory as exc:
-        print(f"error: {exc}; set a smaller inference.batch_size", file=sys.stderr, flush=True)
+    except GenerationOutOfMemory as exc:  # a batch of one did not fit (larger ones are retried)
+        print(
+            f"error: {exc}; even one prompt at a time does not fit on this device: a smaller "
+            "model, a shorter inference.max_new_tokens, or another device",
+            file=sys.stderr,
+            flush=True,
+        )
         code = 2
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

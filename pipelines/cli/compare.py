@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 from pipelines.config import to_container
 
 
@@ -34,4 +34,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 
 
 def enqueue(cfg: DictConfig) -> int:
@@ -25,4 +25,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

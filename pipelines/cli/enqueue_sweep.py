@@ -6,7 +6,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 from pipelines.cli.sweep import user_overrides
 
 
@@ -26,4 +26,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

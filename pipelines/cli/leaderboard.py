@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 from pipelines.config import ConfigError, to_container
 
 
@@ -50,4 +50,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from components.memory import gib, highest_gpu_bytes
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 from pipelines.config import to_container
 
 
@@ -46,16 +46,25 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> int:
-    from pipelines.local import run_local
+    from components.storage import StorageError
+    from pipelines.local import run_dir_of, run_local
 
     container = to_container(cfg)
     session_zip = None
-    if container["clearml"]["mode"] in ("offline", "server"):
-        from pipelines.clearml.tracking import run_tracked
+    try:
+        if container["clearml"]["mode"] in ("offline", "server"):
+            from pipelines.clearml.tracking import run_tracked
 
-        outputs, session_zip = run_tracked(cfg, container)
-    else:
-        outputs = run_local(container)
+            outputs, session_zip = run_tracked(cfg, container)
+        else:
+            outputs = run_local(container)
+    except StorageError as exc:
+        run_dir = run_dir_of(container)
+        endpoint = container["storage"]["endpoint"]
+        raise StorageError(
+            f"{exc}\nevery file of the run is kept in {run_dir}/; once S3 answers: make publish "
+            f'EXPERIMENT={run_dir.name} ARGS="storage.endpoint={endpoint}"'
+        ) from exc
     publish = outputs["publish"]
     results = publish["results"]
     paths = [publish["results_path"], *(a["path"] for a in publish["artifacts"].values())]
@@ -83,4 +92,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

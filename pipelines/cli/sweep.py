@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipelines.cli import finish
+from pipelines.cli import finish, launch
 
 SWEEP_KEYS = ("sweep.models=", "sweep.datasets=")
 
@@ -54,4 +54,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)
