@@ -95,18 +95,18 @@ TASK ?=
 EXPERIMENT ?=
 .PHONY: retention clean-outputs fetch publish
 retention: install ## Expire artifacts after DAYS days: make retention DAYS=90 ARGS="storage.endpoint=http://minio:9000"
-	$(PY) -m pipelines.cli.artifacts artifacts.command=retention artifacts.days=$(or $(DAYS),90) $(ARGS)
+	$(PY) -m pipelines.cli.files files.command=retention files.days=$(or $(DAYS),90) $(ARGS)
 
 clean-outputs: install ## Remove local runs unchanged for DAYS days whose files are verified in S3: make clean-outputs DAYS=7 ARGS="storage.endpoint=..."
-	$(PY) -m pipelines.cli.artifacts artifacts.command=clean-outputs artifacts.days=$(or $(DAYS),7) $(ARGS)
+	$(PY) -m pipelines.cli.files files.command=clean-outputs files.days=$(or $(DAYS),7) $(ARGS)
 
 publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
 	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.cli.artifacts artifacts.command=publish "artifacts.run_dir='$(EXPERIMENT)'" $(ARGS)
+	$(PY) -m pipelines.cli.files files.command=publish "files.run_dir='$(EXPERIMENT)'" $(ARGS)
 
 fetch: install ## Download + verify a run's files: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID (or TASK=<id>) DEST=dir
-	$(PY) -m pipelines.cli.artifacts artifacts.command=fetch $(if $(SRC),"artifacts.source='$(SRC)'") \
-	  $(if $(TASK),"artifacts.task_id='$(TASK)'") "artifacts.dest='$(DEST)'" $(ARGS)
+	$(PY) -m pipelines.cli.files files.command=fetch $(if $(SRC),"files.source='$(SRC)'") \
+	  $(if $(TASK),"files.task_id='$(TASK)'") "files.dest='$(DEST)'" $(ARGS)
 
 QUEUE ?=
 .PHONY: enqueue

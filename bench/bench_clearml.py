@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.artifacts import write_json_atomic  # noqa: E402
+from components.atomic import write_json_atomic  # noqa: E402
 from pipelines.dag import pipeline_steps  # noqa: E402
 from tests.clearml_stack import BUCKET, Stack, server_home, why_not_available  # noqa: E402
 from tests.conftest import make, s3_client  # noqa: E402

@@ -19,16 +19,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.artifacts import write_json_atomic  # noqa: E402
+from components.atomic import write_json_atomic  # noqa: E402
 from components.backends import GenerationParams, create_backend  # noqa: E402
-from components.backends.base import vllm_installed  # noqa: E402
+from components.backends.choice import vllm_installed  # noqa: E402
 from components.dataset import load_qa_dataset  # noqa: E402
 from components.device import cpu_has_native_bf16  # noqa: E402
-from components.model_files import resolve_model  # noqa: E402
+from components.inference.config import InferenceConfig  # noqa: E402
+from components.model_files import ModelConfig, resolve_model  # noqa: E402
 from components.prompts import PromptFormat, encode_prompts, load_tokenizer  # noqa: E402
-from components.results import environment  # noqa: E402
+from components.provenance import environment  # noqa: E402
 from components.scoring import token_recall  # noqa: E402
-from pipelines.config import compose, to_container  # noqa: E402
+from pipelines.config import compose, section, to_container  # noqa: E402
 
 NQ_OPEN = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
 SAMPLE = ROOT / "data" / "sample" / "qa_pairs.jsonl"
@@ -90,9 +91,9 @@ def main() -> None:
     source = NQ_OPEN if NQ_OPEN.is_file() else SAMPLE
     examples = load_qa_dataset(source, limit=args.questions).examples
     cfg = to_container(compose())
-    model_path = resolve_model(cfg["model"]).path
-    inf = cfg["inference"]
-    fmt = PromptFormat.from_config(cfg["model"], inf)
+    model = section(ModelConfig, cfg["model"], "model")
+    model_path = resolve_model(model).path
+    fmt = PromptFormat.from_config(model.prompt, section(InferenceConfig, cfg["inference"]))
     prompts = encode_prompts(load_tokenizer(model_path), [e.question for e in examples], fmt)
     params = GenerationParams(max_new_tokens=args.max_new_tokens)
     print(f"{len(examples)} questions from {source}, {args.max_new_tokens} new tokens, greedy")

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from components.device import gpu_memory
+from components.model_files import model_config, stored_parameters
+
 CPU_BATCH = 32
 # One H100, SmolLM2-135M bf16, 3,610 NQ-open questions through this project
 # (shared/tools/gpu-kit/README.md): 37 q/s at batch 32, 187 at 256, 389 at 1024, 312 at 2048.
@@ -27,7 +30,7 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class BatchChoice:
-    size: int
+    size: int | None  # None: the engine schedules its own batches (vLLM)
     reason: str  # one line for logs and results.json
 
 
@@ -90,8 +93,6 @@ class ModelShape:
 def model_shape(path: str, revision: str | None = None) -> ModelShape | None:
     """The shape of a model folder or cached hub id (parameters from its safetensors headers
     where present); None where its config cannot be read here."""
-    from components.model_files import model_config, stored_parameters
-
     try:
         config = model_config(path, revision)
         return ModelShape.from_config(config, stored_parameters(path, revision))
@@ -150,16 +151,10 @@ def resolve_batch_size(
 ) -> BatchChoice:
     """``inference.batch_size`` as run: a number as given, ``auto`` from ``shape`` (see
     model_shape; only needed on CUDA) and the GPU's free memory read now through NVML."""
-    if setting != "auto":
-        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-            raise ValueError(
-                f"inference.batch_size: must be an integer >= 1 or auto, got {setting!r}"
-            )
-        return BatchChoice(setting, "inference.batch_size")
+    if setting != "auto":  # checked by InferenceConfig
+        return BatchChoice(int(setting), "inference.batch_size")
     free = None
     if device == "cuda":
-        from components.device import gpu_memory
-
         memory = gpu_memory()
         free = memory[0] if memory else None
     return auto_batch_size(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from components.storage import StorageSettings
+    from components.storage import S3
 
 
 def short_digest(value: Any) -> str:
@@ -119,41 +119,34 @@ class S3Checkpoint:
     """One object per batch under ``<run prefix>/checkpoints/<key>/``: each PUT is atomic,
     and two attempts of a step (a lost agent that comes back) never overwrite each other."""
 
-    def __init__(self, settings: StorageSettings, prefix: str, s3=None) -> None:
-        from components.storage import client
-
-        self.settings, self.prefix = settings, prefix.rstrip("/")
-        self.location = settings.url(self.prefix + "/")
-        self._s3 = s3 or client(settings)
+    def __init__(self, s3: S3, prefix: str) -> None:
+        self.s3, self.prefix = s3, prefix.rstrip("/")
+        self.location = s3.url(self.prefix + "/")
 
     def load(self) -> dict[str, dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from components.storage import as_storage_error, list_keys
-
         done: dict[str, dict[str, Any]] = {}
-        for key in sorted(list_keys(self.settings, self.prefix, self._s3)):
+        for key in sorted(self.s3.list_keys(self.prefix)):
             try:
-                body = self._s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read()
+                body = self.s3.client.get_object(Bucket=self.s3.bucket, Key=key)["Body"].read()
             except (BotoCoreError, ClientError) as exc:
-                raise as_storage_error(self.settings, f"reading checkpoint {key}", exc) from exc
+                raise self.s3.error(f"reading checkpoint {key}", exc) from exc
             _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
         return done
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from components.storage import as_storage_error
-
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
         key = f"{self.prefix}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         try:
-            self._s3.put_object(
-                Bucket=self.settings.bucket,
+            self.s3.client.put_object(
+                Bucket=self.s3.bucket,
                 Key=key,
                 Body=body,
                 ChecksumAlgorithm="SHA256",
                 Metadata={"sha256": hashlib.sha256(body).hexdigest()},
             )
         except (BotoCoreError, ClientError) as exc:
-            raise as_storage_error(self.settings, f"saving checkpoint {key}", exc) from exc
+            raise self.s3.error(f"saving checkpoint {key}", exc) from exc

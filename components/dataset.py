@@ -12,7 +12,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import MISSING
+
+from components.settings import one_of, positive_int
+
 MAX_REPORTED_PROBLEMS = 20
+ON_ERROR = ("strict", "skip")
+
+
+@dataclass
+class DatasetConfig:
+    """``dataset.*``: which file, how much of it, what a bad line does."""
+
+    name: str = MISSING  # the conf/dataset/ file
+    path: str = MISSING  # the file as the machine that reads it sees it
+    limit: int | None = None  # the first N examples; null: all
+    on_error: str = "strict"  # strict: a bad line stops the run; skip: listed and skipped
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            positive_int(self.limit, "dataset.limit")
+        one_of(self.on_error, ON_ERROR, "dataset.on_error")
 
 
 @dataclass(frozen=True)
@@ -116,9 +136,6 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(fh, start=1)
 
 
-ON_ERROR = ("strict", "skip")
-
-
 def load_qa_dataset(
     path: str | Path, limit: int | None = None, on_error: str = "strict"
 ) -> LoadedDataset:
@@ -129,10 +146,6 @@ def load_qa_dataset(
     on past bad lines and lists every one of them in ``skipped`` (nothing is dropped
     silently); the default stops.
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"dataset.limit: must be >= 1, got {limit}")
-    if on_error not in ON_ERROR:
-        raise ValueError(f"dataset.on_error: {on_error!r} is not one of {', '.join(ON_ERROR)}")
     path = Path(path)
     shown = str(path)
     if not path.is_file():

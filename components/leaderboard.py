@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import atomic_writer, write_text_atomic
+from components.atomic import atomic_writer, write_text_atomic
 from components.memory import gib, highest_gpu_bytes
 from components.stats import bootstrap_mean
 

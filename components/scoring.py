@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import statistics
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _WORD = re.compile(r"\w+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -86,3 +87,28 @@ def summarize(recalls: Sequence[float | None], matches: Sequence[bool | None]) -
         token_recall_share_full=sum(r == 1.0 for r in scored) / len(scored) if scored else None,
         exact_match=sum(bool(m) for m in ems) / len(ems) if ems else None,
     )
+
+
+def score_records(
+    examples: Iterable[Mapping[str, Any]], generations: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """predictions.json's records: each example with its answer, recall and exact match
+    (both None where no answer has a word to score)."""
+    records = []
+    for example in examples:
+        gen = generations[example["question_id"]]
+        recall = token_recall(gen["prediction"], example["answers"])
+        matched = None if recall is None else exact_match(gen["prediction"], example["answers"])
+        records.append(
+            {
+                "question_id": example["question_id"],
+                "question": example["question"],
+                "answers": example["answers"],
+                "prediction": gen["prediction"],
+                "token_recall": recall,
+                "exact_match": matched,
+                "prompt_tokens": gen["prompt_tokens"],
+                "output_tokens": gen["output_tokens"],
+            }
+        )
+    return records

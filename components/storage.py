@@ -1,4 +1,5 @@
-"""Files in S3 (MinIO in production): verified uploads and downloads, key layout, retention.
+"""Files in S3 (MinIO in production): ``StorageConfig`` (``storage.*``) and ``S3``, one
+endpoint and bucket with its client, for verified uploads and downloads and the key layout.
 
 One code path for `make run` with ``storage.endpoint`` set, for every ClearML step (which
 hand files to each other through S3) and for the tools that read results back. Keys follow
@@ -7,19 +8,22 @@ ClearML's layout, so both land side by side:
 Uploads carry a SHA-256 checksum that the server checks (botocore's flexible checksums),
 plus the whole file's sha256 as object metadata, which every download is checked against.
 Credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or
-from the host's entry in ``clearml.conf`` (``sdk.aws.s3.credentials``), never from the repo.
+from a source registered in ``CREDENTIAL_SOURCES`` (the ClearML wing adds the host's entry in
+``clearml.conf``), never from the repo.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from components.artifacts import sha256_file
+from components.atomic import sha256_file
+from components.settings import positive_int
 
 ARTIFACT_NAMES = {
     "results.json": "experiment_results",
@@ -28,8 +32,9 @@ ARTIFACT_NAMES = {
 }
 MULTIPART_THRESHOLD = 8 * 2**20
 MULTIPART_CHUNK = 8 * 2**20
-LIFECYCLE_RULE_ID = "slm-qa-eval-expiry"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# (host, bucket) -> (key, secret) or None; tried in order when the environment has no keys.
+CREDENTIAL_SOURCES: list[Callable[[str, str], tuple[str, str] | None]] = []
 
 
 class StorageError(RuntimeError):
@@ -38,6 +43,22 @@ class StorageError(RuntimeError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+@dataclass
+class StorageConfig:
+    """``storage.*``: where a run's files go; no endpoint: they stay local."""
+
+    endpoint: str | None = None  # http://host:port (MinIO); null: no S3
+    bucket: str = "clearml-artifacts"
+    prefix: str = "slm-experiments"
+    region: str = "us-east-1"
+    max_attempts: int = 5  # per request, with backoff
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive_int(self.max_attempts, "storage.max_attempts")
 
 
 def safe_name(name: str) -> str:
@@ -50,35 +71,31 @@ def safe_prefix(prefix: str) -> str:
     return "/".join(safe_name(p) for p in str(prefix).split("/") if p.strip())
 
 
-@dataclass(frozen=True)
-class StorageSettings:
-    """The validated ``storage`` settings; their defaults live in the config schema only."""
+def artifact_subkey(run_key: str, filename: str) -> str:
+    """An artifact's key under its run's: ``<run key>/artifacts/<name>/<file>``."""
+    return f"{run_key}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
 
-    endpoint: str
-    bucket: str
-    prefix: str
-    region: str
-    max_attempts: int
-    connect_timeout: float
-    read_timeout: float
+
+class S3:
+    """One endpoint and bucket, as ``storage.*`` configures them, and the client for them."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        endpoint = str(config.endpoint)
+        self.endpoint = (endpoint if "://" in endpoint else f"http://{endpoint}").rstrip("/")
+        self.bucket = config.bucket
+        self.prefix = safe_prefix(config.prefix)
+        self.config = config
+        self._client = None
 
     @classmethod
-    def from_config(cls, storage: dict[str, Any]) -> StorageSettings | None:
+    def from_config(cls, storage: StorageConfig | Mapping[str, Any]) -> S3 | None:
         """None when no endpoint is configured: results then stay local."""
-        endpoint = (storage or {}).get("endpoint")
-        if not endpoint:
-            return None
-        if "://" not in endpoint:
-            endpoint = f"http://{endpoint}"
-        return cls(
-            endpoint=endpoint.rstrip("/"),
-            bucket=str(storage["bucket"]),
-            prefix=safe_prefix(storage["prefix"]),
-            region=str(storage["region"]),
-            max_attempts=int(storage["max_attempts"]),
-            connect_timeout=float(storage["connect_timeout"]),
-            read_timeout=float(storage["read_timeout"]),
-        )
+        if not isinstance(storage, StorageConfig):
+            names = {f.name for f in fields(StorageConfig)}
+            storage = StorageConfig(**{k: v for k, v in (storage or {}).items() if k in names})
+        return cls(storage) if storage.endpoint else None
+
+    # ---- the key layout ----------------------------------------------------------------
 
     @property
     def host(self) -> str:
@@ -108,118 +125,201 @@ class StorageSettings:
         """Where ``results.json``, ``predictions.json``, ``memory_usage.json`` of a run go."""
         return artifact_subkey(self.run_key(experiment, run_id), filename)
 
+    # ---- the client ----------------------------------------------------------------------
 
-def artifact_subkey(run_key: str, filename: str) -> str:
-    """An artifact's key under its run's: ``<run key>/artifacts/<name>/<file>``."""
-    return f"{run_key}/artifacts/{ARTIFACT_NAMES[filename]}/{filename}"
+    @property
+    def client(self):
+        """A boto3 client whose retries (standard mode, backoff) cover 5xx, throttling and
+        drops; made on first use."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
 
+            options: dict[str, Any] = {}
+            if not os.environ.get("AWS_ACCESS_KEY_ID"):
+                found = next(
+                    (c for s in CREDENTIAL_SOURCES if (c := s(self.host, self.bucket))), None
+                )
+                if found:
+                    options["aws_access_key_id"], options["aws_secret_access_key"] = found
+            config = Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": self.config.max_attempts, "mode": "standard"},
+                connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout,
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_supported",
+            )
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name=self.config.region,
+                config=config,
+                **options,
+            )
+        return self._client
 
-def _clearml_conf_credentials(settings: StorageSettings) -> tuple[str, str] | None:
-    """The host's key and secret in clearml.conf, found the way ClearML itself finds them."""
-    try:
-        from clearml.backend_config.bucket_config import S3BucketConfigurations
-        from clearml.config import config_obj
-    except ImportError:
-        return None
-    s3 = config_obj.get("sdk.aws.s3", None)
-    if not s3:
-        return None
-    found = S3BucketConfigurations.from_config(s3).get_config_by_uri(
-        f"s3://{settings.host}/{settings.bucket}"
-    )
-    if found is not None and found.key and found.secret:
-        return str(found.key), str(found.secret)
-    return None
+    def error(self, what: str, exc: Exception) -> StorageError:
+        """A botocore error as one line that says what failed and what to do."""
+        from botocore.exceptions import ClientError, NoCredentialsError
 
-
-def client(settings: StorageSettings):
-    """A boto3 client whose retries (standard mode, backoff) cover 5xx, throttling and drops."""
-    import boto3
-    from botocore.config import Config
-
-    options: dict[str, Any] = {}
-    if not os.environ.get("AWS_ACCESS_KEY_ID"):
-        found = _clearml_conf_credentials(settings)
-        if found:
-            options["aws_access_key_id"], options["aws_secret_access_key"] = found
-    config = Config(
-        s3={"addressing_style": "path"},
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_supported",
-    )
-    return boto3.client(
-        "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config, **options
-    )
-
-
-def as_storage_error(settings: StorageSettings, what: str, exc: Exception) -> StorageError:
-    """A botocore error as one line that says what failed and what to do."""
-    from botocore.exceptions import ClientError, NoCredentialsError
-
-    if isinstance(exc, NoCredentialsError):
+        if isinstance(exc, NoCredentialsError):
+            return StorageError(
+                f"{what} at {self.endpoint}: no S3 credentials; export AWS_ACCESS_KEY_ID and "
+                f"AWS_SECRET_ACCESS_KEY, or add the host {self.host!r} to "
+                "sdk.aws.s3.credentials in clearml.conf"
+            )
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        transient = not code or code.startswith("5") or code in ("SlowDown", "RequestTimeout")
+        if not transient:  # refused (access denied, no such bucket): retrying changes nothing
+            return StorageError(f"{what} at {self.endpoint} was refused: {exc}")
         return StorageError(
-            f"{what} at {settings.endpoint}: no S3 credentials; export AWS_ACCESS_KEY_ID and "
-            f"AWS_SECRET_ACCESS_KEY, or add the host {settings.host!r} to "
-            "sdk.aws.s3.credentials in clearml.conf"
+            f"{what} at {self.endpoint} failed after {self.config.max_attempts} attempts: {exc}",
+            transient=True,
         )
-    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-    transient = not code or code.startswith("5") or code in ("SlowDown", "RequestTimeout")
-    if not transient:  # refused (access denied, no such bucket): retrying changes nothing
-        return StorageError(f"{what} at {settings.endpoint} was refused: {exc}")
-    return StorageError(
-        f"{what} at {settings.endpoint} failed after {settings.max_attempts} attempts: {exc}",
-        transient=True,
-    )
 
+    def require_bucket(self, what: str) -> None:
+        """The bucket exists and answers; ``what`` names the work that needs it in the error."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
-def upload_verified(s3, settings: StorageSettings, path: Path, key: str) -> dict[str, Any]:
-    """Uploads with a SHA-256 checksum the server verifies (per part when multipart), the
-    file's sha256 as metadata, then checks size and metadata on the server copy."""
-    from boto3.exceptions import S3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise StorageError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it "
+                    f"(`mc mb <alias>/{self.bucket}`) or set storage.bucket"
+                ) from exc
+            raise self.error(what, exc) from exc
+        except BotoCoreError as exc:
+            raise self.error(what, exc) from exc
 
-    sha256 = sha256_file(path)
-    size = path.stat().st_size
-    transfer = TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
-    )
-    try:
-        s3.upload_file(
-            str(path),
-            settings.bucket,
-            key,
-            ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
-            Config=transfer,
+    # ---- uploads ---------------------------------------------------------------------------
+
+    def upload(self, path: Path, key: str) -> dict[str, Any]:
+        """Uploads with a SHA-256 checksum the server verifies (per part when multipart), the
+        file's sha256 as metadata, then checks size and metadata on the server copy."""
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        sha256 = sha256_file(path)
+        size = path.stat().st_size
+        transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
         )
-        head = s3.head_object(Bucket=settings.bucket, Key=key)
-    except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
-        cause = (exc.__cause__ or exc.__context__) if isinstance(exc, S3UploadFailedError) else exc
-        what = f"upload of {path} to s3://{settings.bucket}/{key}"
-        raise as_storage_error(settings, what, cause or exc) from exc
-    if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
-        raise StorageError(f"s3://{settings.bucket}/{key}: server copy does not match {path}")
-    return {"url": settings.url(key), "key": key, "bytes": size, "sha256": sha256}
+        try:
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
+                Config=transfer,
+            )
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError, S3UploadFailedError, OSError) as exc:
+            failed = isinstance(exc, S3UploadFailedError)
+            cause = (exc.__cause__ or exc.__context__) if failed else exc
+            raise self.error(f"upload of {path} to s3://{self.bucket}/{key}", cause or exc) from exc
+        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise StorageError(f"s3://{self.bucket}/{key}: server copy does not match {path}")
+        return {"url": self.url(key), "key": key, "bytes": size, "sha256": sha256}
 
+    def publish_run(
+        self, run_dir: str | Path, experiment: str, run_id: str, *, cleanup_local: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Uploads the three artifacts, results.json last (its presence means the run is
+        whole). With ``cleanup_local`` the folder's other files go first, under
+        ``<run key>/files/``, and every uploaded local file is deleted once all verified."""
+        run_dir = Path(run_dir)
+        run_key = self.run_key(experiment, run_id)
+        self.require_bucket(f"upload of {run_dir} to {self.url(run_key)}/")
+        local = []
+        if cleanup_local:
+            for relative in run_folder_files(run_dir):
+                segments = "/".join(safe_name(p) for p in relative.split("/"))
+                self.upload(run_dir / relative, f"{run_key}/files/{segments}")
+                local.append(run_dir / relative)
+        uploaded: dict[str, dict[str, Any]] = {}
+        for filename in sorted(ARTIFACT_NAMES, key=lambda name: name == "results.json"):
+            path = run_dir / filename
+            if path.is_file():
+                info = self.upload(path, artifact_subkey(run_key, filename))
+                uploaded[ARTIFACT_NAMES[filename]] = {**info, "path": str(path)}
+                local.append(path)
+        if cleanup_local:
+            for path in local:
+                path.unlink()
+            for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+        return uploaded
 
-def require_bucket(s3, settings: StorageSettings, what: str) -> None:
-    """The bucket exists and answers; ``what`` names the work that needs it in the error."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    # ---- downloads -------------------------------------------------------------------------
 
-    try:
-        s3.head_bucket(Bucket=settings.bucket)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-            raise StorageError(
-                f"bucket {settings.bucket!r} does not exist at {settings.endpoint}; create it "
-                f"(`mc mb <alias>/{settings.bucket}`) or set storage.bucket"
-            ) from exc
-        raise as_storage_error(settings, what, exc) from exc
-    except BotoCoreError as exc:
-        raise as_storage_error(settings, what, exc) from exc
+    def fetch(self, url_or_key: str, target: str | Path) -> Path:
+        """Downloads one object to ``target`` (atomically), checked against its recorded
+        sha256: the one way anything here reads a file back from S3."""
+        return self._fetch(url_or_key, Path(target))[0]
+
+    def _fetch(self, url_or_key: str, target: Path) -> tuple[Path, bool]:
+        """(the file, whether it had a sha256 to check: every object this package writes
+        has one; ClearML's own uploads do not)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = self.key_of(url_or_key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        try:
+            self.client.download_file(bucket, key, str(tmp))
+            head = self.client.head_object(Bucket=bucket, Key=key)
+            expected = head.get("Metadata", {}).get("sha256")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise StorageError(f"s3://{bucket}/{key}: not found at {self.endpoint}") from exc
+            raise self.error(f"download of s3://{bucket}/{key}", exc) from exc
+        except BotoCoreError as exc:
+            raise self.error(f"download of s3://{bucket}/{key}", exc) from exc
+        actual = sha256_file(tmp)
+        if expected and expected != actual:
+            tmp.unlink()
+            raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
+        os.replace(tmp, target)
+        return target, bool(expected)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a key prefix, or an s3:// URL)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, prefix = self.key_of(prefix)
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
+            )
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise self.error(f"listing s3://{bucket}/{prefix}", exc) from exc
+
+    def download(self, url_or_prefix: str, dest: str | Path) -> dict[Path, bool]:
+        """Every object under a run prefix, each checked against its sha256; for each file,
+        whether it had one."""
+        bucket, prefix = self.key_of(url_or_prefix)
+        written: dict[Path, bool] = {}
+        for key in self.list_keys(f"s3://{self.host}/{bucket}/{prefix}"):
+            relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
+            path, checked = self._fetch(f"s3://{self.host}/{bucket}/{key}", Path(dest) / relative)
+            written[path] = checked
+        if not written:
+            raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {self.endpoint}")
+        return written
+
+    def fetch_artifacts(
+        self, run_key: str, dest: str | Path, names: tuple[str, ...]
+    ) -> dict[str, Path]:
+        """A finished run's artifacts (``results.json``, ...) side by side in ``dest``."""
+        return {
+            name: self.fetch(artifact_subkey(run_key, name), Path(dest) / name) for name in names
+        }
 
 
 def run_folder_files(run_dir: str | Path) -> list[str]:
@@ -236,154 +336,3 @@ def run_folder_files(run_dir: str | Path) -> list[str]:
             continue
         found.append(relative.as_posix())
     return found
-
-
-def publish_run(
-    settings: StorageSettings,
-    run_dir: str | Path,
-    experiment: str,
-    run_id: str,
-    *,
-    cleanup_local: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Uploads the three artifacts, results.json last (its presence means the run is whole).
-    With ``cleanup_local`` the folder's other files go first, under ``<run key>/files/``, and
-    every uploaded local file is deleted once all of them verified."""
-    run_dir = Path(run_dir)
-    s3 = client(settings)
-    run_key = settings.run_key(experiment, run_id)
-    require_bucket(s3, settings, f"upload of {run_dir} to {settings.url(run_key)}/")
-    local = []
-    if cleanup_local:
-        for relative in run_folder_files(run_dir):
-            key = f"{run_key}/files/{'/'.join(safe_name(p) for p in relative.split('/'))}"
-            upload_verified(s3, settings, run_dir / relative, key)
-            local.append(run_dir / relative)
-    uploaded: dict[str, dict[str, Any]] = {}
-    for filename in sorted(ARTIFACT_NAMES, key=lambda name: name == "results.json"):
-        path = run_dir / filename
-        if path.is_file():
-            info = upload_verified(s3, settings, path, artifact_subkey(run_key, filename))
-            uploaded[ARTIFACT_NAMES[filename]] = {**info, "path": str(path)}
-            local.append(path)
-    if cleanup_local:
-        for path in local:
-            path.unlink()
-        for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    return uploaded
-
-
-def fetch(settings: StorageSettings, url_or_key: str, target: str | Path, s3=None) -> Path:
-    """Downloads one object to ``target`` (atomically), checked against its recorded sha256:
-    the one way anything here reads a file back from S3."""
-    return _fetch(settings, url_or_key, Path(target), s3)[0]
-
-
-def _fetch(settings: StorageSettings, url_or_key: str, target: Path, s3) -> tuple[Path, bool]:
-    """(the file, whether it had a sha256 to check: every object this package writes has
-    one; ClearML's own uploads do not)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    s3 = s3 or client(settings)
-    bucket, key = settings.key_of(url_or_key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part")
-    try:
-        s3.download_file(bucket, key, str(tmp))
-        expected = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256")
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-            raise StorageError(f"s3://{bucket}/{key}: not found at {settings.endpoint}") from exc
-        raise as_storage_error(settings, f"download of s3://{bucket}/{key}", exc) from exc
-    except BotoCoreError as exc:
-        raise as_storage_error(settings, f"download of s3://{bucket}/{key}", exc) from exc
-    actual = sha256_file(tmp)
-    if expected and expected != actual:
-        tmp.unlink()
-        raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
-    os.replace(tmp, target)
-    return target, bool(expected)
-
-
-def list_keys(settings: StorageSettings, prefix: str, s3=None) -> list[str]:
-    """Every key under ``prefix`` (a key prefix, or an s3:// URL)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    s3 = s3 or client(settings)
-    bucket, prefix = settings.key_of(prefix)
-    try:
-        pages = s3.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
-        )
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    except (BotoCoreError, ClientError) as exc:
-        raise as_storage_error(settings, f"listing s3://{bucket}/{prefix}", exc) from exc
-
-
-def download_verified(
-    settings: StorageSettings, url_or_prefix: str, dest: str | Path, s3=None
-) -> dict[Path, bool]:
-    """Downloads every object under a run prefix, checking each against its sha256; for each
-    file, whether it had one."""
-    s3 = s3 or client(settings)
-    bucket, prefix = settings.key_of(url_or_prefix)
-    base = f"s3://{settings.host}/{bucket}/"
-    written: dict[Path, bool] = {}
-    for key in list_keys(settings, base + prefix, s3):
-        relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
-        path, checked = _fetch(settings, base + key, Path(dest) / relative, s3)
-        written[path] = checked
-    if not written:
-        raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {settings.endpoint}")
-    return written
-
-
-def fetch_artifacts(
-    settings: StorageSettings, run_key: str, dest: str | Path, names: tuple[str, ...]
-) -> dict[str, Path]:
-    """A finished run's artifacts (``results.json``, ...) side by side in ``dest``."""
-    s3 = client(settings)
-    return {
-        name: fetch(settings, artifact_subkey(run_key, name), Path(dest) / name, s3)
-        for name in names
-    }
-
-
-def set_retention(settings: StorageSettings, days: int) -> list[dict[str, Any]]:
-    """Expires objects under the prefix after ``days`` (what `mc ilm add --expiry-days` does).
-
-    Rules of other prefixes are kept; ours is replaced. Returns the rules now in force.
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if days < 1:
-        raise StorageError(f"retention days must be >= 1, got {days}")
-    s3 = client(settings)
-    require_bucket(s3, settings, "setting the lifecycle rule")
-    try:
-        rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
-            raise as_storage_error(settings, "reading the lifecycle rules", exc) from exc
-        rules = []
-    except BotoCoreError as exc:
-        raise as_storage_error(settings, "reading the lifecycle rules", exc) from exc
-    rules = [r for r in rules if r.get("ID") != LIFECYCLE_RULE_ID]
-    rules.append(
-        {
-            "ID": LIFECYCLE_RULE_ID,
-            "Filter": {"Prefix": f"{settings.prefix}/"},
-            "Status": "Enabled",
-            "Expiration": {"Days": int(days)},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-        }
-    )
-    try:
-        s3.put_bucket_lifecycle_configuration(
-            Bucket=settings.bucket, LifecycleConfiguration={"Rules": rules}
-        )
-        return s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
-    except (BotoCoreError, ClientError) as exc:
-        raise as_storage_error(settings, "setting the lifecycle rule", exc) from exc

@@ -168,8 +168,8 @@ def summary_steps() -> tuple[StepSpec, ...]:
 
 
 def steps_for(cfg: Mapping[str, Any]) -> tuple[StepSpec, ...]:
-    """The DAG a config runs: its shape depends on ``inference.shards`` only."""
-    return pipeline_steps(int(cfg["inference"].get("shards") or 1))
+    """The DAG a validated config runs: its shape depends on ``inference.shards`` only."""
+    return pipeline_steps(cfg["inference"]["shards"])
 
 
 def config_for(spec: StepSpec, cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,24 +1,27 @@
 """Runs one step of the pipeline definition, the same way on a laptop and on an agent.
 
 The executor turns a step's input references into arguments (parents' files fetched from
-the run's store), samples memory while the step runs, keeps the step's output files in the
+the run's store; a config section as the settings class the step's signature names),
+samples memory while the step runs, keeps the step's output files in the
 store and returns its outputs: small JSON-able values that its children receive. The local
 runner calls it for every step in order; on ClearML each step's task calls it once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import write_json_atomic
+from components.atomic import write_json_atomic
 from components.memory import MemoryMonitor, stage
-from components.results import code_identity, utc_now
-from components.storage import StorageSettings
-from pipelines.config import PROJECT_ROOT, lookup
+from components.provenance import code_identity, utc_now
+from components.storage import S3
+from pipelines.config import PROJECT_ROOT, lookup, section
 from pipelines.dag import StepSpec
 from pipelines.stores import Store
 
@@ -35,7 +38,7 @@ class RunContext:
     started_at: str
     dir: Path  # where the step writes its files
     store: Store
-    storage: StorageSettings | None = None  # where publish uploads the run's artifacts
+    storage: S3 | None = None  # where publish uploads the run's artifacts
     cleanup_local: bool = False
     report: Reporter | None = None  # ClearML reporting of the finished run, if any
     batch_cap: int | None = None  # an earlier attempt ran out of memory above this batch
@@ -63,9 +66,13 @@ def resolve_inputs(
             return str(context.store.fetch(outputs[field], context.dir / "inputs" / step))
         return outputs[field]
 
+    hints = typing.get_type_hints(spec.load())
     kwargs = dict(spec.fixed)
     for name, ref in spec.inputs.items():
         kwargs[name] = [value(r) for r in ref] if isinstance(ref, tuple) else value(ref)
+        schema = hints.get(name)
+        if dataclasses.is_dataclass(schema) and isinstance(ref, str) and ref.startswith("cfg."):
+            kwargs[name] = section(schema, kwargs[name], ref[4:])  # the typed part it reads
     return kwargs
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.pool import keep_loaded
-from components.results import utc_now
-from components.storage import StorageSettings, safe_name
+from components.inference.engine import GenerationOutOfMemory
+from components.provenance import utc_now
+from components.storage import S3, safe_name
 from pipelines.config import validate
-from pipelines.dag import steps_for
+from pipelines.dag import StepSpec, steps_for
 from pipelines.executor import Reporter, RunContext, execute
-from pipelines.steps import GenerationOutOfMemory
 from pipelines.stores import LocalStore
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ def run_dir_of(cfg: dict[str, Any]) -> Path:
     return Path(cfg["experiment"]["output_dir"]) / safe_name(str(cfg["experiment"]["name"]))
 
 
-def execute_with_smaller_batches(spec, cfg, parents, context: RunContext) -> dict[str, Any]:
+def execute_with_smaller_batches(
+    spec: StepSpec, cfg: dict[str, Any], parents: dict[str, Any], context: RunContext
+) -> dict[str, Any]:
     """A step that runs out of device memory is run again with half the batch, resuming from
     its checkpoint, as a ClearML retry does; a batch of one that does not fit is final."""
     while True:
@@ -59,13 +61,13 @@ def run_local(
         started_at=utc_now(),
         dir=run_dir,
         store=LocalStore(run_dir),
-        storage=StorageSettings.from_config(cfg["storage"]),
-        cleanup_local=bool(cfg["experiment"]["cleanup_local_artifacts"]),
+        storage=S3.from_config(cfg["storage"]),
+        cleanup_local=cfg["experiment"]["cleanup_local_artifacts"],
         report=report,
     )
     steps = steps_for(cfg)
     # Local shards run one after another on one loaded model; a lone run frees it at once.
-    keep = keep_loaded() if int(cfg["inference"]["shards"]) > 1 else contextlib.nullcontext()
+    keep = keep_loaded() if cfg["inference"]["shards"] > 1 else contextlib.nullcontext()
     outputs: dict[str, dict[str, Any]] = {}
     with keep:
         for spec in steps:

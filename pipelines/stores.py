@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from components.checkpoint import Checkpoint, FileCheckpoint, S3Checkpoint
-from components.storage import StorageSettings
+from components.storage import S3, StorageError
 
 
 class Store(Protocol):
@@ -61,46 +61,31 @@ class LocalStore:
 class S3Store:
     caching = True
 
-    def __init__(self, settings: StorageSettings, experiment: str, run_id: str) -> None:
-        from components.storage import client
-
-        self.settings = settings
-        self.base = settings.run_key(experiment, run_id)
-        self._s3 = client(settings)
+    def __init__(self, s3: S3, experiment: str, run_id: str) -> None:
+        self.s3 = s3
+        self.base = s3.run_key(experiment, run_id)
 
     def put(self, path: Path, step: str) -> str:
-        from components.storage import upload_verified
-
-        return upload_verified(
-            self._s3, self.settings, path, f"{self.base}/steps/{step}/{path.name}"
-        )["url"]
+        return self.s3.upload(path, f"{self.base}/steps/{step}/{path.name}")["url"]
 
     def fetch(self, ref: str, folder: Path) -> Path:
-        from components.storage import fetch
-
-        return fetch(self.settings, ref, folder / Path(ref).name, self._s3)
+        return self.s3.fetch(ref, folder / Path(ref).name)
 
     def checkpoint(self, key: str) -> Checkpoint:
-        return S3Checkpoint(self.settings, f"{self.base}/checkpoints/{key}", self._s3)
+        return S3Checkpoint(self.s3, f"{self.base}/checkpoints/{key}")
 
     def _cache_key(self, name: str, key: str) -> str:
-        return f"{self.settings.prefix}/cache/{name}/{key}"
+        return f"{self.s3.prefix}/cache/{name}/{key}"
 
     def cached(self, name: str, key: str, folder: Path) -> dict[str, Path] | None:
         """Each object must exist and match its recorded sha256; a run never refers to
         another run's objects, it gets copies."""
-        from components.storage import StorageError, download_verified
-
         try:
-            files = download_verified(self.settings, self._cache_key(name, key), folder, self._s3)
+            files = self.s3.download(self._cache_key(name, key), folder)
         except StorageError:  # an empty or unreadable cache is a miss, not a failure
             return None
         return {path.name: path for path in files}
 
     def cache(self, name: str, key: str, files: dict[str, Path]) -> None:
-        from components.storage import upload_verified
-
         for filename, path in files.items():
-            upload_verified(
-                self._s3, self.settings, path, f"{self._cache_key(name, key)}/{filename}"
-            )
+            self.s3.upload(path, f"{self._cache_key(name, key)}/{filename}")

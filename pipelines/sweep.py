@@ -18,7 +18,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipelines.config import ConfigError, compose, group_choices, to_container, validate
+from components.atomic import sha256_file, write_json_atomic
+from components.backends.pool import keep_loaded
+from components.inference.config import InferenceConfig
+from components.inference.plan import resolve_execution
+from components.leaderboard import leaderboard_row, sort_rows, write_leaderboard
+from components.model_files import ModelConfig, ModelFilesError, weights_digest
+from components.results import config_fingerprint
+from components.stats import bootstrap_options
+from components.storage import StorageError, safe_name
+from pipelines.config import ConfigError, compose, group_choices, section, to_container, validate
+from pipelines.local import run_dir_of, run_local
 
 
 @dataclass
@@ -30,8 +40,6 @@ class Combination:
 
     @property
     def run_dir(self) -> Path:
-        from pipelines.local import run_dir_of
-
         return run_dir_of(self.cfg)
 
 
@@ -71,20 +79,14 @@ def plan(
 
 
 def sweep_name(cfg: dict[str, Any], models: list[str], datasets: list[str]) -> str:
-    from components.storage import safe_name
-
     return safe_name(str(cfg["sweep"].get("name") or f"{'-'.join(models)}_x_{'-'.join(datasets)}"))
 
 
 def finished_results(combo: Combination) -> dict[str, Any] | None:
     """The combination's results.json if it is complete and still valid: same fingerprint,
     same dataset content, predictions file intact."""
-    from components.artifacts import sha256_file
-    from components.execution import resolve_execution
-    from components.model_files import weights_digest
-    from components.results import config_fingerprint
-
     path = combo.run_dir / "results.json"
+    model = section(ModelConfig, combo.cfg["model"], "model")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
         predictions = combo.run_dir / "predictions.json"
@@ -94,9 +96,9 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
 
         def would_run_as() -> dict[str, str]:
             here = resolve_execution(
-                combo.cfg["inference"],
+                section(InferenceConfig, combo.cfg["inference"], "inference"),
                 results["model"]["loaded_from"],
-                combo.cfg["model"].get("revision"),
+                model.revision,
                 results["counts"]["examples"],
             )
             return {"backend": here.backend.name, "device": here.device, "dtype": here.dtype}
@@ -107,7 +109,7 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
             and results.get("config_fingerprint") == config_fingerprint(combo.cfg)
             and ran_as == would_run_as()
             and results["dataset"]["sha256"] == sha256_file(combo.cfg["dataset"]["path"])
-            and results["model"].get("gguf_sha256") == weights_digest(combo.cfg["model"])
+            and results["model"].get("gguf_sha256") == weights_digest(model)
             and sha256_file(predictions) == recorded
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -116,22 +118,14 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
 
 
 def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
-    from components.artifacts import write_json_atomic
-    from components.backends.pool import keep_loaded
-    from components.leaderboard import leaderboard_row, sort_rows, write_leaderboard
-    from components.model_files import ModelFilesError
-    from components.stats import bootstrap_options
-    from components.storage import StorageError
-    from pipelines.local import run_local
-
     combos = plan(models, datasets, overrides)
     first = combos[0].cfg
-    if str(first["clearml"].get("mode") or "off") != "off":
+    if first["clearml"]["mode"] != "off":
         raise ConfigError(
             "clearml.mode: `make sweep` runs here without ClearML; on a server use "
             "`make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...`"
         )
-    if first["experiment"].get("cleanup_local_artifacts"):
+    if first["experiment"]["cleanup_local_artifacts"]:
         raise ConfigError(
             "experiment.cleanup_local_artifacts: a sweep reads each run's local files for its "
             "leaderboard and reuse; leave it false (the files still go to S3 when set)"

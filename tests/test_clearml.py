@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, compose, portable_config, settle, to_container
+from pipelines.clearml.params import portable_config, settle
+from pipelines.config import ConfigError, compose, to_container
 from pipelines.dag import pipeline_steps
 from tests.conftest import (
     BUCKET,
@@ -188,7 +189,8 @@ def test_an_edited_config_object_is_not_undone_by_unedited_parameters():
 
 
 def pipeline_args_of(attached: dict) -> dict[str, str]:
-    from pipelines.config import pipeline_args, validate
+    from pipelines.clearml.params import pipeline_args
+    from pipelines.config import validate
 
     resolved = validate(to_container(compose(["dataset.limit=5"])))
     return {k: "" if v is None else str(v) for k, v in pipeline_args(resolved).items()}
@@ -220,10 +222,10 @@ def test_step_arguments_never_hold_an_unresolved_reference():
 
 def test_failures_are_told_apart():
     from components.dataset import DatasetError, Problem
+    from components.inference.engine import GenerationOutOfMemory
     from components.model_files import ModelFilesError
     from components.storage import StorageError
     from pipelines.clearml.failures import CodeSkew, classify
-    from pipelines.steps import GenerationOutOfMemory
 
     permanent = [
         DatasetError("d.jsonl", [Problem("d.jsonl", 3, "answer", "is missing")]),
@@ -322,8 +324,9 @@ import pipelines.clearml.controller, pipelines.clearml.agent, pipelines.steps
 from pipelines.executor import RunContext
 from pipelines.stores import LocalStore
 from pipelines.steps import load_dataset_step, score_step
+from components.dataset import DatasetConfig
 run = RunContext("e", "r", "now", Path({str(tmp_path)!r}), LocalStore(Path({str(tmp_path)!r})))
-out = load_dataset_step({{"path": {str(sample_path)!r}, "limit": 2}}, run)
+out = load_dataset_step(DatasetConfig(name="sample", path={str(sample_path)!r}, limit=2), run)
 gen = Path({str(tmp_path)!r}) / "g.jsonl"
 line = '{{"question_id": "sample-00%d", "prediction": "Paris", '
 line += '"prompt_tokens": 1, "output_tokens": 1}}\\n'

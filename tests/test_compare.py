@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from components.artifacts import write_json_atomic
+from components.atomic import write_json_atomic
 from components.compare import compare_predictions
 from tests.conftest import make
 

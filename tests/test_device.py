@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from components.backends import resolve_backend
-from components.backends.base import vllm_installed
+from components.backends.choice import vllm_installed
 from components.batching import (
     CPU_BATCH,
     CUDA_BATCH_CAP,
@@ -242,16 +242,18 @@ def test_auto_batch_on_cpu_and_without_figures():
     assert unknown.size == 32 and "free memory (NVML) unknown" in unknown.reason
 
 
-def test_resolve_batch_size_keeps_a_number_and_rejects_nonsense():
+def test_resolve_batch_size_keeps_a_number_the_schema_checked():
+    from components.inference.config import InferenceConfig
+    from components.settings import ConfigError
+
     numbered = resolve_batch_size(
         64, device="cuda", dtype="bfloat16", prompt_lengths=[10], max_new_tokens=32
     )
     assert numbered.size == 64
-    for bad in (0, "32", True, 2.5):
-        with pytest.raises(ValueError, match="inference.batch_size: must be an integer >= 1 or"):
-            resolve_batch_size(
-                bad, device="cpu", dtype="float32", prompt_lengths=[10], max_new_tokens=32
-            )
+    for bad in (0, True, 2.5, "many"):  # checked once, where the setting is defined
+        with pytest.raises(ConfigError, match="inference.batch_size: must be an integer >= 1"):
+            InferenceConfig(batch_size=bad)
+    assert InferenceConfig(batch_size="32").batch_size == 32  # as ClearML hands it over
     here = resolve_batch_size(
         "auto", device="cpu", dtype="float32", prompt_lengths=[10, 20], max_new_tokens=32
     )

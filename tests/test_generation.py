@@ -24,10 +24,11 @@ def test_converted_folder_holds_weights_tokenizer_and_chat_template(smollm2_path
 
 
 def test_conversion_is_cached(smollm2_path):
-    from components.model_files import resolve_model
+    from components.model_files import ModelConfig, resolve_model
+    from pipelines.config import section
     from tests.conftest import SMOLLM2
 
-    assert resolve_model(SMOLLM2).path == smollm2_path
+    assert resolve_model(section(ModelConfig, SMOLLM2)).path == smollm2_path
 
 
 def test_chat_template_prompt_has_no_doubled_special_tokens(smollm2_path):

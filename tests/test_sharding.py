@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from components.artifacts import read_jsonl, write_jsonl_atomic
+from components.atomic import read_jsonl, write_jsonl_atomic
 from components.backends.pool import keep_loaded
+from components.inference.report import GenerationReport
+from components.inference.run import shard_bounds
 from pipelines.config import compose, to_container
 from pipelines.executor import RunContext
 from pipelines.local import run_local
-from pipelines.steps import merge_shards_step, shard_bounds
+from pipelines.steps import merge_shards_step
 from pipelines.stores import LocalStore
 
 SHARD_1 = {"sample-003", "sample-004"}
@@ -32,21 +34,32 @@ def _shard(tmp_path, index, ids, **extra):
         path,
         ({"question_id": i, "prediction": i, "prompt_tokens": 1, "output_tokens": 1} for i in ids),
     )
-    return {
-        "shard": index,
-        "generations_path": str(path),
-        "generated": len(ids),
-        "generated_output_tokens": len(ids),
-        "resumed": 0,
-        "load_seconds": 1.0,
-        "generate_seconds": 2.0,
-        "prompt_tokens": len(ids),
-        "output_tokens": len(ids),
-        "examples": len(ids),
-        **{k: "x" for k in ("model_path", "model_source", "gguf_sha256", "backend")},
-        **{k: "x" for k in ("device", "dtype", "model_reused")},
-        **extra,
-    }
+    report = GenerationReport(
+        generations_path=str(path),
+        checkpoint="x",
+        examples=len(ids),
+        resumed=0,
+        generated=len(ids),
+        generated_output_tokens=len(ids),
+        prompt_tokens=len(ids),
+        output_tokens=len(ids),
+        load_seconds=1.0,
+        generate_seconds=2.0,
+        model_path="x",
+        model_source="x",
+        gguf_sha256="x",
+        backend="x",
+        backend_reason="x",
+        device="x",
+        dtype="x",
+        batch_size=None,
+        batch_size_reason=None,
+        model_reused=False,
+        environment={},
+        shard=index,
+        shards=2,
+    )
+    return {**report.to_dict(), **extra}
 
 
 def test_merge_refuses_a_shard_that_misses_or_repeats_an_answer(tmp_path):

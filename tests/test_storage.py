@@ -7,15 +7,8 @@ import json
 
 import pytest
 
-from components.storage import (
-    LIFECYCLE_RULE_ID,
-    StorageError,
-    client,
-    download_verified,
-    publish_run,
-    safe_name,
-    set_retention,
-)
+from components.retention import LIFECYCLE_RULE_ID, set_retention
+from components.storage import StorageError, safe_name
 from tests.conftest import (
     BUCKET,
     CREDS,
@@ -44,14 +37,14 @@ def test_output_uri_and_key_layout(settings):
 
 def test_publish_uploads_verified_keeps_local_by_default(settings, tmp_path):
     run_dir = fake_run(tmp_path)
-    uploaded = publish_run(settings, run_dir, "smollm2_135m_sample", "run1")
+    uploaded = settings.publish_run(run_dir, "smollm2_135m_sample", "run1")
     assert set(uploaded) == {"experiment_results", "model_predictions", "memory_usage"}
     key = uploaded["model_predictions"]["key"]
     assert (
         key
         == "slm-experiments/smollm2_135m_sample.run1/artifacts/model_predictions/predictions.json"
     )
-    body = client(settings).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    body = settings.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert body == (run_dir / "predictions.json").read_bytes()
     assert uploaded["model_predictions"]["sha256"] == hashlib.sha256(body).hexdigest()
     assert uploaded["model_predictions"]["url"].startswith(f"s3://{settings.host}/{BUCKET}/")
@@ -60,7 +53,7 @@ def test_publish_uploads_verified_keeps_local_by_default(settings, tmp_path):
 
 def test_cleanup_deletes_local_copies_only_after_verified_upload(settings, tmp_path):
     run_dir = fake_run(tmp_path, size=9 * 2**20)  # above the multipart threshold
-    uploaded = publish_run(settings, run_dir, "exp", "run2", cleanup_local=True)
+    uploaded = settings.publish_run(run_dir, "exp", "run2", cleanup_local=True)
     assert len(uploaded) == 3
     assert run_dir.is_dir() and list(run_dir.iterdir()) == []
 
@@ -71,7 +64,7 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
         endpoint=f"http://127.0.0.1:{closed_port()}", max_attempts=2, connect_timeout=1
     )
     with pytest.raises(StorageError, match="failed after 2 attempts"):
-        publish_run(down, run_dir, "exp", "run3", cleanup_local=True)
+        down.publish_run(run_dir, "exp", "run3", cleanup_local=True)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "memory_usage.json",
         "predictions.json",
@@ -82,14 +75,14 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
 def test_missing_bucket_says_how_to_create_it(settings, tmp_path):
     missing = storage_settings(endpoint=settings.endpoint, bucket="no-such")
     with pytest.raises(StorageError, match="bucket 'no-such' does not exist"):
-        publish_run(missing, fake_run(tmp_path), "exp", "run5")
+        missing.publish_run(fake_run(tmp_path), "exp", "run5")
 
 
 def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
     run_dir = fake_run(tmp_path)
-    uploaded = publish_run(settings, run_dir, "exp", "run4")
+    uploaded = settings.publish_run(run_dir, "exp", "run4")
     prefix_url = uploaded["experiment_results"]["url"].split("/artifacts/")[0]
-    files = download_verified(settings, prefix_url, tmp_path / "back")
+    files = settings.download(prefix_url, tmp_path / "back")
     assert len(files) == 3
     got = tmp_path / "back" / "artifacts" / "model_predictions" / "predictions.json"
     assert got.read_bytes() == (run_dir / "predictions.json").read_bytes()
@@ -99,11 +92,11 @@ def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
     proc = make(*fetch, f"DEST={tmp_path / 'cli'}", env=CREDS)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(sha256 verified)") == 3
-    s3 = client(settings)
+    s3 = settings.client
     key = uploaded["model_predictions"]["key"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b"tampered", Metadata={"sha256": "0" * 64})
     with pytest.raises(StorageError, match="sha256"):
-        download_verified(settings, prefix_url, tmp_path / "again")
+        settings.download(prefix_url, tmp_path / "again")
     proc = make(*fetch, f"DEST={tmp_path / 'cli2'}", env=CREDS)
     assert proc.returncode == 2 and f"{key}: sha256" in proc.stderr
 
@@ -120,9 +113,9 @@ def test_retention_rule_is_set_and_read_back(settings):
 
 def test_retention_cli_prints_the_rules(settings, s3_endpoint):
     proc = run_module(
-        "pipelines.cli.artifacts",
-        "artifacts.command=retention",
-        "artifacts.days=45",
+        "pipelines.cli.files",
+        "files.command=retention",
+        "files.days=45",
         f"storage.endpoint={s3_endpoint}",
         timeout=120,
     )
@@ -154,19 +147,19 @@ def test_make_run_with_storage_uploads_results_last_then_cleans_up(settings, tmp
     left = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
     assert left == ["steps/publish.memory.json"]
     results = json.loads(
-        client(settings)
-        .get_object(Bucket=BUCKET, Key=puts[-1].split(f"/{BUCKET}/", 1)[1])["Body"]
-        .read()
+        settings.client.get_object(Bucket=BUCKET, Key=puts[-1].split(f"/{BUCKET}/", 1)[1])[
+            "Body"
+        ].read()
     )
     prefix = f"slm-experiments/smollm2_135m_sample.{results['run_id']}/artifacts/"
-    listed = client(settings).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+    listed = settings.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
     assert sorted(o["Key"][len(prefix) :] for o in listed) == [
         "experiment_results/results.json",
         "memory_usage/memory_usage.json",
         "model_predictions/predictions.json",
     ]
     files = prefix.replace("/artifacts/", "/files/")
-    listed = client(settings).list_objects_v2(Bucket=BUCKET, Prefix=files)["Contents"]
+    listed = settings.client.list_objects_v2(Bucket=BUCKET, Prefix=files)["Contents"]
     others = sorted(o["Key"][len(files) :] for o in listed)
     assert {"examples.jsonl", "generations.jsonl", "config.yaml"} <= set(others)
     assert {"steps/load_dataset.memory.json", "steps/inference.memory.json"} <= set(others)
@@ -204,7 +197,7 @@ def test_cached_files_are_used_only_while_whole(settings, tmp_path):
     assert hit is not None and hit["examples.jsonl"].read_text() == examples.read_text()
     assert store.cached("examples", "other", tmp_path / "miss") is None
     key = "slm-experiments/cache/examples/key1/examples.jsonl"
-    s3 = client(settings)
+    s3 = settings.client
     metadata = s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]
     s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"question_id": "b"}\n', Metadata=metadata)
     assert store.cached("examples", "key1", tmp_path / "tampered") is None
@@ -212,7 +205,7 @@ def test_cached_files_are_used_only_while_whole(settings, tmp_path):
 
 def finished_run(output_dir, name: str, *, age_days: float, upload_to=None, checkpoint=False):
     """A finished run folder, uploaded (or not), last changed ``age_days`` ago."""
-    from components.artifacts import file_info
+    from components.atomic import file_info
 
     run_dir = output_dir / name
     run_dir.mkdir(parents=True)
@@ -224,7 +217,7 @@ def finished_run(output_dir, name: str, *, age_days: float, upload_to=None, chec
     if checkpoint:
         (run_dir / "checkpoint-abc.jsonl").write_text("{}\n")
     if upload_to is not None:
-        publish_run(upload_to, run_dir, name, f"id-{name}")
+        upload_to.publish_run(run_dir, name, f"id-{name}")
     os_utime_days(run_dir, age_days)
     return run_dir
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from components.artifacts import file_info
-from components.storage import StorageError, StorageSettings, client, publish_run
+from components.atomic import file_info
+from components.storage import S3, StorageError
 from tests.conftest import BUCKET, CREDS, closed_port, make, run_module, storage_settings
 from tests.fault_proxy import FaultProxy
 
@@ -26,7 +26,7 @@ def run_dir_with_results(tmp_path, size: int = 2000):
     return run_dir
 
 
-def through(proxy: FaultProxy, attempts: int = 5) -> StorageSettings:
+def through(proxy: FaultProxy, attempts: int = 5) -> S3:
     return storage_settings(
         endpoint=proxy.endpoint, bucket=BUCKET, max_attempts=attempts, read_timeout=5
     )
@@ -40,7 +40,7 @@ def test_transient_5xx_and_dropped_connections_are_retried(settings, tmp_path):
     run_dir = run_dir_with_results(tmp_path)
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_next, proxy.drop_next = 3, 2
-        uploaded = publish_run(through(proxy), run_dir, "exp", "r1", cleanup_local=True)
+        uploaded = through(proxy).publish_run(run_dir, "exp", "r1", cleanup_local=True)
     assert len(uploaded) == 3
     assert local_names(run_dir) == []  # deleted only after every upload verified
 
@@ -53,28 +53,28 @@ def test_persistent_failure_keeps_everything_then_publish_again_uploads(
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_always = True
         with pytest.raises(StorageError, match="failed after 3 attempts"):
-            publish_run(through(proxy, attempts=3), run_dir, "exp", "r1", cleanup_local=True)
+            through(proxy, attempts=3).publish_run(run_dir, "exp", "r1", cleanup_local=True)
         assert len(proxy.seen) >= 3  # retried, not given up at once
     assert local_names(run_dir) == before
 
     proc = run_module(
-        "pipelines.cli.artifacts",
-        "artifacts.command=publish",
-        f"artifacts.run_dir={run_dir}",
+        "pipelines.cli.files",
+        "files.command=publish",
+        f"files.run_dir={run_dir}",
         f"storage.endpoint={s3_endpoint}",
         timeout=120,
         env=CREDS,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("(verified)") == 3
-    keys = client(settings).list_objects_v2(Bucket=BUCKET, Prefix="slm-experiments/exp.r1/")
+    keys = settings.client.list_objects_v2(Bucket=BUCKET, Prefix="slm-experiments/exp.r1/")
     assert len(keys["Contents"]) == 3
 
 
 def test_publish_again_refuses_files_changed_since_the_run(settings, tmp_path, s3_endpoint):
     run_dir = run_dir_with_results(tmp_path)
     (run_dir / "predictions.json").write_text("[]")
-    from pipelines.artifacts import publish_again
+    from pipelines.runs import publish_again
 
     with pytest.raises(StorageError, match="changed since the run recorded it"):
         publish_again(settings, run_dir, cleanup=False)
@@ -88,7 +88,7 @@ def test_a_slow_endpoint_times_out_with_a_clear_error(settings, tmp_path):
             endpoint=proxy.endpoint, bucket=BUCKET, max_attempts=2, read_timeout=0.5
         )
         with pytest.raises(StorageError, match="failed after 2 attempts"):
-            publish_run(slow, run_dir, "exp", "r2", cleanup_local=True)
+            slow.publish_run(run_dir, "exp", "r2", cleanup_local=True)
     assert len(local_names(run_dir)) == 3
 
 
@@ -97,8 +97,8 @@ def test_a_failed_multipart_upload_is_aborted(settings, tmp_path):
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_when = "partNumber="
         with pytest.raises(StorageError):
-            publish_run(through(proxy, attempts=2), run_dir, "exp", "r9")
-    pending = client(settings).list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+            through(proxy, attempts=2).publish_run(run_dir, "exp", "r9")
+    pending = settings.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert [u for u in pending if "exp.r9" in u["Key"]] == []
     assert len(local_names(run_dir)) == 3
 
@@ -143,5 +143,5 @@ def test_make_run_with_s3_down_keeps_everything_then_make_publish_uploads(settin
     key = (
         f"slm-experiments/smollm2_135m_sample.{run_id}/artifacts/model_predictions/predictions.json"
     )
-    body = client(settings).get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    body = settings.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert body == (run_dir / "predictions.json").read_bytes()

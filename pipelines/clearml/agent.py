@@ -12,18 +12,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.provenance import code_identity
+from components.storage import S3
+from pipelines.clearml import credentials, failures
+from pipelines.clearml.failures import CodeSkew
+from pipelines.clearml.report import reporter
 from pipelines.clearml.sdk import prepare_sdk
+from pipelines.config import PROJECT_ROOT
+from pipelines.dag import StepSpec
+from pipelines.executor import RunContext, execute
+from pipelines.stores import S3Store
 
 prepare_sdk()
+credentials.register()
 
 
 def check_code(controller: dict[str, Any]) -> None:
     """This step's code must be the controller's: an agent whose image was built from
     another commit would silently produce other results."""
-    from components.results import code_identity
-    from pipelines.clearml.failures import CodeSkew
-    from pipelines.config import PROJECT_ROOT
-
     mine = code_identity(PROJECT_ROOT)
     if mine["source_sha256"] != controller.get("source_sha256"):
         raise CodeSkew(
@@ -44,20 +50,13 @@ def run_on_agent(spec: str, config: str, run: str, parents: dict[str, str]) -> s
     """What every step task runs; returns its outputs as JSON (its ``return/outputs``)."""
     from clearml import Task
 
-    from components.storage import StorageSettings
-    from pipelines.clearml import failures
-    from pipelines.clearml.report import reporter
-    from pipelines.dag import StepSpec
-    from pipelines.executor import RunContext, execute
-    from pipelines.stores import S3Store
-
     task = Task.current_task()
     step = StepSpec.from_dict(json.loads(spec))
     settings = json.loads(run)
     pipeline_id = str(task.parent or task.id)
     try:
         check_code(settings["code"])
-        storage = StorageSettings.from_config(settings["storage"])
+        storage = S3.from_config(settings["storage"])
         assert storage is not None, "the controller checks storage.endpoint"
         with tempfile.TemporaryDirectory(prefix=f"slm-{step.name}-") as work:
             context = RunContext(

@@ -16,13 +16,21 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from components.provenance import code_identity, utc_now
+from components.secrets import redact
+from components.storage import ARTIFACT_NAMES
 from pipelines.clearml import CONFIG_NAME
-from pipelines.dag import StepSpec
+from pipelines.clearml.failures import RetryPolicy
+from pipelines.clearml.params import KNOBS, args_text, pipeline_args, settle
+from pipelines.clearml.sdk import ServerNotConfigured, prepare_sdk, require_queues
+from pipelines.clearml.step import run_step
+from pipelines.config import PROJECT_ROOT, ConfigError, require_storage
+from pipelines.dag import StepSpec, config_for, steps_for
 
 if TYPE_CHECKING:
     from clearml import PipelineController, Task
-
-    from pipelines.clearml.failures import RetryPolicy
 
 NON_RESPONSIVE = "forced stop (non-responsive)"
 MAX_LOST_AGENT_RELAUNCHES = 3
@@ -31,9 +39,6 @@ MAX_LOST_AGENT_RELAUNCHES = 3
 def step_kwargs(spec: StepSpec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
     """A step's arguments: its definition, the config it reads, the run's settings, and a
     reference to each parent's outputs (the edges of the DAG)."""
-    from pipelines.config import ConfigError
-    from pipelines.dag import config_for
-
     kwargs = {
         "spec": json.dumps(spec.to_dict(), sort_keys=True),
         "config": json.dumps(config_for(spec, cfg), sort_keys=True, ensure_ascii=False),
@@ -50,8 +55,6 @@ def step_kwargs(spec: StepSpec, cfg: dict[str, Any], run: dict[str, Any]) -> dic
 
 def monitors(spec: StepSpec) -> dict[str, Any]:
     """What the pipeline shows of a reporting step: its metrics and its artifacts."""
-    from components.storage import ARTIFACT_NAMES
-
     if spec.function == "publish_step":
         return {
             "monitor_metrics": [("metrics", "token_recall"), ("metrics", "exact_match")],
@@ -73,11 +76,6 @@ def build_controller(
     """A PipelineController over ``steps`` (the current task becomes its task):
     ``parameters`` name -> (value, help) are its Args."""
     from clearml import PipelineController
-
-    from components.results import code_identity, utc_now
-    from components.secrets import redact
-    from pipelines.clearml.step import run_step
-    from pipelines.config import PROJECT_ROOT, args_text, require_storage
 
     clearml_cfg = cfg["clearml"]
     settings = require_storage(cfg["storage"], "the steps hand their files on through S3")
@@ -124,8 +122,6 @@ def build_controller(
 
 
 def evaluation_parameters(cfg: dict[str, Any], args: dict | None) -> dict[str, tuple[Any, str]]:
-    from pipelines.config import KNOBS, pipeline_args
-
     values = pipeline_args(cfg, args)
     return {k.name: (values[k.name], k.help) for k in KNOBS}
 
@@ -189,8 +185,6 @@ def attach() -> Task | None:
     """This controller's task, when an agent runs it; None (and a message) by hand."""
     from clearml import Task
 
-    from pipelines.clearml.sdk import prepare_sdk
-
     if Task.running_locally():
         print("error: the services agent runs this module; use `make enqueue`", file=sys.stderr)
         return None
@@ -200,10 +194,6 @@ def attach() -> Task | None:
 
 def attached_config(task: Task) -> dict[str, Any]:
     """The configuration object as the task holds it now (edited in the UI, perhaps)."""
-    import yaml
-
-    from pipelines.config import ConfigError
-
     text = task.get_configuration_object(CONFIG_NAME)
     if not text:
         raise ConfigError(f"the task has no {CONFIG_NAME} configuration object")
@@ -217,11 +207,6 @@ def attached_config(task: Task) -> dict[str, Any]:
 
 
 def main() -> int:
-    from pipelines.clearml.failures import RetryPolicy
-    from pipelines.clearml.sdk import ServerNotConfigured, require_queues
-    from pipelines.config import ConfigError, args_text, settle
-    from pipelines.dag import steps_for
-
     task = attach()
     if task is None:
         return 2

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.inference.engine import GenerationOutOfMemory
+from components.storage import StorageError
+
 PERMANENT, TRANSIENT = "permanent", "transient"
 
 
@@ -21,9 +24,6 @@ class CodeSkew(RuntimeError):
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(kind, one-line reason) of a step's exception."""
-    from components.storage import StorageError
-    from pipelines.steps import GenerationOutOfMemory
-
     reason = " ".join(f"{exc.__class__.__name__}: {str(exc).strip() or repr(exc)}".split())
     if isinstance(exc, GenerationOutOfMemory):
         kind = TRANSIENT if exc.batch_size > 1 else PERMANENT
@@ -53,8 +53,6 @@ def _is_botocore_network_error(exc: BaseException) -> bool:
 
 def record(task: Any, exc: BaseException) -> None:
     """Leaves the failure's kind and reason on the step's task for the controller."""
-    from pipelines.steps import GenerationOutOfMemory
-
     kind, reason = classify(exc)
     properties = {"failure_kind": kind, "failure_reason": reason}
     if isinstance(exc, GenerationOutOfMemory) and exc.batch_size > 1:

@@ -4,8 +4,11 @@ run context, whether the run's task is an offline/server `make run` or a pipelin
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
+from components.leaderboard import COLUMNS, plot, sort_rows
 from components.memory import gib, highest_gpu_bytes
 
 WORST_BEST_ROWS = 10
@@ -19,8 +22,6 @@ def report_results(
 ) -> None:
     """``artifacts``: name -> {url or path, bytes, sha256}. URLs are registered as links
     (the bytes already live in S3); local paths are uploaded by ClearML."""
-    from pathlib import Path
-
     logger = task.get_logger()
     peak_gpu = highest_gpu_bytes(results["memory"].get("peak_gpu_bytes")) or 0
     values = {
@@ -92,8 +93,6 @@ def register_json_link(task: Any, name: str, info: dict[str, Any]) -> None:
     """A JSON file already verified in S3, registered on the task without another upload,
     as a JSON artifact: `Task.get_task(id).artifacts[name].get()` then returns its content
     (a bare URL, as `upload_artifact` registers it, is "custom" and get() returns a path)."""
-    import time
-
     from clearml.backend_api.services import tasks
 
     artifact = tasks.Artifact(
@@ -111,10 +110,6 @@ def register_json_link(task: Any, name: str, info: dict[str, Any]) -> None:
 
 def report_leaderboard(task: Any, summary: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """A sweep's leaderboard as a table and a plot, every run linked, the files as artifacts."""
-    from pathlib import Path
-
-    from components.leaderboard import COLUMNS, plot, sort_rows
-
     logger = task.get_logger()
     rows = sort_rows(summary["rows"])
     table = [list(COLUMNS)] + [[r[c] for c in COLUMNS] for r in rows]

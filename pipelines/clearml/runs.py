@@ -1,10 +1,15 @@
-"""Finished pipelines on the server, as the tools that read results back see them."""
+"""Finished pipelines on the server, as the tools that read results back see them: a task's
+run prefix in S3, its files, and waiting for it to end."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from components.storage import StorageError, StorageSettings, fetch_artifacts
+from components.storage import S3, StorageError
+from pipelines.clearml.sdk import connect
+from pipelines.config import require_storage
 
 
 def task_prefix(task_id: str) -> str:
@@ -20,12 +25,27 @@ def task_prefix(task_id: str) -> str:
     raise StorageError(f"task {task_id} has no artifacts in S3 (did its pipeline complete?)")
 
 
-def fetch_task_run(
-    settings: StorageSettings, task_id: str, dest: Path, names: tuple[str, ...]
-) -> dict[str, Path]:
+def task_source(task_id: str) -> str:
+    """What `make fetch TASK=<id>` downloads: the task's run prefix (the server is asked)."""
+    connect()
+    return task_prefix(task_id)
+
+
+def fetch_task_run(s3: S3, task_id: str, dest: Path, names: tuple[str, ...]) -> dict[str, Path]:
     """A pipeline's artifacts by its task id, each checked against its sha256."""
-    _, key = settings.key_of(task_prefix(task_id))
-    return fetch_artifacts(settings, key, dest, names)
+    _, key = s3.key_of(task_prefix(task_id))
+    return s3.fetch_artifacts(key, dest, names)
+
+
+def task_fetcher(cfg: dict[str, Any]) -> Callable[[str, Path], None]:
+    """For pipelines.runs.resolve_run: a run named by its ClearML task id, fetched from S3."""
+
+    def fetch(task_id: str, dest: Path) -> None:
+        s3 = require_storage(cfg["storage"], "needed to fetch a task's files from S3")
+        connect(float(cfg["clearml"]["ping_timeout_s"]))
+        fetch_task_run(s3, task_id, dest, ("predictions.json", "results.json"))
+
+    return fetch
 
 
 def wait_for(task_id: str, poll_s: float) -> str:

@@ -12,9 +12,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from omegaconf import DictConfig
 
+from components.dataset import load_qa_dataset
+from components.provenance import code_identity
+from components.storage import StorageError
 from pipelines.clearml import CONFIG_NAME
+from pipelines.clearml.params import args_text, pipeline_args, portable_config
+from pipelines.clearml.sdk import ServerNotConfigured, prepare_sdk, require_queues
+from pipelines.clearml.sdk import check_server as ping
+from pipelines.config import PROJECT_ROOT, ConfigError, require_storage, to_container, validate
 
 if TYPE_CHECKING:
     from clearml import PipelineController
@@ -24,9 +32,6 @@ CONTROLLER_MODULE = "pipelines.clearml.controller"
 
 def check_server(clearml_cfg: dict[str, Any]) -> None:
     """The server answers and the queues the pipeline needs exist."""
-    from pipelines.clearml.sdk import check_server as ping
-    from pipelines.clearml.sdk import require_queues
-
     ping(float(clearml_cfg["ping_timeout_s"]))
     require_queues([clearml_cfg["queues"][k] for k in ("services", "cpu", "gpu")])
 
@@ -34,9 +39,6 @@ def check_server(clearml_cfg: dict[str, Any]) -> None:
 def check_run(cfg: dict[str, Any]) -> None:
     """What one pipeline needs besides the server: storage, a name, a dataset without a bad
     line (when the file is here; else only the agents see it, and they check it)."""
-    from components.dataset import load_qa_dataset
-    from pipelines.config import ConfigError, require_storage
-
     require_storage(
         cfg["storage"],
         "the pipeline's steps hand their files on through S3 (MinIO); set it, e.g. "
@@ -46,7 +48,7 @@ def check_run(cfg: dict[str, Any]) -> None:
         raise ConfigError("experiment.name: ClearML needs at least 3 characters")
     dataset = cfg["dataset"]
     if Path(dataset["path"]).is_file():
-        load_qa_dataset(dataset["path"], dataset.get("limit"), dataset.get("on_error", "strict"))
+        load_qa_dataset(dataset["path"], dataset["limit"], dataset["on_error"])
 
 
 class NotReady(ValueError):
@@ -56,10 +58,6 @@ class NotReady(ValueError):
 def check_ready(cfgs: list[dict[str, Any]]) -> None:
     """Every check of what pipelines need (storage, names, datasets, then the server and its
     queues), all of them run, so a new user learns everything to fix in one message."""
-    from components.storage import StorageError
-    from pipelines.clearml.sdk import ServerNotConfigured
-    from pipelines.config import ConfigError
-
     checks = [lambda c=cfg: check_run(c) for cfg in cfgs]
     checks.append(lambda: check_server(cfgs[0]["clearml"]))
     problems: list[str] = []
@@ -81,12 +79,7 @@ def create_pipeline(
 ) -> PipelineController:
     """A draft controller task that runs ``module`` on the services agent, with ``config``
     attached and ``args`` as its parameters."""
-    import yaml
     from clearml import PipelineController
-
-    from components.results import code_identity
-    from pipelines.clearml.sdk import prepare_sdk
-    from pipelines.config import PROJECT_ROOT, args_text
 
     prepare_sdk()
     pipe = PipelineController.create(
@@ -135,8 +128,6 @@ def enqueue_pipeline(pipe: PipelineController, queue: str) -> str:
 def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
     """One checked experiment as a pipeline on the services queue: its id, experiment and
     web address."""
-    from pipelines.config import pipeline_args, portable_config
-
     clearml_cfg = cfg["clearml"]
     name = str(cfg["experiment"]["name"])
     pipe = create_pipeline(
@@ -148,8 +139,6 @@ def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
 
 def submit(cfg_node: DictConfig) -> dict[str, Any]:
     """`make enqueue`: returns the pipeline's id, experiment and web address."""
-    from pipelines.config import to_container, validate
-
     cfg = validate(to_container(cfg_node), require_dataset=False)
     check_ready([cfg])
     return enqueue_run(cfg, cfg_node)

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import sys
 
+from pipelines.clearml.controller import (
+    attach,
+    attached_config,
+    build_controller,
+    fail,
+    run_pipeline,
+)
+from pipelines.clearml.failures import RetryPolicy
+from pipelines.clearml.runs import wait_for
+from pipelines.config import ConfigError
+from pipelines.dag import summary_steps
+
 
 def main() -> int:
-    from pipelines.clearml.controller import (
-        attach,
-        attached_config,
-        build_controller,
-        fail,
-        run_pipeline,
-    )
-    from pipelines.clearml.failures import RetryPolicy
-    from pipelines.clearml.runs import wait_for
-    from pipelines.config import ConfigError
-    from pipelines.dag import summary_steps
-
     task = attach()
     if task is None:
         return 2

@@ -20,20 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.storage import StorageSettings
+from components.atomic import sha256_file
+from components.results import config_fingerprint
+from components.storage import S3, StorageError
+from pipelines.clearml.submit import check_ready, create_pipeline, enqueue_pipeline, enqueue_run
+from pipelines.config import require_storage
 from pipelines.sweep import Combination, plan, sweep_name
 
 SUMMARY_MODULE = "pipelines.clearml.summary"
 
 
-def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any] | None:
+def reusable_run(combo: Combination, s3: S3) -> dict[str, Any] | None:
     """The newest completed pipeline of this experiment whose results match the config
     fingerprint and the dataset's content (when the dataset file is readable here)."""
     from clearml import Task
-
-    from components.artifacts import sha256_file
-    from components.results import config_fingerprint
-    from components.storage import StorageError, fetch_artifacts
 
     path = Path(str(combo.cfg["dataset"]["path"]))
     if not path.is_file():
@@ -55,8 +55,8 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
     for task in tasks[:5]:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                key = settings.run_key(experiment, task.id)
-                files = fetch_artifacts(settings, key, tmp, ("results.json",))
+                key = s3.run_key(experiment, task.id)
+                files = s3.fetch_artifacts(key, tmp, ("results.json",))
                 results = json.loads(files["results.json"].read_text(encoding="utf-8"))
             except (StorageError, ValueError):
                 continue
@@ -70,20 +70,17 @@ def reusable_run(combo: Combination, settings: StorageSettings) -> dict[str, Any
 
 def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
     """Checks every combination first (nothing is created if one fails), then enqueues."""
-    from pipelines.clearml.submit import check_ready, create_pipeline, enqueue_pipeline, enqueue_run
-    from pipelines.config import require_storage
-
     combos = plan(models, datasets, overrides, check_paths=False)
     check_ready([combo.cfg for combo in combos])
     cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
     clearml_cfg = cfg["clearml"]
-    settings = require_storage(cfg["storage"], "the pipelines hand files on through S3")
+    s3 = require_storage(cfg["storage"], "the pipelines hand files on through S3")
     name = sweep_name(cfg, models, datasets)
     services = clearml_cfg["queues"]["services"]
     runs = []
     for number, combo in enumerate(combos, 1):
         label = f"[{number}/{len(combos)}] {combo.model} x {combo.dataset}"
-        reused = None if cfg["sweep"]["force"] else reusable_run(combo, settings)
+        reused = None if cfg["sweep"]["force"] else reusable_run(combo, s3)
         if reused is not None:
             print(f"{label}: reused pipeline {reused['id']} {reused['url']}", flush=True)
             runs.append({**reused, "model": combo.model, "dataset": combo.dataset, "reused": True})

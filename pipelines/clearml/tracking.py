@@ -7,10 +7,14 @@ server (checked first, so a missing server fails fast instead of reaching the de
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipelines.clearml import CONFIG_NAME
-from pipelines.config import knob_values, portable_config
+from pipelines.clearml.params import knob_values, portable_config
+from pipelines.clearml.report import reporter
+from pipelines.clearml.sdk import check_server, prepare_sdk
+from pipelines.local import run_local
 
 NO_AUTO_CONNECT = {
     "detect_repository": False,
@@ -27,8 +31,6 @@ def open_task(clearml_cfg: dict[str, Any], name: str, task_type: str):
     """A task for work on this machine: an offline session (``mode=offline``) or on the
     configured server (checked first, so a missing one fails fast)."""
     from clearml import Task
-
-    from pipelines.clearml.sdk import check_server, prepare_sdk
 
     prepare_sdk()
     if clearml_cfg["mode"] == "offline":
@@ -59,11 +61,49 @@ def close_task(task) -> str | None:
 def run_tracked(cfg_node, container: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The local run, its publish step reporting to the task; returns the step outputs and,
     offline, the path of the session zip."""
-    from pipelines.clearml.report import reporter
-    from pipelines.local import run_local
-
     task = open_task(container["clearml"], str(container["experiment"]["name"]), "testing")
     task.connect(knob_values(container), name="Args")
     task.connect_configuration(portable_config(cfg_node), name=CONFIG_NAME)
     outputs = run_local(container, run_id=str(task.id), report=reporter(task))
     return outputs, close_task(task)
+
+
+def report_comparison(
+    cfg: dict[str, Any],
+    comparison: dict[str, Any],
+    label_a: str,
+    label_b: str,
+    paths: dict[str, Path],
+) -> str | None:
+    """A ClearML task (offline: a session zip) with the numbers, the table and the files."""
+    task = open_task(cfg["clearml"], f"compare {label_b} vs {label_a}", "qc")
+    task.connect({"a": label_a, "b": label_b}, name="Args")
+    logger = task.get_logger()
+    diff = comparison["difference"]
+    for key, value in (
+        ("recall_a", comparison["mean_a"]),
+        ("recall_b", comparison["mean_b"]),
+        ("difference_b_minus_a", diff["mean"]),
+        ("difference_ci_low", diff["ci_low"]),
+        ("difference_ci_high", diff["ci_high"]),
+        ("questions_differing", len(comparison["rows"])),
+    ):
+        if value is not None:
+            logger.report_single_value(key, float(value))
+    header = ["question_id", "question", "A", "B", "recall A", "recall B", "B - A"]
+    table = [header] + [
+        [
+            r["question_id"],
+            r["question"],
+            r["prediction_a"],
+            r["prediction_b"],
+            r["recall_a"],
+            r["recall_b"],
+            r["difference"],
+        ]
+        for r in comparison["rows"][:500]
+    ]
+    logger.report_table("comparison", "differing questions", iteration=0, table_plot=table)
+    for key, path in paths.items():
+        task.upload_artifact(f"compare_{key}", artifact_object=Path(path), wait_on_upload=True)
+    return close_task(task)

@@ -3,17 +3,29 @@ compose the config, call into the library and turn a user's mistake into one lin
 
     make run -> run.py      make sweep -> sweep.py      make compare -> compare.py
     make leaderboard -> leaderboard.py      make enqueue -> enqueue.py
-    make enqueue-sweep -> enqueue_sweep.py  make fetch / publish / retention -> artifacts.py
+    make enqueue-sweep -> enqueue_sweep.py
+    make fetch / publish / retention / clean-outputs -> files.py
+
+Only here and in pipelines/clearml/ is anything chosen between a local run and ClearML; the
+S3 keys of clearml.conf are handed to storage here, once, for every command.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from components.inference.engine import GenerationOutOfMemory
+from components.model_files import ModelFilesError
+from components.storage import StorageError
 from pipelines import config  # noqa: F401  (registers conf/'s schemas before @hydra.main)
+from pipelines.clearml import credentials
+from pipelines.clearml.sdk import ServerNotConfigured
+
+credentials.register()
 
 
 class Stopped(Exception):
@@ -26,10 +38,6 @@ def _raise_stopped(signum: int, _frame: Any) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can fix: printed as `error: ...` with exit 2, no traceback."""
-    from components.model_files import ModelFilesError
-    from components.storage import StorageError
-    from pipelines.clearml.sdk import ServerNotConfigured
-
     return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured)
 
 
@@ -51,10 +59,6 @@ def launch(main: Callable[[], None]) -> None:
 def finish(work: Callable[[], int | None], stopped_hint: Callable[[], str] | None = None) -> None:
     """Runs a command's body and exits with its code: 2 for a user's mistake, 143 after
     SIGTERM, 130 after Ctrl-C (``stopped_hint``: what was kept and how to go on)."""
-    import logging
-
-    from pipelines.steps import GenerationOutOfMemory
-
     global _started
     _started = True
     logging.getLogger("httpx").setLevel(logging.WARNING)

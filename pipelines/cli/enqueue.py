@@ -8,11 +8,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from pipelines.clearml.submit import submit
 from pipelines.cli import finish, launch
 
 
 def enqueue(cfg: DictConfig) -> int:
-    from pipelines.clearml.submit import submit
 
     pipeline = submit(cfg)
     print(f"pipeline {pipeline['experiment']} ({pipeline['id']}) enqueued: {pipeline['url']}")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from pipelines.clearml.sweep import enqueue_sweep as enqueue
 from pipelines.cli import finish, launch
 from pipelines.cli.sweep import user_overrides
+from pipelines.sweep import split_names
 
 
 def enqueue_sweep(cfg: DictConfig) -> int:
-    from pipelines.clearml.sweep import enqueue_sweep as enqueue
-    from pipelines.sweep import split_names
 
     models = split_names(list(cfg.sweep.models), "model")
     datasets = split_names(list(cfg.sweep.datasets), "dataset")

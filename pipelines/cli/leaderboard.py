@@ -12,16 +12,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from components.leaderboard import leaderboard_row, sort_rows, to_markdown, write_leaderboard
+from components.stats import bootstrap_options
+from components.storage import safe_name
+from pipelines.clearml.runs import task_fetcher
 from pipelines.cli import finish, launch
 from pipelines.config import ConfigError, to_container
+from pipelines.runs import resolve_run
 
 
 def leaderboard(cfg: DictConfig) -> int:
-    from components.leaderboard import leaderboard_row, sort_rows, to_markdown, write_leaderboard
-    from components.stats import bootstrap_options
-    from components.storage import safe_name
-    from pipelines.runs import resolve_run
-
     container = to_container(cfg)
     refs = [r.strip() for r in str(cfg.leaderboard.runs).split(",") if r.strip()]
     if not refs:
@@ -29,7 +29,7 @@ def leaderboard(cfg: DictConfig) -> int:
     stats = bootstrap_options(container["sweep"])
     rows = []
     for ref in refs:
-        folder = resolve_run(ref, container)
+        folder = resolve_run(ref, container, task_fetcher(container))
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         predictions = json.loads((folder / "predictions.json").read_text(encoding="utf-8"))
         rows.append(leaderboard_row(results, predictions, **stats))

@@ -11,8 +11,11 @@ import hydra
 from omegaconf import DictConfig
 
 from components.memory import gib, highest_gpu_bytes
+from components.storage import StorageError
+from pipelines.clearml.tracking import run_tracked
 from pipelines.cli import finish, launch
 from pipelines.config import to_container
+from pipelines.local import run_dir_of, run_local
 
 
 def _gib(value: int | None) -> str:
@@ -46,15 +49,10 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
 
 
 def run(cfg: DictConfig) -> int:
-    from components.storage import StorageError
-    from pipelines.local import run_dir_of, run_local
-
     container = to_container(cfg)
     session_zip = None
     try:
         if container["clearml"]["mode"] in ("offline", "server"):
-            from pipelines.clearml.tracking import run_tracked
-
             outputs, session_zip = run_tracked(cfg, container)
         else:
             outputs = run_local(container)

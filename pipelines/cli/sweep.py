@@ -11,7 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from components.leaderboard import to_markdown
 from pipelines.cli import finish, launch
+from pipelines.sweep import run_sweep, split_names
 
 SWEEP_KEYS = ("sweep.models=", "sweep.datasets=")
 
@@ -24,8 +26,6 @@ def user_overrides() -> list[str]:
 
 
 def sweep(cfg: DictConfig) -> int:
-    from components.leaderboard import to_markdown
-    from pipelines.sweep import run_sweep, split_names
 
     models = split_names(list(cfg.sweep.models), "model")
     datasets = split_names(list(cfg.sweep.datasets), "dataset")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from components.artifacts import file_info, read_jsonl, write_json_atomic, write_jsonl_atomic
+from components.atomic import file_info, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
 def test_json_and_jsonl_round_trip_with_checksums(tmp_path):

