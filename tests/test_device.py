@@ -140,8 +140,10 @@ def test_device_follows_what_torch_and_nvml_see():
         assert resolve_device("auto") == "cpu"
         with pytest.raises(ValueError, match="inference.device: cuda was asked for"):
             resolve_device("cuda")
+    from components.inference.config import InferenceConfig
+
     with pytest.raises(ValueError, match="inference.device: 'tpu' is not one of auto"):
-        resolve_device("tpu")
+        InferenceConfig(device="tpu")  # checked where the setting is defined
 
 
 def test_cuda_dtype_is_bf16_from_ampere_on():

@@ -104,3 +104,49 @@ def test_options_reach_the_backend_and_close_frees_it(smollm2_path, hf_backend):
     assert texts == [g.text for g in hf_backend.generate(prompts, params)]
     assert backend.model is None
     backend.close()  # closing twice is harmless
+
+
+# ---- the CPU engine: CTranslate2 ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct2_backend(smollm2_path, hf_backend):
+    from components.backends import create_backend
+
+    backend = create_backend(
+        "ctranslate2", smollm2_path, device="cpu", dtype="int8", tokenizer=hf_backend.tokenizer
+    )
+    yield backend
+    backend.close()
+
+
+def test_ctranslate2_answers_like_the_model_and_counts_its_tokens(ct2_backend):
+    prompts = encode_prompts(ct2_backend.tokenizer, QUESTIONS, FMT)
+    out = ct2_backend.generate(prompts, GenerationParams(max_new_tokens=16))
+    assert len(out) == len(QUESTIONS)
+    assert "paris" in out[0].text.lower()
+    for generation, prompt in zip(out, prompts, strict=True):
+        assert generation.prompt_tokens == len(prompt)
+        assert 1 <= generation.output_tokens <= 16
+
+
+def test_ctranslate2_answers_do_not_depend_on_the_batch(ct2_backend):
+    """Prompts of several lengths, at batch 1, 2 and all at once: the same answers."""
+    questions = [*QUESTIONS, "Who painted the Mona Lisa?", "How many legs does a spider have?"]
+    prompts = encode_prompts(ct2_backend.tokenizer, questions, FMT)
+    assert len({len(p) for p in prompts}) > 2  # mixed lengths, else nothing is tested
+    params = GenerationParams(max_new_tokens=12)
+    seen = []
+    for batch in (1, 2, len(prompts)):
+        ct2_backend.batch_size = batch
+        seen.append([g.text for g in ct2_backend.generate(prompts, params)])
+    assert seen[0] == seen[1] == seen[2]
+
+
+def test_the_conversion_is_cached(ct2_backend, smollm2_path):
+    from components.backends.ctranslate2_backend import convert
+
+    first = convert(smollm2_path, "int8")
+    mtime = (first / "model.bin").stat().st_mtime
+    assert convert(smollm2_path, "int8") == first
+    assert (first / "model.bin").stat().st_mtime == mtime

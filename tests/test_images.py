@@ -80,5 +80,5 @@ def test_the_cuda_image_runs_the_default_experiment_without_a_gpu(docker_images)
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"vllm {deploy_settings()['VLLM_VERSION']}" in proc.stdout
-    assert "== smollm2_135m_sample (transformers, cpu, " in proc.stdout
+    assert "== smollm2_135m_sample (ctranslate2, cpu, int8) ==" in proc.stdout
     assert "examples        2 (scored 2" in proc.stdout

@@ -114,17 +114,32 @@ def test_gemma_answers_through_a_completion_prompt_and_stops_at_the_line_break(g
     prompts = encode_prompts(tokenizer, questions, fmt)
     assert all(p[0] == tokenizer.bos_token_id for p in prompts)  # Gemma needs its BOS
 
-    backend = create_backend(
-        "transformers", gemma_path, device="cpu", dtype="float32", tokenizer=tokenizer
-    )
-    try:
-        out = backend.generate(prompts, GenerationParams(max_new_tokens=24, stop=fmt.stop))
-        unstopped = backend.generate(prompts[:1], GenerationParams(max_new_tokens=24))
-    finally:
-        backend.close()
-    assert "paris" in out[0].text.lower()
-    assert "shakespeare" in out[1].text.lower()
-    assert all("\n" not in g.text and g.output_tokens < 24 for g in out)
-    # Without the stop sequence the base model runs on into an invented next question.
-    assert unstopped[0].output_tokens > out[0].output_tokens
-    assert unstopped[0].text.startswith(out[0].text) and "\n" in unstopped[0].text
+    for name, dtype in (("transformers", "float32"), ("ctranslate2", "int8")):
+        backend = create_backend(name, gemma_path, device="cpu", dtype=dtype, tokenizer=tokenizer)
+        try:
+            out = backend.generate(prompts, GenerationParams(max_new_tokens=24, stop=fmt.stop))
+            unstopped = backend.generate(prompts[:1], GenerationParams(max_new_tokens=24))
+        finally:
+            backend.close()
+        assert "paris" in out[0].text.lower(), name
+        assert "shakespeare" in out[1].text.lower(), name
+        assert all("\n" not in g.text and g.output_tokens < 24 for g in out), name
+        # Without the stop sequence the base model runs on into an invented next question.
+        assert unstopped[0].output_tokens > out[0].output_tokens, name
+        assert unstopped[0].text.startswith(out[0].text) and "\n" in unstopped[0].text, name
+
+
+@pytest.mark.slow  # converts the packaged model the first time
+def test_the_shared_prefix_is_the_format_before_the_question(smollm2_path):
+    """What every prompt of a format starts with, found from the format alone: the same for
+    any dataset, so the CTranslate2 backend's split of each prompt never depends on others."""
+    from components.prompts import shared_prefix
+
+    tokenizer = load_tokenizer(smollm2_path)
+    fmt = prompt_format(format="chat")
+    prompts = encode_prompts(tokenizer, ["who wrote hamlet", "2+2?", "Why?"], fmt)
+    n = shared_prefix(tokenizer, fmt)
+    assert n == shared_prefix(tokenizer, fmt, prompts) > 10
+    assert all(p[:n] == prompts[0][:n] for p in prompts)
+    assert tokenizer.decode(prompts[0][:n]).endswith("Question:")
+    assert tokenizer.decode(prompts[0][n:]).startswith(" who wrote hamlet")

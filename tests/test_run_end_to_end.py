@@ -16,17 +16,21 @@ def run_here(*overrides: str) -> dict:
 
 
 def test_make_run_writes_three_consistent_files(tmp_path):
-    args = f"dataset.limit=5 inference.max_new_tokens=12 inference.dtype=float32 \
-inference.seed=123 experiment.output_dir={tmp_path}"
+    args = f"dataset.limit=5 inference.max_new_tokens=12 inference.seed=123 \
+experiment.output_dir={tmp_path}"
     proc = make("run", f"ARGS={args}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = check_run_folder(tmp_path / "smollm2_135m_sample", 5)
-    assert results["inference"]["backend"] == "transformers"
-    assert results["inference"]["dtype"] == "float32"
+    # The CPU engine by default, and why it was chosen.
+    assert results["inference"]["backend"] == "ctranslate2"
+    assert results["inference"]["dtype"] == "int8"
+    assert results["inference"]["backend_reason"].startswith("cpu: ctranslate2 (installed")
+    assert results["inference"]["batch_invariance"]["identical_at_batch_1_8_32"] == 1.0
     assert results["inference"]["seed"] == 123
     assert results["model"]["source"] == "gguf-cache"
     assert "token recall" in proc.stdout
     assert "questions/s" in proc.stdout
+    assert "== smollm2_135m_sample (ctranslate2, cpu, int8) ==" in proc.stdout
     assert str(tmp_path / "smollm2_135m_sample" / "results.json") in proc.stdout
 
 

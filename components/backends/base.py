@@ -43,6 +43,9 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()  # an answer ends before the first of these (base models)
+    # Tokens every prompt of the run starts with (its format before the question, the same
+    # whatever the question); 0: unknown. The CTranslate2 backend splits every prompt there.
+    shared_prefix: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -79,6 +82,7 @@ class Backend(Protocol):
 
 REGISTRY = {
     "transformers": "components.backends.transformers_backend:TransformersBackend",
+    "ctranslate2": "components.backends.ctranslate2_backend:CTranslate2Backend",
     "vllm": "components.backends.vllm_backend:VLLMBackend",
 }
 

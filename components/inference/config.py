@@ -8,9 +8,9 @@ from typing import Any
 
 from components.settings import non_negative_int, one_of, positive_int, require
 
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = ("auto", "transformers", "ctranslate2", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 SYSTEM_PROMPT = (
     "Answer the question as briefly as possible: give only the factual answer (a name, "
     "place, date or number), with no introduction or explanation."
@@ -36,7 +36,8 @@ class VLLMOptions:
 class InferenceConfig:
     backend: str = "auto"  # auto: the faster end to end here (components/backends/choice.py)
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on CUDA and on CPUs with native bf16, else fp32
+    # auto: int8 with ctranslate2; else bf16 on CUDA and on CPUs with native bf16, else fp32
+    dtype: str = "auto"
     # auto: on CUDA the largest batch that fits, on CPU 32 (components/batching.py)
     batch_size: Any = "auto"
     max_new_tokens: int = 32
@@ -79,7 +80,12 @@ class InferenceConfig:
             f"must be in (0, 1], got {self.gpu_memory_utilization!r}",
         )
         require(
-            self.tensor_parallel_size == 1 or self.backend != "transformers",
+            self.dtype != "int8" or self.backend in ("auto", "ctranslate2"),
+            "inference.dtype",
+            "int8 is ctranslate2's (inference.backend=ctranslate2 or auto on a CPU)",
+        )
+        require(
+            self.tensor_parallel_size == 1 or self.backend == "auto" or self.backend == "vllm",
             "inference.tensor_parallel_size",
             "> 1 needs inference.backend=vllm (or auto on CUDA)",
         )

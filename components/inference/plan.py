@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.backends import BackendChoice, GenerationParams, resolve_backend
+from components.backends.ctranslate2_backend import DEFAULT_DTYPE as CTRANSLATE2_DTYPE
 from components.batching import ModelShape, model_shape
 from components.checkpoint import checkpoint_key, prompts_digest
 from components.device import resolve_device, resolve_dtype
@@ -21,7 +22,7 @@ from components.model_files import (
     resolve_model,
     weights_digest,
 )
-from components.prompts import PromptFormat, encode_prompts, load_tokenizer
+from components.prompts import PromptFormat, encode_prompts, load_tokenizer, shared_prefix
 from components.seeding import seed_everything
 
 
@@ -67,8 +68,22 @@ def resolve_execution(
         parameters=shape.parameters if shape else None,
         questions=questions,
         tensor_parallel_size=inference.tensor_parallel_size,
+        model_path=model_path,
+        revision=revision,
     )
-    return Execution(device, resolve_dtype(inference.dtype, device), backend, shape)
+    return Execution(device, engine_dtype(inference.dtype, device, backend.name), backend, shape)
+
+
+def engine_dtype(dtype: str, device: str, backend: str) -> str:
+    """``inference.dtype`` as the chosen backend runs it: CTranslate2 computes in int8 (or
+    float32) on its converted weights; the others take a torch dtype."""
+    if backend == "ctranslate2":
+        if dtype not in ("auto", "int8", "float32"):
+            raise ValueError(f"inference.dtype: {dtype} with ctranslate2; it runs int8 or float32")
+        return CTRANSLATE2_DTYPE if dtype == "auto" else dtype
+    if dtype == "int8":
+        raise ValueError(f"inference.dtype: int8 is ctranslate2's; this run uses {backend}")
+    return resolve_dtype(dtype, device)
 
 
 def check_gpus(gpus: int, backend_name: str, device: str) -> None:
@@ -114,6 +129,7 @@ def plan_inference(
         top_p=inference.top_p,
         seed=inference.seed,
         stop=fmt.stop,
+        shared_prefix=shared_prefix(tokenizer, fmt, prompts),
     )
     key = checkpoint_key(
         model={"name": model.name, "path": model.path, "revision": model.revision},

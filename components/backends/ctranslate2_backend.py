@@ -1,0 +1,211 @@
+"""CTranslate2 backend: the model converted once into CTranslate2's format (int8 weights by
+default), then batched greedy decoding on the CPU: one single-threaded replica per core, each
+decoding its own batch, several times transformers' fp32 speed (docs/benchmarks.md).
+
+Answers do not depend on the batch size. CTranslate2 runs the first ``min(len) - 1`` tokens of
+a batch's prompts at once and forces the rest one step at a time, so in a batch of mixed
+lengths the split, and with it a prompt's numbers (and, through int8's rounding, sometimes its
+answer), depends on its neighbours. Here every batch carries one more row, the prompts' shared
+prefix and one token (``GenerationParams.shared_prefix``): the split is then the same for every
+prompt whatever the batch, and each row is computed alone (activations are quantized per row,
+int8 products summed exactly, one thread per batch). The extra row's answer is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from components.backends.base import Generation, GenerationParams
+from components.batching import CPU_BATCH
+from components.checkpoint import short_digest
+from components.fault_injection import out_of_memory_above
+from components.model_files import MARKER, default_cache_dir, model_config
+from components.prompts import decode_answer
+
+COMPUTE_TYPES = ("int8", "int8_float32", "float32")
+DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
+CONVERTED = "slm_qa_eval_ct2.json"
+
+
+def supports(model_path: str, revision: str | None = None) -> str | None:
+    """None when CTranslate2 converts this model's architecture, else why not."""
+    from ctranslate2.converters.transformers import _MODEL_LOADERS
+
+    try:
+        name = type(model_config(model_path, revision)).__name__
+    except (OSError, ValueError) as exc:
+        return f"its config cannot be read here ({exc.__class__.__name__})"
+    return None if name in _MODEL_LOADERS else f"CTranslate2 has no converter for {name}"
+
+
+def _cache_name(model_path: str, revision: str | None) -> str:
+    """The converted folder's name: a packaged model's cached folder is already named by its
+    weights (``<model>-<sha256>``); a hub id or other folder gets a digest of where it is."""
+    folder = Path(model_path)
+    if (folder / MARKER).is_file():
+        return folder.name
+    where = short_digest(
+        {"path": str(folder.resolve()) if folder.is_dir() else model_path, "revision": revision}
+    )
+    return f"{folder.name if folder.is_dir() else model_path.replace('/', '--')}-{where}"
+
+
+def convert(model_path: str, quantization: str, revision: str | None = None) -> Path:
+    """The CTranslate2 copy of a Hugging Face model folder, converted once and cached
+    beside the project's other converted models."""
+    from ctranslate2.converters import TransformersConverter
+
+    target = default_cache_dir() / "ct2" / f"{_cache_name(model_path, revision)}-{quantization}"
+    if (target / CONVERTED).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        print(f"Converting {model_path} for CTranslate2 ({quantization}) into {target} (once)")
+        converter = TransformersConverter(model_path, revision=revision, low_cpu_mem_usage=True)
+        converter.convert(str(tmp / "model"), quantization=quantization, force=True)
+        for item in (tmp / "model").iterdir():
+            item.rename(tmp / item.name)
+        (tmp / "model").rmdir()
+        (tmp / CONVERTED).write_text(
+            json.dumps({"source": model_path, "quantization": quantization})
+        )
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / CONVERTED).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class CTranslate2Backend:
+    name = "ctranslate2"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str,
+        dtype: str,
+        tokenizer: Any = None,
+        seed: int | None = None,
+        revision: str | None = None,
+        batch_size: int = CPU_BATCH,
+    ) -> None:
+        """``dtype`` is CTranslate2's compute type (int8, int8_float32, float32): the weights
+        are converted to it once. ``batch_size`` may be changed between calls."""
+        import ctranslate2
+        from transformers import AutoTokenizer, GenerationConfig
+
+        if dtype not in COMPUTE_TYPES:
+            raise ValueError(f"ctranslate2 backend: dtype {dtype!r} is not one of {COMPUTE_TYPES}")
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, revision=revision)
+        folder = convert(model_path, "int8" if dtype.startswith("int8") else "float32", revision)
+        self.replicas = cpu_threads()  # batches decoded at once, one thread each
+        self.generator = ctranslate2.Generator(
+            str(folder),
+            device=device,
+            compute_type=dtype,
+            inter_threads=self.replicas,
+            intra_threads=1,
+        )
+        self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
+        try:
+            eos = GenerationConfig.from_pretrained(model_path, revision=revision).eos_token_id
+        except OSError:
+            eos = None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]))
+        self._stop_ids: dict[tuple[str, ...], list[int]] = {}
+
+    def _end_ids(self, stop: tuple[str, ...]) -> list[int]:
+        """End of generation: EOS, and every token whose text holds a stop sequence (a stop
+        spread over several tokens is cut from the text afterwards)."""
+        if stop not in self._stop_ids:
+            ids = list(self.eos_ids)
+            if stop:
+                texts = self.tokenizer.batch_decode([[i] for i in range(len(self.vocabulary))])
+                ids += [i for i, text in enumerate(texts) if any(s in text for s in stop)]
+            self._stop_ids[stop] = sorted(set(ids))
+        return self._stop_ids[stop]
+
+    def generate(
+        self,
+        prompts: Sequence[list[int]],
+        params: GenerationParams,
+        on_progress: Callable[[int], None] | None = None,
+        on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+    ) -> list[Generation]:
+        import ctranslate2
+
+        if params.seed is not None:
+            ctranslate2.set_random_seed(params.seed)
+        sampling = (
+            {"sampling_topk": 1}
+            if params.greedy
+            else {
+                "sampling_topk": 0,
+                "sampling_topp": params.top_p,
+                "sampling_temperature": params.temperature,
+            }
+        )
+        end = self._end_ids(params.stop)
+        # The extra row's length (module docstring). Never 1: a batch whose shortest prompt is
+        # one token long gets its prompts back as part of the answers.
+        split = max(params.shared_prefix, 1) + 1
+
+        def decode(batch: list[int]) -> list[Generation]:
+            out_of_memory_above(len(batch))
+            rows = [[self.vocabulary[t] for t in prompts[i]] for i in batch]
+            rows.append(rows[0][:split])
+            outputs = self.generator.generate_batch(
+                rows,
+                max_length=params.max_new_tokens,
+                include_prompt_in_result=False,
+                end_token=end,
+                return_end_token=True,
+                **sampling,
+            )
+            generations = []
+            for index, output in zip(batch, outputs, strict=False):  # the extra row is last
+                text, count = decode_answer(self.tokenizer, output.sequences_ids[0], params.stop)
+                generations.append(Generation(text, len(prompts[index]), count))
+            return generations
+
+        # Longest first: similar lengths share a batch, and the longest batch fails first.
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        results: list[Generation | None] = [None] * len(prompts)
+        with ThreadPoolExecutor(self.replicas) as pool:
+            for batch, generations in zip(batches, pool.map(decode, batches), strict=True):
+                for index, generation in zip(batch, generations, strict=True):
+                    results[index] = generation
+                if on_batch is not None:
+                    on_batch(batch, generations)
+                if on_progress is not None:
+                    on_progress(len(batch))
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        """Frees the model (idempotent)."""
+        if getattr(self, "generator", None) is not None:
+            self.generator.unload_model()
+            self.generator = None
