@@ -9,8 +9,10 @@ memory it has free come from NVML, which reads the driver without a CUDA context
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,25 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
+def torch_built_with_cuda() -> bool:
+    """What torch's own version file says of CUDA, read without importing torch (1-2 s a
+    process on a CPU run that never needs it); True where the file cannot tell."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
+    except OSError:
+        return True
+    found = re.search(r"^cuda\s*(?::[^=]*)?=\s*(.+?)\s*$", text, re.MULTILINE)
+    return found is None or found.group(1) != "None"
+
+
 def cuda_available() -> bool:
     """torch has CUDA and a GPU is visible, counted through NVML (torch's own
     ``device_count()`` does that until CUDA is initialised), so no fork is poisoned."""
+    if not torch_built_with_cuda():
+        return False
     import torch
 
     return bool(torch.backends.cuda.is_built()) and torch.cuda.device_count() > 0

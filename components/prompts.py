@@ -7,8 +7,10 @@ the answer ends at the line break instead of running on into the next invented q
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import MISSING
 
@@ -79,9 +81,19 @@ class PromptFormat:
 
 
 def load_tokenizer(model_path: str, revision: str | None = None):
-    from transformers import AutoTokenizer
+    """The tokenizer AutoTokenizer would give. A local folder naming its class loads that
+    class directly: AutoTokenizer's import pulls in torch (about 3 s), which a CTranslate2
+    run otherwise never loads."""
+    import transformers
 
-    return AutoTokenizer.from_pretrained(model_path, revision=revision)
+    try:
+        config = json.loads((Path(model_path) / "tokenizer_config.json").read_text())
+        named = getattr(transformers, str(config.get("tokenizer_class")), None)
+    except (OSError, ValueError, TypeError):
+        named = None
+    if isinstance(named, type) and issubclass(named, transformers.PreTrainedTokenizerBase):
+        return named.from_pretrained(model_path, revision=revision)
+    return transformers.AutoTokenizer.from_pretrained(model_path, revision=revision)
 
 
 def uses_chat(tokenizer, fmt: PromptFormat) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, *, torch: bool = True) -> None:
+    """``torch``: False where the run's engine does not use it (CTranslate2 seeds its own
+    sampler), so such a run never imports it."""
     random.seed(seed)
     try:
         import numpy as np
@@ -13,8 +15,10 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:
         pass
-    import torch
+    if not torch:
+        return
+    import torch as torch_module
 
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    torch_module.manual_seed(seed)
+    if torch_module.cuda.is_available():
+        torch_module.cuda.manual_seed_all(seed)

@@ -317,3 +317,13 @@ def test_nvml_agrees_with_torch_about_the_gpu():
     capability, total = json.loads(proc.stdout.strip().splitlines()[-1])
     assert cuda_capability() == tuple(capability)
     assert gpu_memory()[1] == pytest.approx(total, rel=0.02)  # NVML may count reserved memory
+
+
+def test_torch_s_cuda_build_is_read_without_importing_it():
+    """The device of a CPU run is settled without torch's import; what the file says is what
+    torch says of itself."""
+    import torch
+
+    from components.device import torch_built_with_cuda
+
+    assert torch_built_with_cuda() == torch.backends.cuda.is_built()

@@ -143,3 +143,20 @@ def test_the_shared_prefix_is_the_format_before_the_question(smollm2_path):
     assert all(p[:n] == prompts[0][:n] for p in prompts)
     assert tokenizer.decode(prompts[0][:n]).endswith("Question:")
     assert tokenizer.decode(prompts[0][n:]).startswith(" who wrote hamlet")
+
+
+@pytest.mark.slow  # converts the packaged models the first time
+@pytest.mark.parametrize("model", ["smollm2_135m", "gemma3_270m"])
+def test_the_tokenizer_class_loaded_directly_is_the_one_autotokenizer_gives(model, request):
+    """load_tokenizer skips AutoTokenizer (whose import pulls in torch): same class, same
+    prompt ids, same decoded text, for both packaged models in their own formats."""
+    from transformers import AutoTokenizer
+
+    path = request.getfixturevalue("smollm2_path" if model == "smollm2_135m" else "gemma_path")
+    fmt = formats(to_container(compose([f"model={model}"])))
+    ours, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(path)
+    assert type(ours) is type(auto)
+    questions = ["who wrote he ain't heavy he's my brother lyrics", "Où est Zürich? 2+2=?"]
+    assert encode_prompts(ours, questions, fmt) == encode_prompts(auto, questions, fmt)
+    ids = encode_prompts(auto, questions, fmt)[0]
+    assert ours.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)

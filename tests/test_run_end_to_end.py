@@ -1,11 +1,14 @@
 """`make run` as a user runs it (a few real subprocesses), and the same pipeline in-process
 for everything a subprocess would add nothing to: three files that agree with each other."""
 
+import subprocess
+import sys
+
 import pytest
 
 from pipelines.config import compose, to_container
 from pipelines.local import run_local
-from tests.conftest import check_run_folder, make, make_dry_run, run_cli
+from tests.conftest import ROOT, check_run_folder, make, make_dry_run, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +152,24 @@ def test_unknown_model_lists_the_choices(tmp_path):
     assert proc.returncode == 2  # Hydra's refusal is a user's mistake like any other
     assert "Could not find 'model/gpt5'" in proc.stderr
     assert "smollm2_135m" in proc.stderr and "qwen3_0.6b" in proc.stderr
+
+
+def test_the_default_cpu_run_never_imports_torch(tmp_path):
+    """CTranslate2 needs neither torch nor AutoTokenizer's import of it (about 3 s of a 9 s
+    run): the tokenizer's class is loaded directly, the seed and device read without it."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['run', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('pipelines.cli.run', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    args = ["dataset.limit=2", "inference.max_new_tokens=4", f"experiment.output_dir={tmp_path}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(ctranslate2, cpu, int8)" in proc.stdout
+    assert "torch imported: False" in proc.stdout

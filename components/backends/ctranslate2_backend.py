@@ -27,7 +27,7 @@ from components.batching import CPU_BATCH
 from components.checkpoint import short_digest
 from components.fault_injection import out_of_memory_above
 from components.model_files import MARKER, default_cache_dir, model_config
-from components.prompts import decode_answer
+from components.prompts import decode_answer, load_tokenizer
 
 COMPUTE_TYPES = ("int8", "int8_float32", "float32")
 DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
@@ -35,7 +35,10 @@ CONVERTED = "slm_qa_eval_ct2.json"
 
 
 def supports(model_path: str, revision: str | None = None) -> str | None:
-    """None when CTranslate2 converts this model's architecture, else why not."""
+    """None when CTranslate2 converts this model's architecture, else why not. A model
+    converted before is known to be supported (the converter's import pulls in torch)."""
+    if any(converted(model_path, revision, q) is not None for q in ("int8", "float32")):
+        return None
     from ctranslate2.converters.transformers import _MODEL_LOADERS
 
     try:
@@ -57,14 +60,25 @@ def _cache_name(model_path: str, revision: str | None) -> str:
     return f"{folder.name if folder.is_dir() else model_path.replace('/', '--')}-{where}"
 
 
+def _target(model_path: str, revision: str | None, quantization: str) -> Path:
+    return default_cache_dir() / "ct2" / f"{_cache_name(model_path, revision)}-{quantization}"
+
+
+def converted(model_path: str, revision: str | None, quantization: str) -> Path | None:
+    """The cached CTranslate2 copy, where one was made."""
+    target = _target(model_path, revision, quantization)
+    return target if (target / CONVERTED).is_file() else None
+
+
 def convert(model_path: str, quantization: str, revision: str | None = None) -> Path:
     """The CTranslate2 copy of a Hugging Face model folder, converted once and cached
     beside the project's other converted models."""
+    done = converted(model_path, revision, quantization)
+    if done is not None:
+        return done
     from ctranslate2.converters import TransformersConverter
 
-    target = default_cache_dir() / "ct2" / f"{_cache_name(model_path, revision)}-{quantization}"
-    if (target / CONVERTED).is_file():
-        return target
+    target = _target(model_path, revision, quantization)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -85,6 +99,16 @@ def convert(model_path: str, quantization: str, revision: str | None = None) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def generation_eos(model_path: str) -> int | list[int] | None:
+    """The model's end-of-generation token(s), as its generation_config.json gives them (read
+    directly: transformers' GenerationConfig imports torch)."""
+    try:
+        config = json.loads((Path(model_path) / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("eos_token_id") if isinstance(config, dict) else None
 
 
 def cpu_threads() -> int:
@@ -111,12 +135,11 @@ class CTranslate2Backend:
         """``dtype`` is CTranslate2's compute type (int8, int8_float32, float32): the weights
         are converted to it once. ``batch_size`` may be changed between calls."""
         import ctranslate2
-        from transformers import AutoTokenizer, GenerationConfig
 
         if dtype not in COMPUTE_TYPES:
             raise ValueError(f"ctranslate2 backend: dtype {dtype!r} is not one of {COMPUTE_TYPES}")
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
-        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path, revision=revision)
+        self.tokenizer = tokenizer or load_tokenizer(model_path, revision)
         folder = convert(model_path, "int8" if dtype.startswith("int8") else "float32", revision)
         self.replicas = cpu_threads()  # batches decoded at once, one thread each
         self.generator = ctranslate2.Generator(
@@ -127,10 +150,7 @@ class CTranslate2Backend:
             intra_threads=1,
         )
         self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
-        try:
-            eos = GenerationConfig.from_pretrained(model_path, revision=revision).eos_token_id
-        except OSError:
-            eos = None
+        eos = generation_eos(model_path)
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]))

@@ -108,10 +108,10 @@ def check_gpus(gpus: int, backend_name: str, device: str) -> None:
 def plan_inference(
     model: ModelConfig, inference: InferenceConfig, questions: Sequence[str]
 ) -> InferencePlan:
-    if inference.seed is not None:
-        seed_everything(inference.seed)
     files = resolve_model(model, digest=weights_digest(model))
     execution = resolve_execution(inference, files.path, model.revision, len(questions))
+    if inference.seed is not None:
+        seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
     check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
     try:
         tokenizer = load_tokenizer(files.path, model.revision)
