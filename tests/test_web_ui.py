@@ -1,0 +1,148 @@
+"""Clone-and-edit in the real ClearML web UI, in a real browser, on the project's own
+pipeline: after a finished `make enqueue`, a user clones the controller, edits an Arg (or a
+value inside ``experiment_config`` in the UI's editor), saves, enqueues it on services, and
+the agents run it with the edited value. Then what users look at after a run: the DAG, the
+publish step's scalars and plots, the artifacts' links to S3, a failed run's reason.
+
+`make docs-screenshots` runs this module to refresh the pictures in docs/clearml.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import unavailable
+from tests.test_clearml_server import enqueue, failure, finished, run_files
+from tests.web_ui import Browser, WebUI, why_not_available
+
+pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker, pytest.mark.browser]
+EXPERIMENT = "smollm2_135m_sample"
+
+
+@pytest.fixture(scope="module")
+def ui(clearml_stack):
+    reason = why_not_available()
+    if reason:
+        unavailable(reason)
+    web = WebUI(clearml_stack).start()
+    browser = Browser(web)
+    try:
+        browser.login()
+        yield browser
+    finally:
+        browser.close()
+        web.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline(clearml_stack):
+    """The README's command, finished: what a user then opens in the UI."""
+    task_id = enqueue(clearml_stack, "dataset.limit=4")
+    task = finished(clearml_stack, task_id)
+    return {"id": task_id, "project": task["project"]["id"], "task": task}
+
+
+def test_clone_edit_an_arg_save_and_enqueue_in_the_ui(clearml_stack, ui, pipeline):
+    clone = ui.clone(pipeline["project"], pipeline["id"], f"{EXPERIMENT} edited in the UI")
+    ui.edit_arg(pipeline["project"], clone, "eval_limit", "2")
+    ui.enqueue(pipeline["project"], clone, "services")
+    task = finished(clearml_stack, clone)
+    assert task["name"] == f"{EXPERIMENT} edited in the UI"
+    args = {p["name"]: p["value"] for p in task["hyperparams"]["Args"].values()}
+    assert args["eval_limit"] == "2"
+    results, predictions = run_files(clearml_stack, EXPERIMENT, clone)
+    assert results["counts"]["examples"] == len(predictions) == 2
+    original = clearml_stack.api().task(pipeline["id"])
+    assert {p["name"]: p["value"] for p in original["hyperparams"]["Args"].values()}[
+        "eval_limit"
+    ] == "4"  # the clone was edited, not the run it came from
+
+
+def test_clone_edit_the_configuration_object_in_the_ui(clearml_stack, ui, pipeline):
+    clone = ui.clone(pipeline["project"], pipeline["id"], f"{EXPERIMENT} config edited in the UI")
+
+    def fewer_tokens(text: str) -> str:
+        edited = re.sub(r"max_new_tokens: \d+", "max_new_tokens: 3", text)
+        assert edited != text, text[:500]
+        return edited
+
+    ui.edit_configuration(pipeline["project"], clone, "experiment_config", fewer_tokens)
+    ui.enqueue(pipeline["project"], clone, "services")
+    finished(clearml_stack, clone)
+    results, predictions = run_files(clearml_stack, EXPERIMENT, clone)
+    assert results["config"]["inference"]["max_new_tokens"] == 3
+    assert all(p["output_tokens"] <= 3 for p in predictions)
+
+
+def test_the_dag_shows_the_four_steps_and_their_edges(ui, pipeline):
+    ui.open(f"/pipelines/{pipeline['project']}/tasks/{pipeline['id']}")
+    steps = ui.page.locator("sm-pipeline-controller-step .step-container .title")
+    steps.first.wait_for()
+    assert sorted(steps.all_inner_texts()) == ["inference", "load_dataset", "publish", "score"]
+    # load_dataset -> inference, score, publish; inference -> score, publish; score -> publish.
+    # The steps stand in one column, so the UI draws the skip edges over the chain's: six
+    # paths (zero-width vertical lines, "attached" rather than visible), three arrows seen.
+    edges = ui.page.locator("svg.arrows g > path")
+    edges.first.wait_for(state="attached")
+    assert edges.count() == 6
+    ui.shot("pipeline")
+
+
+def test_the_publish_step_shows_scalars_plots_and_the_controller_its_s3_links(
+    clearml_stack, ui, pipeline
+):
+    publish = clearml_stack.api().children(pipeline["id"])["publish"]
+    ui.open(f"/projects/{publish['project']['id']}/tasks/{publish['id']}/output/metrics/scalar")
+    summary = ui.page.locator("sm-single-value-summary-table")
+    summary.first.wait_for()
+    shown = summary.inner_text()
+    assert "token_recall" in shown and "exact_match" in shown
+    ui.open(f"/projects/{publish['project']['id']}/tasks/{publish['id']}/output/metrics/plots")
+    # The tables (best, worst) come first; the histogram below them renders once in view.
+    ui.page.locator("[id='metric_name_token recall']").scroll_into_view_if_needed()
+    histogram = ui.page.locator("[data-id='graphTitleName']", has_text="token recall")
+    histogram.first.wait_for()
+    axis = ui.page.locator(".g-xtitle text", has_text="token recall").first
+    axis.wait_for()
+    axis.scroll_into_view_if_needed()
+    ui.shot("recall-plot")
+    s3 = f"s3://{clearml_stack.s3_endpoint.split('://')[1]}/"
+    for name in ("experiment_results", "model_predictions", "memory_usage"):
+        ui.open(
+            f"/projects/{pipeline['project']}/tasks/{pipeline['id']}/output/artifacts/other/"
+            f"{name}/output"
+        )
+        row = ui.page.locator("sm-labeled-row[data-id='filePathId']")
+        row.first.wait_for()
+        url = row.inner_text().split()[-1]  # "FILE PATH s3://..."
+        assert url.startswith(s3), (name, row.inner_text())
+        assert f"/{EXPERIMENT}.{pipeline['id']}/artifacts/{name}/" in url, url
+
+
+def test_a_failed_pipeline_shows_its_reason_where_a_user_looks_first(clearml_stack, ui, pipeline):
+    bad = clearml_stack.data / "bad-ui.jsonl"
+    bad.write_text('{"question_id": "a", "question": "Q?", "answer": []}\n')
+    api = clearml_stack.api()
+    task_id = api("tasks.clone", task=pipeline["id"], new_task_name=f"{EXPERIMENT} bad data")["id"]
+    api(
+        "tasks.edit_hyper_params",
+        task=task_id,
+        hyperparams=[{"section": "Args", "name": "eval_dataset_path", "value": str(bad)}],
+    )
+    api("tasks.enqueue", task=task_id, queue_name="services")
+    reason = failure(finished(clearml_stack, task_id, status="failed"))
+    ui.open(f"/projects/{pipeline['project']}/tasks/{task_id}/output/general")
+    message = ui.page.locator("sm-labeled-row", has_text="STATUS MESSAGE")
+    message.first.wait_for()
+    assert "step load_dataset failed (permanent: DatasetError" in message.first.inner_text()
+    assert reason.startswith("step load_dataset failed (permanent: DatasetError")
+    ui.shot("failed-run")
+
+
+def test_no_request_left_this_machine(ui):
+    """The web app calls out (api.github.com, unpkg.com): every such request was aborted,
+    none completed, and the UI worked without them."""
+    assert ui.finished_elsewhere == []
+    assert ui.requests > 0
