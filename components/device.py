@@ -40,8 +40,12 @@ def torch_built_with_cuda() -> bool:
         text = (Path(list(spec.submodule_search_locations)[0]) / "version.py").read_text()
     except OSError:
         return True
-    found = re.search(r"^cuda\s*(?::[^=]*)?=\s*(.+?)\s*$", text, re.MULTILINE)
-    return found is None or found.group(1) != "None"
+    # ROCm builds answer to torch.cuda too: their file names hip instead.
+    for name in ("cuda", "hip"):
+        found = re.search(rf"^{name}\s*(?::[^=]*)?=\s*(.+?)\s*$", text, re.MULTILINE)
+        if found is None or found.group(1) != "None":
+            return True
+    return False
 
 
 def cuda_available() -> bool:

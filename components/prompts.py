@@ -87,10 +87,13 @@ def load_tokenizer(model_path: str, revision: str | None = None):
     import transformers
 
     try:
-        config = json.loads((Path(model_path) / "tokenizer_config.json").read_text())
-        named = getattr(transformers, str(config.get("tokenizer_class")), None)
-    except (OSError, ValueError, TypeError):
-        named = None
+        name = str(
+            json.loads((Path(model_path) / "tokenizer_config.json").read_text())["tokenizer_class"]
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        name = ""
+    # transformers 4 saves a fast tokenizer under its slow name; AutoTokenizer prefers Fast.
+    named = getattr(transformers, f"{name}Fast", None) or getattr(transformers, name, None)
     if isinstance(named, type) and issubclass(named, transformers.PreTrainedTokenizerBase):
         return named.from_pretrained(model_path, revision=revision)
     return transformers.AutoTokenizer.from_pretrained(model_path, revision=revision)

@@ -51,6 +51,15 @@ def test_auto_on_a_cpu_falls_back_to_transformers_and_says_why(tmp_path):
     )
 
 
+def test_auto_with_a_torch_dtype_on_a_cpu_keeps_transformers(smollm2_path):
+    """inference.dtype=bfloat16 asks for what CTranslate2 does not compute: not an error."""
+    choice = resolve_backend("auto", "cpu", questions=60, model_path=smollm2_path, dtype="bfloat16")
+    assert choice.name == "transformers"
+    assert choice.reason.endswith(
+        "; not ctranslate2: inference.dtype=bfloat16 is not one of its (auto, int8, float32)"
+    )
+
+
 def test_ctranslate2_by_name_is_checked(tmp_path):
     with pytest.raises(ValueError, match="ctranslate2 is this project's CPU engine; on cuda"):
         resolve_backend("ctranslate2", "cuda")

@@ -131,13 +131,27 @@ def test_ctranslate2_answers_like_the_model_and_counts_its_tokens(ct2_backend):
 
 
 def test_ctranslate2_answers_do_not_depend_on_the_batch(ct2_backend):
-    """Prompts of several lengths, at batch 1, 2 and all at once: the same answers."""
-    questions = [*QUESTIONS, "Who painted the Mona Lisa?", "How many legs does a spider have?"]
+    """Prompts of many lengths, split where a run splits them (after the format's shared
+    prefix), at batch 1, 8 and all at once: the same answers."""
+    from components.prompts import shared_prefix
+
+    questions = [
+        *QUESTIONS,
+        "Who painted the Mona Lisa?",
+        "How many legs does a spider have?",
+        "who sang the theme song for the tv show cheers",
+        "when was the last time the philadelphia eagles won the super bowl before 2018",
+        "what is the name of the longest river in south america and which ocean does it meet",
+        "Zürich?",
+        "how many episodes are in season two of the show stranger things on netflix",
+    ]
     prompts = encode_prompts(ct2_backend.tokenizer, questions, FMT)
-    assert len({len(p) for p in prompts}) > 2  # mixed lengths, else nothing is tested
-    params = GenerationParams(max_new_tokens=12)
+    assert len({len(p) for p in prompts}) > 8  # mixed lengths, else nothing is tested
+    prefix = shared_prefix(ct2_backend.tokenizer, FMT, prompts)
+    assert prefix > 10
+    params = GenerationParams(max_new_tokens=12, shared_prefix=prefix)
     seen = []
-    for batch in (1, 2, len(prompts)):
+    for batch in (1, 8, len(prompts)):
         ct2_backend.batch_size = batch
         seen.append([g.text for g in ct2_backend.generate(prompts, params)])
     assert seen[0] == seen[1] == seen[2]

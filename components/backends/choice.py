@@ -1,6 +1,7 @@
 """``inference.backend``: which backend a run uses. A named one is checked; ``auto`` takes
-the one that finishes first, model load plus questions / rate, by the figures measured
-through this project (docs/benchmarks.md has the runs they come from)."""
+CTranslate2 on a CPU where it can run the model, else the one that finishes first, model
+load plus questions / rate, by the figures measured through this project (docs/benchmarks.md
+has the runs they come from)."""
 
 from __future__ import annotations
 
@@ -139,12 +140,20 @@ def resolve_backend(
     tensor_parallel_size: int = 1,
     model_path: str | None = None,
     revision: str | None = None,
+    dtype: str = "auto",
 ) -> BackendChoice:
-    """The backend a run uses. ``auto``: on a CPU CTranslate2 wherever it is installed and
-    converts the model (CPU_ENGINE); otherwise, and on CUDA, the faster end to end of
-    transformers and vLLM (auto_backend). A named one is checked here."""
+    """The backend a run uses. ``auto``: on a CPU CTranslate2 wherever it is installed,
+    converts the model and computes in the dtype asked for (CPU_ENGINE); otherwise, and on
+    CUDA, the faster end to end of transformers and vLLM (auto_backend). A named one is
+    checked here."""
     if name == "auto":
-        why_not = ctranslate2_unavailable(model_path, revision) if device == "cpu" else None
+        why_not = None
+        if device == "cpu":
+            why_not = (
+                f"inference.dtype={dtype} is not one of its (auto, int8, float32)"
+                if dtype not in ("auto", "int8", "float32")
+                else ctranslate2_unavailable(model_path, revision)
+            )
         if device == "cpu" and why_not is None:
             return BackendChoice("ctranslate2", f"cpu: ctranslate2 ({CPU_ENGINE})")
         choice = auto_backend(

@@ -54,13 +54,25 @@ def _cache_name(model_path: str, revision: str | None) -> str:
     folder = Path(model_path)
     if (folder / MARKER).is_file():
         return folder.name
+    # A folder's weights may be saved again in place (a new checkpoint): their sizes and
+    # times are part of the name, so the copy is converted again.
+    weights = {
+        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(folder.glob("*"))
+        if f.suffix in (".safetensors", ".bin", ".json")
+    }
     where = short_digest(
-        {"path": str(folder.resolve()) if folder.is_dir() else model_path, "revision": revision}
+        {
+            "path": str(folder.resolve()) if folder.is_dir() else model_path,
+            "revision": revision,
+            "weights": weights,
+        }
     )
     return f"{folder.name if folder.is_dir() else model_path.replace('/', '--')}-{where}"
 
 
 def _target(model_path: str, revision: str | None, quantization: str) -> Path:
+    """Where the converted copy of this model in this quantization is kept."""
     return default_cache_dir() / "ct2" / f"{_cache_name(model_path, revision)}-{quantization}"
 
 
@@ -101,17 +113,23 @@ def convert(model_path: str, quantization: str, revision: str | None = None) -> 
     return target
 
 
-def generation_eos(model_path: str) -> int | list[int] | None:
+def generation_eos(model_path: str, revision: str | None = None) -> int | list[int] | None:
     """The model's end-of-generation token(s), as its generation_config.json gives them (read
-    directly: transformers' GenerationConfig imports torch)."""
+    directly: transformers' GenerationConfig imports torch); a hub id's from the local cache."""
+    path: Path | str | None = Path(model_path) / "generation_config.json"
+    if not Path(model_path).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(model_path, "generation_config.json", revision=revision)
     try:
-        config = json.loads((Path(model_path) / "generation_config.json").read_text())
+        config = json.loads(Path(path).read_text()) if isinstance(path, str | Path) else None
     except (OSError, ValueError):
         return None
     return config.get("eos_token_id") if isinstance(config, dict) else None
 
 
 def cpu_threads() -> int:
+    """The cores this process may run on (its affinity), one replica each."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -150,7 +168,7 @@ class CTranslate2Backend:
             intra_threads=1,
         )
         self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
-        eos = generation_eos(model_path)
+        eos = generation_eos(model_path, revision)
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]))
@@ -205,7 +223,7 @@ class CTranslate2Backend:
                 **sampling,
             )
             generations = []
-            for index, output in zip(batch, outputs, strict=False):  # the extra row is last
+            for index, output in zip(batch, outputs[:-1], strict=True):  # the extra row last
                 text, count = decode_answer(self.tokenizer, output.sequences_ids[0], params.stop)
                 generations.append(Generation(text, len(prompts[index]), count))
             return generations
@@ -214,7 +232,8 @@ class CTranslate2Backend:
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         results: list[Generation | None] = [None] * len(prompts)
-        with ThreadPoolExecutor(self.replicas) as pool:
+        pool = ThreadPoolExecutor(self.replicas)
+        try:
             for batch, generations in zip(batches, pool.map(decode, batches), strict=True):
                 for index, generation in zip(batch, generations, strict=True):
                     results[index] = generation
@@ -222,6 +241,9 @@ class CTranslate2Backend:
                     on_batch(batch, generations)
                 if on_progress is not None:
                     on_progress(len(batch))
+        finally:
+            # On Ctrl-C, a stop or a failed batch only the batches already running finish.
+            pool.shutdown(wait=True, cancel_futures=True)
         return [r for r in results if r is not None]
 
     def close(self) -> None:

@@ -70,6 +70,7 @@ def resolve_execution(
         tensor_parallel_size=inference.tensor_parallel_size,
         model_path=model_path,
         revision=revision,
+        dtype=inference.dtype,
     )
     return Execution(device, engine_dtype(inference.dtype, device, backend.name), backend, shape)
 
