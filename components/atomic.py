@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,6 +42,25 @@ def atomic_writer(path: str | os.PathLike[str], binary: bool = False) -> Iterato
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str], marker: str) -> Iterator[Path]:
+    """A folder built in a temporary sibling and renamed to ``target`` once complete (the
+    builder writes ``marker`` last). Another process that finished first wins; a failed build
+    leaves nothing behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

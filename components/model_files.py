@@ -17,14 +17,13 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
-from components.atomic import sha256_file
+from components.atomic import atomic_folder, sha256_file
 from components.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
@@ -180,9 +179,7 @@ def resolve_model(
     if (target / MARKER).is_file():
         return ModelFiles(str(target), "gguf-cache", digest)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target, MARKER) as tmp:
         if assembler is not None:
             # Joined into the temporary folder (the package checks its sha256), used once.
             gguf_path = Path(assembler.assemble(tmp / ".gguf" / gguf.file))
@@ -194,13 +191,6 @@ def resolve_model(
         origin = f"{source}:{gguf.file}" if assembler is not None else str(gguf_path)
         marker = {"gguf": origin, "sha256": digest, "distribution": source}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ModelFiles(str(target), "gguf-cache", digest)
 
 
@@ -212,18 +202,28 @@ def model_config(path: str, revision: str | None = None) -> Any:
     return AutoConfig.from_pretrained(path, revision=revision, local_files_only=True)
 
 
+def model_file(path: str, name: str, revision: str | None = None) -> Path | None:
+    """One of a model's files: in its folder, or for a hub id in the local Hugging Face cache
+    (never downloaded); None where it is in neither."""
+    folder = Path(path)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, name, revision=revision)
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def stored_parameters(path: str, revision: str | None = None) -> int | None:
     """Parameters in the model's safetensors files, summed from their headers (no weights are
     read): exact where an estimate from the config is not (tied heads, MoE). None for a model
     that is neither a local folder nor in the Hugging Face cache, or not in safetensors."""
     folder = Path(path)
     if not folder.is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "config.json", revision=revision)
-        if not isinstance(cached, str):
+        config = model_file(path, "config.json", revision)
+        if config is None:
             return None
-        folder = Path(cached).parent
+        folder = config.parent
     index = folder / "model.safetensors.index.json"
     try:
         if index.is_file():

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from components.backends.base import REGISTRY
-from components.backends.ctranslate2_backend import supports
+from components.backends.ctranslate2_backend import SETTINGS_DTYPES, unsupported_reason
 from components.device import cuda_available
 
 # What CTranslate2 measured against transformers here (docs/benchmarks.md, make bench).
@@ -128,7 +128,7 @@ def ctranslate2_unavailable(model_path: str | None, revision: str | None) -> str
         return "ctranslate2 is not installed (make install installs it)"
     if model_path is None:
         return "no model to check"
-    return supports(model_path, revision)
+    return unsupported_reason(model_path, revision)
 
 
 def resolve_backend(
@@ -150,8 +150,8 @@ def resolve_backend(
         why_not = None
         if device == "cpu":
             why_not = (
-                f"inference.dtype={dtype} is not one of its (auto, int8, float32)"
-                if dtype not in ("auto", "int8", "float32")
+                f"inference.dtype={dtype} is not one of its ({', '.join(SETTINGS_DTYPES)})"
+                if dtype not in SETTINGS_DTYPES
                 else ctranslate2_unavailable(model_path, revision)
             )
         if device == "cpu" and why_not is None:

@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from components.atomic import atomic_folder
 from components.backends.base import Generation, GenerationParams
 from components.batching import CPU_BATCH
 from components.checkpoint import short_digest
 from components.fault_injection import out_of_memory_above
-from components.model_files import MARKER, default_cache_dir, model_config
+from components.model_files import MARKER, default_cache_dir, model_config, model_file
 from components.prompts import decode_answer, load_tokenizer
 
 COMPUTE_TYPES = ("int8", "int8_float32", "float32")
 DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
+SETTINGS_DTYPES = ("auto", "int8", "float32")  # the inference.dtype values it runs
 CONVERTED = "slm_qa_eval_ct2.json"
 
 
-def supports(model_path: str, revision: str | None = None) -> str | None:
+def unsupported_reason(model_path: str, revision: str | None = None) -> str | None:
     """None when CTranslate2 converts this model's architecture, else why not. A model
     converted before is known to be supported (the converter's import pulls in torch)."""
     if any(converted(model_path, revision, q) is not None for q in ("int8", "float32")):
@@ -57,7 +57,7 @@ def _cache_name(model_path: str, revision: str | None) -> str:
     # A folder's weights may be saved again in place (a new checkpoint): their sizes and
     # times are part of the name, so the copy is converted again.
     weights = {
-        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        f.name: [(st := f.stat()).st_size, st.st_mtime_ns]
         for f in sorted(folder.glob("*"))
         if f.suffix in (".safetensors", ".bin", ".json")
     }
@@ -85,15 +85,12 @@ def converted(model_path: str, revision: str | None, quantization: str) -> Path 
 def convert(model_path: str, quantization: str, revision: str | None = None) -> Path:
     """The CTranslate2 copy of a Hugging Face model folder, converted once and cached
     beside the project's other converted models."""
-    done = converted(model_path, revision, quantization)
-    if done is not None:
-        return done
+    target = _target(model_path, revision, quantization)
+    if (target / CONVERTED).is_file():
+        return target
     from ctranslate2.converters import TransformersConverter
 
-    target = _target(model_path, revision, quantization)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target, CONVERTED) as tmp:
         print(f"Converting {model_path} for CTranslate2 ({quantization}) into {target} (once)")
         converter = TransformersConverter(model_path, revision=revision, low_cpu_mem_usage=True)
         converter.convert(str(tmp / "model"), quantization=quantization, force=True)
@@ -103,26 +100,15 @@ def convert(model_path: str, quantization: str, revision: str | None = None) -> 
         (tmp / CONVERTED).write_text(
             json.dumps({"source": model_path, "quantization": quantization})
         )
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / CONVERTED).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def generation_eos(model_path: str, revision: str | None = None) -> int | list[int] | None:
     """The model's end-of-generation token(s), as its generation_config.json gives them (read
-    directly: transformers' GenerationConfig imports torch); a hub id's from the local cache."""
-    path: Path | str | None = Path(model_path) / "generation_config.json"
-    if not Path(model_path).is_dir():
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(model_path, "generation_config.json", revision=revision)
+    directly: transformers' GenerationConfig imports torch)."""
+    path = model_file(model_path, "generation_config.json", revision)
     try:
-        config = json.loads(Path(path).read_text()) if isinstance(path, str | Path) else None
+        config = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError):
         return None
     return config.get("eos_token_id") if isinstance(config, dict) else None

@@ -11,6 +11,7 @@ from typing import Any
 
 from components.backends import BackendChoice, GenerationParams, resolve_backend
 from components.backends.ctranslate2_backend import DEFAULT_DTYPE as CTRANSLATE2_DTYPE
+from components.backends.ctranslate2_backend import SETTINGS_DTYPES as CTRANSLATE2_DTYPES
 from components.batching import ModelShape, model_shape
 from components.checkpoint import checkpoint_key, prompts_digest
 from components.device import resolve_device, resolve_dtype
@@ -79,7 +80,7 @@ def engine_dtype(dtype: str, device: str, backend: str) -> str:
     """``inference.dtype`` as the chosen backend runs it: CTranslate2 computes in int8 (or
     float32) on its converted weights; the others take a torch dtype."""
     if backend == "ctranslate2":
-        if dtype not in ("auto", "int8", "float32"):
+        if dtype not in CTRANSLATE2_DTYPES:
             raise ValueError(f"inference.dtype: {dtype} with ctranslate2; it runs int8 or float32")
         return CTRANSLATE2_DTYPE if dtype == "auto" else dtype
     if dtype == "int8":
