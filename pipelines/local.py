@@ -34,9 +34,9 @@ def execute_with_smaller_batches(
         try:
             return execute(spec, cfg, parents, context)
         except GenerationOutOfMemory as exc:
-            if exc.batch_size <= 1:
+            if exc.smaller_batch is None:
                 raise
-            context.batch_cap = exc.batch_size // 2
+            context.batch_cap = exc.smaller_batch
             log.warning(
                 "step %s ran out of memory at batch size %d; again with %d",
                 spec.name,

@@ -23,6 +23,11 @@ class GenerationOutOfMemory(RuntimeError):
         super().__init__(message)
         self.batch_size = batch_size
 
+    @property
+    def smaller_batch(self) -> int | None:
+        """The batch to try next (half), or None: a batch of one that does not fit is final."""
+        return self.batch_size // 2 if self.batch_size > 1 else None
+
 
 @dataclass(frozen=True)
 class Loaded:

@@ -26,7 +26,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     """(kind, one-line reason) of a step's exception."""
     reason = " ".join(f"{exc.__class__.__name__}: {str(exc).strip() or repr(exc)}".split())
     if isinstance(exc, GenerationOutOfMemory):
-        kind = TRANSIENT if exc.batch_size > 1 else PERMANENT
+        kind = TRANSIENT if exc.smaller_batch is not None else PERMANENT
     elif isinstance(exc, StorageError):
         kind = TRANSIENT if exc.transient else PERMANENT
     elif isinstance(exc, (ConnectionError, TimeoutError)):
@@ -55,8 +55,8 @@ def record(task: Any, exc: BaseException) -> None:
     """Leaves the failure's kind and reason on the step's task for the controller."""
     kind, reason = classify(exc)
     properties = {"failure_kind": kind, "failure_reason": reason}
-    if isinstance(exc, GenerationOutOfMemory) and exc.batch_size > 1:
-        properties["batch_size_cap"] = str(exc.batch_size // 2)
+    if isinstance(exc, GenerationOutOfMemory) and exc.smaller_batch is not None:
+        properties["batch_size_cap"] = str(exc.smaller_batch)
     task.set_user_properties(**properties)
     print(f"step failed ({kind}): {reason}", flush=True)
 
