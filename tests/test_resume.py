@@ -44,6 +44,9 @@ def start(output_dir, *extra: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        # As in a terminal: a suite started in the background (a non-interactive shell's `&`)
+        # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
