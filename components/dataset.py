@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,9 @@ class DatasetConfig:
     path: str = MISSING  # the file as the machine that reads it sees it
     limit: int | None = None  # the first N examples; null: all
     on_error: str = "strict"  # strict: a bad line stops the run; skip: listed and skipped
+    # JSONL {"id", "title", "text"}: the passages a question's `gold` ids name and a
+    # retriever searches (components/passages.py); null: none (a MIRAGE folder brings its own)
+    corpus: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit is not None:
@@ -40,13 +43,20 @@ class QAExample:
     question_id: str
     question: str
     answers: tuple[str, ...]
+    context: tuple[str, ...] = ()  # passages given inline with the question
+    gold: tuple[str, ...] = ()  # ids of its gold passages in the corpus
 
     def to_record(self) -> dict:
-        return {
+        record = {
             "question_id": self.question_id,
             "question": self.question,
             "answers": list(self.answers),
         }
+        if self.context:
+            record["context"] = list(self.context)
+        if self.gold:
+            record["gold"] = list(self.gold)
+        return record
 
 
 @dataclass(frozen=True)
@@ -125,9 +135,29 @@ def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | Non
     if answers and all(isinstance(a, str) for a in answers) and not any(a.strip() for a in answers):
         problems.append(Problem(path, line_no, "answer", "has no non-empty answer"))
 
+    context = _texts(obj, "context", path, line_no, problems)
+    gold = _texts(obj, "gold", path, line_no, problems, ids=True)
     if problems:
         return None, problems
-    return QAExample(str(qid).strip(), question.strip(), tuple(answers)), []
+    return QAExample(str(qid).strip(), question.strip(), tuple(answers), context, gold), []
+
+
+def _texts(
+    obj: dict, key: str, path: str, line_no: int, problems: list[Problem], ids: bool = False
+) -> tuple[str, ...]:
+    """An optional field holding one string or a list of them (``ids``: integers too)."""
+    if key not in obj or obj[key] is None:
+        return ()
+    value = obj[key]
+    items = value if isinstance(value, list) else [value]
+    kinds = (str, int) if ids else (str,)
+    if not all(isinstance(v, kinds) and not isinstance(v, bool) and str(v).strip() for v in items):
+        what = "id" if ids else "text"
+        problems.append(
+            Problem(path, line_no, key, f"must be a non-empty {what} or a list of them")
+        )
+        return ()
+    return tuple(str(v).strip() for v in items)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -136,15 +166,43 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(fh, start=1)
 
 
+def _check_passages(
+    example: QAExample, where: tuple[str, int], known: Container[str] | None, needs: str | None
+) -> list[Problem]:
+    """A question's passages against the corpus (``known``: its ids; None: no corpus) and
+    the mode (``needs``: a mode that shows every question its gold passages)."""
+    path, line = where
+    missing = [g for g in example.gold if known is not None and g not in known]
+    if missing:
+        return [Problem(path, line, "gold", f"{missing[0]!r} is not in dataset.corpus")]
+    if needs and example.gold and known is None and not example.context:
+        return [Problem(path, line, "gold", f"{needs} needs dataset.corpus to look the ids up")]
+    if needs and not example.gold and not example.context:
+        return [
+            Problem(
+                path,
+                line,
+                "gold",
+                f"{needs} needs gold passage ids (in dataset.corpus) or a context on each question",
+            )
+        ]
+    return []
+
+
 def load_qa_dataset(
-    path: str | Path, limit: int | None = None, on_error: str = "strict"
+    path: str | Path,
+    limit: int | None = None,
+    on_error: str = "strict",
+    passage_ids: Container[str] | None = None,
+    needs_passages: str | None = None,
 ) -> LoadedDataset:
     """Validates every line of ``path`` and returns the first ``limit`` examples.
 
     The whole file is validated even with a limit, so a run on 10 questions does not
     hide a broken line 3,000 that a full run would later die on. ``on_error="skip"`` goes
     on past bad lines and lists every one of them in ``skipped`` (nothing is dropped
-    silently); the default stops.
+    silently); the default stops. ``passage_ids`` (the corpus's) and ``needs_passages``
+    (the mode that shows each question its gold passages) check ``gold`` on every line.
     """
     path = Path(path)
     shown = str(path)
@@ -188,7 +246,10 @@ def load_qa_dataset(
                         ]
                     else:
                         first_line[example.question_id] = line_no
-                        examples.append(example)
+                        where = (shown, line_no)
+                        found = _check_passages(example, where, passage_ids, needs_passages)
+                        if not found:
+                            examples.append(example)
         total_problems += len(found)
         if on_error == "skip":
             skipped.extend(found)

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from components.inference.config import InferenceConfig
+from components.modes import ModeConfig
 from components.settings import one_of, require
 
 FORMATS = ("chat", "completion")
@@ -58,25 +59,41 @@ class PromptFormat:
     stop: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, prompt: PromptConfig, inference: InferenceConfig) -> PromptFormat:
-        """A model's ``prompt`` settings over the defaults in ``inference``."""
+    def from_config(
+        cls, prompt: PromptConfig, inference: InferenceConfig, mode: ModeConfig | None = None
+    ) -> PromptFormat:
+        """A model's ``prompt`` settings over the defaults in ``inference``; a context mode's
+        template and system prompt over both (its few-shot examples, which have no
+        context, are left out)."""
+        system = inference.system_prompt if prompt.system_prompt is None else prompt.system_prompt
+        template = inference.prompt_template if prompt.template is None else prompt.template
+        shots = tuple((s.question, s.answer) for s in prompt.few_shot)
+        context_template = mode.template_for(prompt.format) if mode is not None else None
+        if context_template is not None:
+            template, shots = context_template, ()
+            system = system if mode.system_prompt is None else mode.system_prompt
         return cls(
-            template=inference.prompt_template if prompt.template is None else prompt.template,
-            system_prompt=(
-                inference.system_prompt if prompt.system_prompt is None else prompt.system_prompt
-            ),
+            template=template,
+            system_prompt=system,
             use_chat_template=prompt.format == "chat" and inference.use_chat_template,
-            few_shot=tuple((s.question, s.answer) for s in prompt.few_shot),
+            few_shot=shots,
             stop=tuple(prompt.stop),
         )
 
-    def user_text(self, question: str) -> str:
+    @property
+    def takes_context(self) -> bool:
+        return "{context}" in self.template
+
+    def user_text(self, question: str, context: str | None = None) -> str:
+        fields = {"question": question}
+        if self.takes_context:
+            fields["context"] = context or ""
         try:
-            return self.template.format(question=question)
+            return self.template.format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"prompt template: {self.template!r} must contain {{question}} "
-                f"and no other {{fields}} ({exc})"
+                f"(and {{context}} in a context mode) and no other {{fields}} ({exc})"
             ) from exc
 
 
@@ -103,7 +120,7 @@ def uses_chat(tokenizer, fmt: PromptFormat) -> bool:
     return fmt.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
-def render(tokenizer, question: str, fmt: PromptFormat) -> str:
+def render(tokenizer, question: str, fmt: PromptFormat, context: str | None = None) -> str:
     """The exact text a model sees: its chat template (few-shot examples as earlier turns)
     or a completion prompt (examples as answered blocks above the question)."""
     if uses_chat(tokenizer, fmt):
@@ -111,16 +128,22 @@ def render(tokenizer, question: str, fmt: PromptFormat) -> str:
         for shot_question, shot_answer in fmt.few_shot:
             messages.append({"role": "user", "content": fmt.user_text(shot_question)})
             messages.append({"role": "assistant", "content": shot_answer})
-        messages.append({"role": "user", "content": fmt.user_text(question)})
+        messages.append({"role": "user", "content": fmt.user_text(question, context)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     blocks = [fmt.system_prompt] if fmt.system_prompt else []
     blocks += [f"{fmt.user_text(q)} {a}" for q, a in fmt.few_shot]
-    blocks.append(fmt.user_text(question))
+    blocks.append(fmt.user_text(question, context))
     return "\n\n".join(blocks)
 
 
-def encode_prompts(tokenizer, questions: Sequence[str], fmt: PromptFormat) -> list[list[int]]:
-    texts = [render(tokenizer, q, fmt) for q in questions]
+def encode_prompts(
+    tokenizer,
+    questions: Sequence[str],
+    fmt: PromptFormat,
+    contexts: Sequence[str] | None = None,
+) -> list[list[int]]:
+    contexts = contexts if contexts is not None else [None] * len(questions)
+    texts = [render(tokenizer, q, fmt, c) for q, c in zip(questions, contexts, strict=True)]
     # A rendered chat template already holds its special tokens; adding BOS again would
     # give the model a prompt it never saw in training. A completion prompt gets the
     # tokenizer's own (Gemma needs its BOS).
@@ -132,7 +155,8 @@ def shared_prefix(tokenizer, fmt: PromptFormat, prompts: Sequence[Sequence[int]]
     template, system prompt and examples before it. Found from two questions that share no
     character; ``prompts``, where given, may only shorten it (a tokenizer that merges the
     question's first characters into the template's last token)."""
-    first, second = encode_prompts(tokenizer, ["x", "?"], fmt)
+    probes = ["x", "?"]
+    first, second = encode_prompts(tokenizer, probes, fmt, probes if fmt.takes_context else None)
     shared = 0
     while shared < min(len(first), len(second)) and first[shared] == second[shared]:
         shared += 1

@@ -18,16 +18,19 @@ def prediction_settings(inference: dict[str, Any]) -> dict[str, Any]:
 
 def config_fingerprint(config: dict[str, Any]) -> str:
     """What decides a run's predictions and scores: the model, which examples (the file's
-    content is checked apart, by its sha256), generation and prompt settings; not where
-    files go nor how fast it runs. A sweep reuses a finished run whose fingerprint matches."""
-    dataset = {k: v for k, v in config["dataset"].items() if k != "path"}
-    return short_digest(
-        {
-            "model": config["model"],
-            "dataset": dataset,
-            "inference": prediction_settings(config["inference"]),
-        }
-    )
+    content is checked apart, by its sha256), the context mode, generation and prompt
+    settings; not where files go nor how fast it runs. A sweep reuses a finished run whose
+    fingerprint matches."""
+    dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "corpus")}
+    parts = {
+        "model": config["model"],
+        "dataset": dataset,
+        "inference": prediction_settings(config["inference"]),
+    }
+    mode = config.get("experiment_mode") or {"name": "no_context"}
+    if mode["name"] != "no_context":  # closed-book runs keep the fingerprint they had
+        parts["experiment_mode"] = mode
+    return short_digest(parts)
 
 
 def build_results(
@@ -37,6 +40,7 @@ def build_results(
     scores: dict[str, Any],
     run: dict[str, Any],
     artifacts: dict[str, Any],
+    retrieval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``run``: experiment, run_id, started_at, finished_at, the merged memory report and,
     per step, what ran it (``steps``: times, code version and source digest)."""
@@ -68,7 +72,11 @@ def build_results(
             "count": dataset["count"],
             "on_error": config["dataset"].get("on_error", "strict"),
             "skipped_lines": dataset.get("skipped_lines", []),
+            "corpus": dataset.get("corpus"),
         },
+        # The mode and what the questions were shown (components/contexts.py).
+        "context": scores.get("context", {"mode": "no_context"}),
+        "retrieval": retrieval,
         "inference": {
             "backend": inference["backend"],
             "backend_reason": inference.get("backend_reason"),

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# What a context mode showed each question, kept beside its answer (components/contexts.py).
+SHOWN = ("passages", "context_tokens", "context_truncated", "answer_in_context")
 _WORD = re.compile(r"\w+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -109,6 +111,7 @@ def score_records(
                 "exact_match": matched,
                 "prompt_tokens": gen["prompt_tokens"],
                 "output_tokens": gen["output_tokens"],
+                **{k: gen[k] for k in SHOWN if k in gen},
             }
         )
     return records

@@ -1,7 +1,8 @@
 """The pipeline, defined once: which steps, what each reads, what it hands on.
 
-    load_dataset -> inference -> score -> publish
-    (inference.shards=N: N inference_shard_<i> steps side by side, then merge_shards)
+    load_dataset -> [retrieve] -> inference -> score -> publish
+    (experiment_mode=retriever_context: retrieve, on the cpu queue, finds each question's
+    passages; inference.shards=N: N inference_shard_<i> steps side by side, then merge_shards)
 
 A step's inputs are references, resolved by the executor wherever the step runs:
 ``cfg.<key>`` a config value or subtree (``cfg``: the whole config), ``step.<name>.<field>``
@@ -74,19 +75,37 @@ class StepSpec:
         return cls(**{**data, "inputs": inputs, "files": files})
 
 
-def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
-    """The evaluation DAG for ``inference.shards``."""
+def pipeline_steps(shards: int = 1, retrieve: bool = False) -> tuple[StepSpec, ...]:
+    """The evaluation DAG for ``inference.shards`` (and a retrieval mode or not)."""
     load = StepSpec(
         "load_dataset",
         "load_dataset_step",
         "cpu",
-        {"dataset": "cfg.dataset", "run": "run"},
+        {"dataset": "cfg.dataset", "mode": "cfg.experiment_mode", "run": "run"},
         files=("examples_path",),
     )
     examples = "step.load_dataset.examples_path"
+    before = [load]
+    if retrieve:
+        before.append(
+            StepSpec(
+                "retrieve",
+                "retrieve_step",
+                "cpu",
+                {
+                    "mode": "cfg.experiment_mode",
+                    "dataset": "cfg.dataset",
+                    "examples_path": examples,
+                    "run": "run",
+                },
+                files=("examples_path",),
+            )
+        )
+        examples = "step.retrieve.examples_path"
     generate = {
         "model": "cfg.model",
         "inference": "cfg.inference",
+        "mode": "cfg.experiment_mode",
         "examples_path": examples,
         "run": "run",
     }
@@ -127,12 +146,13 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
         {
             "examples_path": examples,
             "generations_path": f"step.{generated}.generations_path",
+            "mode": "cfg.experiment_mode",
             "run": "run",
         },
         files=("predictions_path",),
         task_type="qc",
     )
-    earlier = ["load_dataset", *(s.name for s in generation), "score"]
+    earlier = [*(s.name for s in before), *(s.name for s in generation), "score"]
     publish = StepSpec(
         "publish",
         "publish_step",
@@ -140,6 +160,7 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
         {
             "config": "cfg",
             "dataset": "step.load_dataset",
+            "retrieval": ("step.retrieve.retrieval",) if retrieve else (),
             "inference": f"step.{generated}",
             "scores": "step.score",
             "predictions_path": "step.score.predictions_path",
@@ -149,7 +170,7 @@ def pipeline_steps(shards: int = 1) -> tuple[StepSpec, ...]:
         },
         reports=True,
     )
-    return (load, *generation, score, publish)
+    return (*before, *generation, score, publish)
 
 
 def summary_steps() -> tuple[StepSpec, ...]:
@@ -168,8 +189,10 @@ def summary_steps() -> tuple[StepSpec, ...]:
 
 
 def steps_for(cfg: Mapping[str, Any]) -> tuple[StepSpec, ...]:
-    """The DAG a validated config runs: its shape depends on ``inference.shards`` only."""
-    return pipeline_steps(cfg["inference"]["shards"])
+    """The DAG a validated config runs: its shape depends on ``inference.shards`` and on
+    whether ``experiment_mode`` retrieves."""
+    mode = cfg.get("experiment_mode") or {}
+    return pipeline_steps(cfg["inference"]["shards"], mode.get("name") == "retriever_context")
 
 
 def config_for(spec: StepSpec, cfg: Mapping[str, Any]) -> dict[str, Any]:

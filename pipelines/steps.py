@@ -1,4 +1,5 @@
-"""The pipeline's steps: load dataset -> inference (or shards + merge) -> score -> publish.
+"""The pipeline's steps: load dataset -> [retrieve] -> inference (or shards + merge) -> score
+-> publish.
 
 Each is a thin adapter: the typed config section it reads (the executor builds it), paths and
 its parents' outputs in; the logic of components/ called; its files written into the run's
@@ -24,37 +25,51 @@ from components.atomic import (
     write_text_atomic,
 )
 from components.checkpoint import short_digest
-from components.dataset import DatasetConfig, load_qa_dataset
+from components.contexts import (
+    context_summary,
+    load_passages,
+    load_with_passages,
+    with_passages,
+)
+from components.dataset import DatasetConfig
 from components.inference.config import InferenceConfig
 from components.inference.report import GenerationReport
 from components.inference.run import generate_answers, shard_bounds
 from components.leaderboard import leaderboard_row, write_leaderboard
 from components.memory import merge_reports
-from components.model_files import ModelConfig
+from components.model_files import ModelConfig, default_cache_dir
+from components.modes import ModeConfig
 from components.provenance import code_identity, environment, utc_now
 from components.results import build_results
+from components.retrieval import create_retriever, index_key
+from components.retrieval.bm25 import MARKER as INDEX_MARKER
+from components.retrieval.run import retrieve_all
 from components.scoring import score_records, summarize
 from components.secrets import redact
 from components.stats import bootstrap_options
 from components.storage import ARTIFACT_NAMES, StorageError, run_folder_files
 from pipelines.config import PROJECT_ROOT
 from pipelines.executor import RunContext
+from pipelines.stores import share_folder, shared_folder
 
 MAX_SKIPPED_SHOWN = 20
 
 
-def load_dataset_step(dataset: DatasetConfig, run: RunContext) -> dict[str, Any]:
-    """Validates the whole file, then writes the examples this run uses. With S3, the
-    examples of a file's content (its sha256, hashed here where the file is read) and of
-    the same limit are reused from the cache, if they are still there and intact."""
+def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext) -> dict[str, Any]:
+    """Validates the whole file (and its corpus), then writes the examples this run uses (in
+    an oracle mode with their passages). With S3, the examples of a file's content (its
+    sha256, hashed here where the file is read), corpus, limit and mode are reused from the
+    cache, if they are still there and intact."""
     examples_path = run.dir / "examples.jsonl"
     key = None
     if run.store.caching and Path(dataset.path).is_file():
         key = short_digest(
             {
                 "sha256": sha256_file(dataset.path),
+                "corpus": sha256_file(dataset.corpus) if dataset.corpus else None,
                 "limit": dataset.limit,
                 "on_error": dataset.on_error,
+                "passages": [mode.name, mode.max_context_tokens] if mode.needs_gold else None,
             }
         )
         hit = run.store.cached("examples", key, run.dir / "cache")
@@ -66,15 +81,16 @@ def load_dataset_step(dataset: DatasetConfig, run: RunContext) -> dict[str, Any]
             )
             paths = {"examples_path": str(examples_path), "dataset_path": dataset.path}
             return {**meta, **paths, "cached": True}
-    loaded = load_qa_dataset(dataset.path, dataset.limit, dataset.on_error)
+    loaded, corpus = load_with_passages(dataset, mode)
     for problem in loaded.skipped[:MAX_SKIPPED_SHOWN]:
         print(f"skipped {problem}")
     if len(loaded.skipped) > MAX_SKIPPED_SHOWN:
         more = len(loaded.skipped) - MAX_SKIPPED_SHOWN
         print(f"skipped {more} more lines (all listed in results.json)")
-    write_jsonl_atomic(examples_path, (e.to_record() for e in loaded.examples))
+    write_jsonl_atomic(examples_path, (with_passages(e, corpus, mode) for e in loaded.examples))
     meta = {
         "dataset_sha256": loaded.sha256,
+        "corpus": corpus.meta() if corpus else None,
         "count": len(loaded.examples),
         "lines_in_file": loaded.lines_in_file,
         "skipped_lines": [
@@ -88,9 +104,36 @@ def load_dataset_step(dataset: DatasetConfig, run: RunContext) -> dict[str, Any]
     return {**meta, **paths, "cached": False}
 
 
+def retrieve_step(
+    mode: ModeConfig, dataset: DatasetConfig, examples_path: str, run: RunContext
+) -> dict[str, Any]:
+    """Each example's ``top_k`` passages of the corpus, scoring above ``min_score``. The
+    index is built once per corpus and settings: kept in the local cache and, with S3, in
+    the store's cache for the agents of later runs."""
+    corpus = load_passages(dataset)
+    cache_dir = default_cache_dir() / "retrieval"
+    key = index_key(mode.retriever, corpus)
+    fetched = key is not None and shared_folder(
+        run.store, "index", key, cache_dir / key, INDEX_MARKER
+    )
+    retriever = create_retriever(mode.retriever, corpus, cache_dir)
+    if key is not None and retriever.build_seconds and not fetched:
+        share_folder(run.store, "index", key, cache_dir / key)
+    if key is None:
+        index_from = "none"
+    else:
+        index_from = "built" if retriever.build_seconds else ("store" if fetched else "cache")
+    records, retrieval = retrieve_all(
+        retriever, corpus, list(read_jsonl(examples_path)), mode, index_from
+    )
+    path = write_jsonl_atomic(run.dir / "retrieved.jsonl", records)
+    return {"examples_path": str(path), "retrieval": retrieval}
+
+
 def inference_step(
     model: ModelConfig,
     inference: InferenceConfig,
+    mode: ModeConfig,
     examples_path: str,
     run: RunContext,
     shard: int = 0,
@@ -109,6 +152,7 @@ def inference_step(
         shard=shard,
         shards=shards,
         batch_cap=run.batch_cap,
+        mode=mode,
     )
     return report.to_dict()
 
@@ -138,8 +182,11 @@ def merge_shards_step(
     return GenerationReport.merged(reports, str(generations_path)).to_dict()
 
 
-def score_step(examples_path: str, generations_path: str, run: RunContext) -> dict[str, Any]:
-    """Scores every prediction and writes predictions.json (one record per example)."""
+def score_step(
+    examples_path: str, generations_path: str, mode: dict[str, Any], run: RunContext
+) -> dict[str, Any]:
+    """Scores every prediction and writes predictions.json (one record per example, with
+    the passages it was shown)."""
     generations = {g["question_id"]: g for g in read_jsonl(generations_path)}
     records = score_records(read_jsonl(examples_path), generations)
     predictions_path = write_json_atomic(run.dir / "predictions.json", records)
@@ -148,12 +195,14 @@ def score_step(examples_path: str, generations_path: str, run: RunContext) -> di
         "predictions_path": str(predictions_path),
         "metrics": summary.to_dict(),
         "unscorable_ids": [r["question_id"] for r in records if r["token_recall"] is None],
+        "context": context_summary(records, mode),
     }
 
 
 def publish_step(
     config: dict[str, Any],
     dataset: dict[str, Any],
+    retrieval: list[dict[str, Any]],
     inference: dict[str, Any],
     scores: dict[str, Any],
     predictions_path: str,
@@ -184,7 +233,9 @@ def publish_step(
             "publish": {"step": "publish", "code": code_identity(PROJECT_ROOT)},
         },
     }
-    results = build_results(config, dataset, inference, scores, meta, artifacts)
+    results = build_results(
+        config, dataset, inference, scores, meta, artifacts, retrieval[0] if retrieval else None
+    )
     if run.cleanup_local and run.storage is not None:
         # What publish_run deletes here once every upload verified (the rest of the folder
         # under <run key>/files/); the copy of this file in S3 means it happened.

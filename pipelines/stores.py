@@ -9,6 +9,10 @@ that ``fetch`` turns back into a verified local file.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -89,3 +93,27 @@ class S3Store:
     def cache(self, name: str, key: str, files: dict[str, Path]) -> None:
         for filename, path in files.items():
             self.s3.upload(path, f"{self._cache_key(name, key)}/{filename}")
+
+
+def shared_folder(store: Store, name: str, key: str, folder: Path, marker: str) -> bool:
+    """Fills the local cache folder ``folder`` (complete once ``marker`` is in it) from the
+    store's cache, where an earlier run on another machine left it; True if it did."""
+    if (folder / marker).is_file() or not store.caching:
+        return False
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        hit = store.cached(name, key, tmp)
+        if not hit or marker not in hit:
+            return False
+        with contextlib.suppress(OSError):  # another process filled it first
+            os.replace(tmp, folder)
+        return (folder / marker).is_file()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def share_folder(store: Store, name: str, key: str, folder: Path) -> None:
+    """Puts a complete local cache folder into the store's cache for other machines."""
+    if store.caching:
+        store.cache(name, key, {p.name: p for p in sorted(folder.iterdir()) if p.is_file()})

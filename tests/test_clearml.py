@@ -133,7 +133,7 @@ def test_controller_steps_queues_images_and_edges(controllers, s3_endpoint):
         assert not any("${" in str(v) for v in values), name  # nothing unresolved
         assert "import torch" not in step["script"] and "def run_step" in step["script"]
     config = json.loads(steps["inference"]["parameters"]["kwargs/config"])
-    assert set(config) == {"model", "inference"}  # a step gets the config it reads
+    assert set(config) == {"model", "inference", "experiment_mode"}  # the config it reads
 
 
 def test_gpu_steps_never_ask_docker_for_gpus(controllers):
@@ -323,15 +323,21 @@ from pathlib import Path
 import pipelines.clearml.controller, pipelines.clearml.agent, pipelines.steps
 from pipelines.executor import RunContext
 from pipelines.stores import LocalStore
-from pipelines.steps import load_dataset_step, score_step
+from pipelines.steps import load_dataset_step, retrieve_step, score_step
 from components.dataset import DatasetConfig
+from components.modes import ModeConfig
 run = RunContext("e", "r", "now", Path({str(tmp_path)!r}), LocalStore(Path({str(tmp_path)!r})))
-out = load_dataset_step(DatasetConfig(name="sample", path={str(sample_path)!r}, limit=2), run)
+corpus = {str(sample_path.parent / "passages.jsonl")!r}
+dataset = DatasetConfig(name="sample", path={str(sample_path)!r}, limit=2, corpus=corpus)
+mode = ModeConfig(name="retriever_context", template="{{context}} {{question}}",
+                  completion_template="{{context}} {{question}}")
+out = load_dataset_step(dataset, mode, run)
+out = retrieve_step(mode, dataset, out["examples_path"], run)
 gen = Path({str(tmp_path)!r}) / "g.jsonl"
 line = '{{"question_id": "sample-00%d", "prediction": "Paris", '
 line += '"prompt_tokens": 1, "output_tokens": 1}}\\n'
 gen.write_text(''.join(line % i for i in (1, 2)))
-score_step(out["examples_path"], str(gen), run)
+score_step(out["examples_path"], str(gen), {{"name": "no_context"}}, run)
 assert "torch" not in sys.modules, "torch"
 assert "vllm" not in sys.modules, "vllm"
 """

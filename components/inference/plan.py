@@ -5,7 +5,7 @@ whether an earlier run's results still stand on this machine."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from components.backends.ctranslate2_backend import DEFAULT_DTYPE as CTRANSLATE2
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES as CTRANSLATE2_DTYPES
 from components.batching import ModelShape, model_shape
 from components.checkpoint import checkpoint_key, prompts_digest
+from components.contexts import Context, fit_contexts
 from components.device import resolve_device, resolve_dtype
 from components.inference.config import InferenceConfig
 from components.model_files import (
@@ -23,6 +24,7 @@ from components.model_files import (
     resolve_model,
     weights_digest,
 )
+from components.modes import ModeConfig
 from components.prompts import PromptFormat, encode_prompts, load_tokenizer, shared_prefix
 from components.seeding import seed_everything
 
@@ -43,6 +45,7 @@ class InferencePlan:
     prompts: list[list[int]]  # of every example of the run, in dataset order
     params: GenerationParams
     key: str  # the checkpoint's: everything that decides an answer, as resolved
+    contexts: list[Context] | None = None  # what each example is shown; None: closed-book
 
     @property
     def device(self) -> str:
@@ -108,10 +111,14 @@ def check_gpus(gpus: int, backend_name: str, device: str) -> None:
 
 
 def plan_inference(
-    model: ModelConfig, inference: InferenceConfig, questions: Sequence[str]
+    model: ModelConfig,
+    inference: InferenceConfig,
+    examples: Sequence[Mapping[str, Any]],
+    mode: ModeConfig | None = None,
 ) -> InferencePlan:
+    """``examples``: records with ``question`` (and, in a context mode, ``passages``)."""
     files = resolve_model(model, digest=weights_digest(model))
-    execution = resolve_execution(inference, files.path, model.revision, len(questions))
+    execution = resolve_execution(inference, files.path, model.revision, len(examples))
     if inference.seed is not None:
         seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
     check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
@@ -123,8 +130,11 @@ def plan_inference(
             "load from the Hugging Face cache of a worker that has the model; here, use "
             "model=smollm2_135m or point model.path at a local folder."
         ) from exc
-    fmt = PromptFormat.from_config(model.prompt, inference)
-    prompts = encode_prompts(tokenizer, list(questions), fmt)
+    mode = mode or ModeConfig()
+    fmt = PromptFormat.from_config(model.prompt, inference, mode)
+    contexts = fit_contexts(tokenizer, examples, mode)
+    texts = [c.text for c in contexts] if contexts is not None else None
+    prompts = encode_prompts(tokenizer, [e["question"] for e in examples], fmt, texts)
     params = GenerationParams(
         max_new_tokens=inference.max_new_tokens,
         temperature=inference.temperature,
@@ -145,4 +155,4 @@ def plan_inference(
         },
         prompts=prompts_digest(prompts),
     )
-    return InferencePlan(files, execution, tokenizer, prompts, params, key)
+    return InferencePlan(files, execution, tokenizer, prompts, params, key, contexts)

@@ -14,12 +14,14 @@ from tqdm import tqdm
 from components import memory
 from components.atomic import write_jsonl_atomic
 from components.checkpoint import Checkpoint
+from components.contexts import contains_answer
 from components.fault_injection import hold_after_first_batch
 from components.inference.config import InferenceConfig
 from components.inference.engine import generate, load_backend
 from components.inference.plan import plan_inference
 from components.inference.report import GenerationReport
 from components.model_files import ModelConfig
+from components.modes import ModeConfig
 
 
 def shard_bounds(count: int, shard: int, shards: int) -> tuple[int, int]:
@@ -38,6 +40,7 @@ def generate_answers(
     shard: int = 0,
     shards: int = 1,
     batch_cap: int | None = None,
+    mode: ModeConfig | None = None,
 ) -> GenerationReport:
     """The answers of shard ``shard`` of ``shards`` of ``examples``; the prompts (and so the
     checkpoint key) are those of the whole run, whichever shard this is."""
@@ -45,7 +48,7 @@ def generate_answers(
     mine = examples[low:high]
     with memory.stage("model_load"):
         started = time.perf_counter()
-        plan = plan_inference(model, inference, [e["question"] for e in examples])
+        plan = plan_inference(model, inference, examples, mode)
         checkpoint = checkpoint_for(plan.key)
         done = checkpoint.load() if mine else {}
         todo = [(i, e) for i, e in enumerate(mine) if e["question_id"] not in done]
@@ -60,6 +63,18 @@ def generate_answers(
 
     saved: list[int] = []  # batches checkpointed by this attempt
 
+    def shown(i: int) -> dict:
+        """What example ``i`` of this shard was shown besides its question."""
+        if plan.contexts is None:
+            return {}
+        context = plan.contexts[low + todo[i][0]]
+        return {
+            "passages": context.passages,
+            "context_tokens": context.tokens,
+            "context_truncated": context.truncated,
+            "answer_in_context": contains_answer(context.text, todo[i][1]["answers"]),
+        }
+
     def keep(indices: list[int], generations: list) -> None:
         records = [
             {
@@ -67,6 +82,7 @@ def generate_answers(
                 "prediction": g.text,
                 "prompt_tokens": g.prompt_tokens,
                 "output_tokens": g.output_tokens,
+                **shown(i),
             }
             for i, g in zip(indices, generations, strict=True)
         ]

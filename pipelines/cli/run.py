@@ -37,6 +37,7 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
         f"token recall    {_fmt(recall['mean'])} mean, {_fmt(recall['median'])} median, "
         f"{_fmt(recall['share_at_1'], '.1%')} at 1.0",
         f"exact match     {_fmt(results['exact_match'])}",
+        *_context_lines(results),
         f"speed           {_fmt(thr['questions_per_s'], '.2f')} questions/s, "
         f"{_fmt(thr['output_tokens_per_s'], '.1f')} output tokens/s "
         f"(model load {results['timing']['model_load_seconds']:.1f} s)",
@@ -46,6 +47,26 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
         *(f"  {p}" for p in paths),
     ]
     return "\n".join(lines)
+
+
+def _context_lines(results: dict[str, Any]) -> list[str]:
+    context, retrieval = results.get("context") or {}, results.get("retrieval")
+    if context.get("mode", "no_context") == "no_context":
+        return []
+    tokens = context["context_tokens"]
+    lines = [
+        f"context         {context['mode']}: {_fmt(tokens['mean'], '.0f')} tokens mean, "
+        f"{tokens['max']} max of {context['max_context_tokens']}; {context['truncated']} "
+        f"cut; answer in context {_fmt(context['answer_in_context'], '.1%')}"
+    ]
+    if retrieval:
+        lines.append(
+            f"retrieval       {retrieval['retriever']} top {retrieval['k']}: gold recall "
+            f"{_fmt(retrieval['gold_recall_at_k'])}, answer in top k "
+            f"{_fmt(retrieval['answer_in_context_at_k'])}, "
+            f"{_fmt(retrieval['questions_per_s'], ',.0f')} questions/s"
+        )
+    return lines
 
 
 def run(cfg: DictConfig) -> int:

@@ -19,6 +19,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from components.mirage import is_mirage
+from components.modes import mode_suffix
 from components.settings import ConfigError
 from components.storage import S3
 from pipelines.config.schema import GROUPS, RunConfig
@@ -55,6 +57,8 @@ def register() -> None:
     """Resolvers and schemas; called on import, before any config is composed."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", _project_root)
+    if not OmegaConf.has_resolver("mode_suffix"):
+        OmegaConf.register_new_resolver("mode_suffix", mode_suffix)
     if not OmegaConf.has_resolver("deploy"):
         OmegaConf.register_new_resolver("deploy", _deploy)
     store = ConfigStore.instance()
@@ -113,9 +117,18 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(exc).splitlines()[0]}") from exc
     normal = dataclasses.asdict(checked)
-    path = normal["dataset"]["path"]
-    if require_dataset and not Path(path).is_file():
+    dataset, mode = normal["dataset"], checked.experiment_mode
+    path, corpus = dataset["path"], dataset.get("corpus")
+    if require_dataset and not (Path(path).is_file() or is_mirage(path)):
         raise ConfigError(f"dataset.path: no such file: {path!r}")
+    if require_dataset and corpus and not Path(corpus).is_file():
+        raise ConfigError(f"dataset.corpus: no such file: {corpus!r}")
+    if mode.retrieves and not corpus and not (require_dataset and is_mirage(path)):
+        raise ConfigError(
+            f"dataset.corpus: {mode.name} searches a corpus and dataset {dataset['name']} has "
+            'none; set dataset.corpus=FILE (JSONL {"id", "title", "text"}) or use '
+            "a dataset with passages (dataset=sample_passages)"
+        )
     return normal
 
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from components.dataset import DatasetConfig
 from components.inference.config import InferenceConfig
 from components.model_files import ModelConfig
+from components.modes import ModeConfig
 from components.settings import non_negative_int, one_of, positive_int, require
 from components.storage import StorageConfig
 
-DEFAULT_EXPERIMENT_NAME = "${model.name}_${dataset.name}"
+# Closed-book runs keep <model>_<dataset>; the context modes add _<mode> (components/modes.py).
+DEFAULT_EXPERIMENT_NAME = "${model.name}_${dataset.name}${mode_suffix:${experiment_mode.name}}"
 
 
 @dataclass
@@ -78,6 +80,7 @@ class SweepConfig:
     seed: int = 0
     models: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)  # experiment modes; empty: the configured one
 
     def __post_init__(self) -> None:
         positive_int(self.bootstrap_samples, "sweep.bootstrap_samples")
@@ -94,6 +97,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    experiment_mode: ModeConfig = field(default_factory=ModeConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     clearml: ClearMLConfig = field(default_factory=ClearMLConfig)
