@@ -140,17 +140,18 @@ enqueue: install ## Create the ClearML pipeline and enqueue it: make enqueue QUE
 # ---- Sweeps and comparisons ------------------------------------------------------------------
 MODELS ?=
 DATASETS ?=
+MODES ?=
 FORCE ?=
 A ?=
 B ?=
-SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
+SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(MODES),"sweep.modes=[$(MODES)]") $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
 NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
-.PHONY: sweep enqueue-sweep compare leaderboard
-sweep: install ## Every model x dataset here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [ARGS=...] [FORCE=true]
+.PHONY: sweep enqueue-sweep compare context-report rescore leaderboard
+sweep: install ## Every model x dataset (x mode) here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [MODES=no_context,oracle_context] [ARGS=...] [FORCE=true]
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.sweep $(SWEEP_ARGS) $(ARGS)
 
-enqueue-sweep: install ## One ClearML pipeline per model x dataset + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=...
+enqueue-sweep: install ## One ClearML pipeline per model x dataset (x mode) + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=... [MODES=...]
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.enqueue_sweep $(SWEEP_ARGS) $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
 
@@ -158,6 +159,18 @@ RUNS ?=
 leaderboard: install ## Finished runs side by side: make leaderboard RUNS=<experiment|folder|task id>,...
 	@test -n "$(RUNS)" || { echo "RUNS is required: make leaderboard RUNS=smollm2_135m_sample,gemma3_270m_sample" >&2; exit 2; }
 	$(PY) -m pipelines.cli.leaderboard "leaderboard.runs='$(RUNS)'" $(ARGS)
+
+CLOSED ?=
+WITH ?=
+context-report: install ## What context does for a model: make context-report CLOSED=<closed-book run> WITH=<run in a context mode>,...
+	@test -n "$(CLOSED)" -a -n "$(WITH)" || { echo "CLOSED and WITH are required: make context-report CLOSED=smollm2_135m_sample_passages WITH=smollm2_135m_sample_passages_oracle_context" >&2; exit 2; }
+	$(PY) -m pipelines.cli.context_report "context_report.closed='$(CLOSED)'" "context_report.with='$(WITH)'" $(ARGS)
+
+RUN ?=
+DATASET ?=
+rescore: install ## Score a finished run again without inference: make rescore RUN=<experiment|folder|task id> [DATASET=corrected.jsonl]
+	@test -n "$(RUN)" || { echo "RUN is required: make rescore RUN=smollm2_135m_sample [DATASET=corrected.jsonl]" >&2; exit 2; }
+	$(PY) -m pipelines.cli.rescore "rescore.run='$(RUN)'" $(if $(DATASET),"rescore.dataset='$(DATASET)'") $(ARGS)
 
 compare: install ## Two runs question by question: make compare A=<experiment|folder|task id> B=<...>
 	@test -n "$(A)" -a -n "$(B)" || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }

@@ -1,4 +1,5 @@
-"""A sweep's leaderboard: one row per model x dataset, as CSV, Markdown and a bar chart.
+"""A sweep's leaderboard: one row per model x dataset x context mode, as CSV, Markdown and a
+bar chart.
 
 Rows are built from each run's own results.json and predictions.json, so a leaderboard can
 be rebuilt at any time from finished runs (local folders or files fetched from S3).
@@ -19,6 +20,7 @@ from components.stats import bootstrap_mean
 COLUMNS = (
     "model",
     "dataset",
+    "mode",
     "examples",
     "token_recall",
     "recall_ci_low",
@@ -53,6 +55,7 @@ def leaderboard_row(
     return {
         "model": results["model"]["name"],
         "dataset": results["dataset"]["name"],
+        "mode": (results.get("context") or {}).get("mode", "no_context"),
         "examples": results["counts"]["examples"],
         "token_recall": _round(interval.mean),
         "recall_ci_low": _round(interval.low),
@@ -69,8 +72,11 @@ def leaderboard_row(
 
 
 def sort_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By dataset, best recall first."""
-    return sorted(rows, key=lambda r: (r["dataset"], -(r["token_recall"] or 0.0), r["model"]))
+    """By dataset and mode, best recall first."""
+    return sorted(
+        rows,
+        key=lambda r: (r["dataset"], r["mode"], -(r["token_recall"] or 0.0), r["model"]),
+    )
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -92,16 +98,16 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, confidence: float = 
         "",
         f"Token recall: mean over scored questions, [{confidence:.0%} bootstrap interval].",
         "",
-        "| model | dataset | examples | token recall | exact match | questions/s "
+        "| model | dataset | mode | examples | token recall | exact match | questions/s "
         "| output tokens/s | peak GPU GiB | peak RSS GiB |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         recall = _cell(r["token_recall"], ".3f")
         if r["recall_ci_low"] is not None:
             recall += f" [{r['recall_ci_low']:.3f}, {r['recall_ci_high']:.3f}]"
         lines.append(
-            f"| {r['model']} | {r['dataset']} | {r['examples']} | {recall} "
+            f"| {r['model']} | {r['dataset']} | {r['mode']} | {r['examples']} | {recall} "
             f"| {_cell(r['exact_match'], '.3f')} | {_cell(r['questions_per_s'], '.2f')} "
             f"| {_cell(r['output_tokens_per_s'], '.1f')} | {_cell(r['peak_gpu_gib'], '.2f')} "
             f"| {_cell(r['peak_rss_gib'], '.2f')} |"
@@ -110,12 +116,17 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, confidence: float = 
 
 
 def plot(rows: Sequence[dict[str, Any]], title: str):
-    """Recall by dataset (groups) and model (bars), with the bootstrap interval as error bars."""
+    """Recall by dataset and mode (groups) and model (bars), with the bootstrap interval as
+    error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    several = len({r["mode"] for r in rows}) > 1
+    rows = [
+        {**r, "dataset": f"{r['dataset']}\n{r['mode']}" if several else r["dataset"]} for r in rows
+    ]
     datasets = sorted({r["dataset"] for r in rows})
     models = sorted({r["model"] for r in rows})
     width = 0.8 / max(1, len(models))

@@ -1,4 +1,5 @@
-"""`make compare A=... B=...`: two runs question by question.
+"""`make compare A=... B=...`: two runs question by question; `make context-report`: a
+closed-book run against the same model's context-mode runs.
 
     make compare A=smollm2_135m_sample B=gemma3_270m_sample
     make compare A=outputs/a B=outputs/b
@@ -18,6 +19,8 @@ from typing import Any
 
 from components.atomic import write_json_atomic, write_text_atomic
 from components.compare import compare_predictions, to_csv, to_markdown
+from components.context_report import context_effect
+from components.context_report import to_markdown as context_markdown
 from components.stats import bootstrap_options
 from components.storage import safe_name
 from pipelines.runs import TaskFetcher, resolve_run
@@ -50,3 +53,38 @@ def compare(
         "json": write_json_atomic(out / "compare.json", {"a": label_a, "b": label_b, **comparison}),
     }
     return {"comparison": comparison, "labels": (label_a, label_b), "paths": paths}
+
+
+def context_reports(
+    ref_closed: str,
+    refs_with: list[str],
+    cfg: dict[str, Any],
+    fetch_task: TaskFetcher | None = None,
+    out_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """One closed-book run against each of the same model's context-mode runs, paired
+    question by question; writes context_report.md and .json for each."""
+    closed_dir = resolve_run(ref_closed, cfg, fetch_task)
+    closed_exp, closed_label, _ = _identity(closed_dir)
+    closed = json.loads((closed_dir / "predictions.json").read_text(encoding="utf-8"))
+    answered_at = float((cfg.get("context_report") or {}).get("answered_at", 1.0))
+    done = []
+    for ref in refs_with:
+        run_dir = resolve_run(ref, cfg, fetch_task)
+        exp, label, _ = _identity(run_dir)
+        preds = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
+        report = context_effect(
+            closed, preds, answered_at=answered_at, **bootstrap_options(cfg["sweep"])
+        )
+        base = out_dir or Path(cfg["experiment"]["output_dir"]) / "context"
+        out = base / safe_name(f"{exp}_vs_{closed_exp}")
+        paths = {
+            "md": write_text_atomic(
+                out / "context_report.md", context_markdown(report, closed_label, label)
+            ),
+            "json": write_json_atomic(
+                out / "context_report.json", {"closed_book": closed_label, "with": label, **report}
+            ),
+        }
+        done.append({"report": report, "labels": (closed_label, label), "paths": paths})
+    return done

@@ -1,6 +1,8 @@
-"""`make sweep`: every model x dataset, one after another in this process, then a leaderboard.
+"""`make sweep`: every model x dataset (x context mode), one after another in this process,
+then a leaderboard.
 
     make sweep MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open ARGS="dataset.limit=20"
+    make sweep MODELS=smollm2_135m DATASETS=sample_passages MODES=no_context,oracle_context
 
 Every combination is composed and checked before anything runs. Combinations run model by
 model, so each model is loaded once for all its datasets. A combination whose results.json
@@ -27,6 +29,7 @@ from components.model_files import ModelConfig, ModelFilesError, weights_digest
 from components.results import config_fingerprint
 from components.stats import bootstrap_options
 from components.storage import StorageError, safe_name
+from pipelines.compare import context_reports
 from pipelines.config import ConfigError, compose, group_choices, section, to_container, validate
 from pipelines.local import run_dir_of, run_local
 
@@ -37,6 +40,19 @@ class Combination:
     dataset: str
     cfg: dict[str, Any]  # resolved and checked
     node: DictConfig  # as composed (a ClearML sweep attaches it with its interpolations)
+
+    @property
+    def mode(self) -> str:
+        return self.cfg["experiment_mode"]["name"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} x {self.dataset} x {self.mode}"
+
+    @property
+    def entry(self) -> dict[str, str]:
+        """What a sweep's summary lists of the combination."""
+        return {"model": self.model, "dataset": self.dataset, "mode": self.mode}
 
     @property
     def run_dir(self) -> Path:
@@ -56,30 +72,48 @@ def split_names(value: list[str], group: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def sweep_modes(names: list[str]) -> list[str | None]:
+    """``sweep.modes`` checked; none named: each combination's configured mode."""
+    return list(split_names(names, "experiment_mode")) if names else [None]
+
+
 def plan(
-    models: list[str], datasets: list[str], overrides: list[str], check_paths: bool = True
+    models: list[str],
+    datasets: list[str],
+    overrides: list[str],
+    check_paths: bool = True,
+    modes: list[str | None] | None = None,
 ) -> list[Combination]:
     """Model-major order (one model load per model); fails before any run on a bad config."""
     combos = []
     for model in models:
         for dataset in datasets:
-            try:
-                node = compose([f"model={model}", f"dataset={dataset}", *overrides])
-                cfg = validate(to_container(node), require_dataset=check_paths)
-            except ConfigError as exc:
-                raise ConfigError(f"{model} x {dataset}: {exc}") from exc
-            combos.append(Combination(model, dataset, cfg, node))
+            for mode in modes or [None]:
+                chosen = [f"experiment_mode={mode}"] if mode else []
+                try:
+                    node = compose([f"model={model}", f"dataset={dataset}", *chosen, *overrides])
+                    cfg = validate(to_container(node), require_dataset=check_paths)
+                except ConfigError as exc:
+                    where = f"{model} x {dataset}" + (f" x {mode}" if mode else "")
+                    raise ConfigError(f"{where}: {exc}") from exc
+                combos.append(Combination(model, dataset, cfg, node))
     dirs = [c.run_dir for c in combos]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(
             "experiment.name: the combinations share a run folder; leave the default "
-            "(${model.name}_${dataset.name}) or put both names in yours"
+            "(${model.name}_${dataset.name}_<mode>) or put every name in yours"
         )
     return combos
 
 
-def sweep_name(cfg: dict[str, Any], models: list[str], datasets: list[str]) -> str:
-    return safe_name(str(cfg["sweep"].get("name") or f"{'-'.join(models)}_x_{'-'.join(datasets)}"))
+def sweep_name(
+    cfg: dict[str, Any], models: list[str], datasets: list[str], modes: list[str | None] = ()
+) -> str:
+    named = [m for m in modes if m]
+    default = f"{'-'.join(models)}_x_{'-'.join(datasets)}" + (
+        f"_x_{'-'.join(named)}" if named else ""
+    )
+    return safe_name(str(cfg["sweep"].get("name") or default))
 
 
 def finished_results(combo: Combination) -> dict[str, Any] | None:
@@ -109,6 +143,7 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
             and results.get("config_fingerprint") == config_fingerprint(combo.cfg)
             and ran_as == would_run_as()
             and results["dataset"]["sha256"] == sha256_file(combo.cfg["dataset"]["path"])
+            and _same_corpus(results, combo.cfg["dataset"].get("corpus"))
             and results["model"].get("gguf_sha256") == weights_digest(model)
             and sha256_file(predictions) == recorded
         )
@@ -117,8 +152,38 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
     return results if same else None
 
 
-def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
-    combos = plan(models, datasets, overrides)
+def _same_corpus(results: dict[str, Any], corpus: str | None) -> bool:
+    recorded = (results["dataset"].get("corpus") or {}).get("sha256")
+    return recorded is None or (corpus is not None and recorded == sha256_file(corpus))
+
+
+def _context_reports(
+    entries: list[dict[str, Any]], cfg: dict[str, Any], out_dir: Path
+) -> list[str]:
+    """Per model and dataset swept closed-book and with context: context_report.md files."""
+    done = [e for e in entries if e["status"] == "completed"]
+    written = []
+    for closed in (e for e in done if e["mode"] == "no_context"):
+        others = [
+            e["run_dir"]
+            for e in done
+            if (e["model"], e["dataset"]) == (closed["model"], closed["dataset"])
+            and e["mode"] != "no_context"
+        ]
+        if others:
+            reports = context_reports(closed["run_dir"], others, cfg, out_dir=out_dir / "context")
+            written += [str(r["paths"]["md"]) for r in reports]
+    return written
+
+
+def run_sweep(
+    models: list[str],
+    datasets: list[str],
+    overrides: list[str],
+    modes: list[str | None] | None = None,
+) -> dict[str, Any]:
+    modes = modes or [None]
+    combos = plan(models, datasets, overrides, modes=modes)
     first = combos[0].cfg
     if first["clearml"]["mode"] != "off":
         raise ConfigError(
@@ -131,14 +196,14 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
             "leaderboard and reuse; leave it false (the files still go to S3 when set)"
         )
     settings = first["sweep"]
-    name = sweep_name(first, models, datasets)
+    name = sweep_name(first, models, datasets, modes)
     out_dir = Path(settings["output_dir"]) / name
     stats = bootstrap_options(settings)
     rows, entries = [], []
     with keep_loaded():
         for number, combo in enumerate(combos, 1):
-            label = f"[{number}/{len(combos)}] {combo.model} x {combo.dataset}"
-            entry: dict[str, Any] = {"model": combo.model, "dataset": combo.dataset}
+            label = f"[{number}/{len(combos)}] {combo.label}"
+            entry: dict[str, Any] = dict(combo.entry)
             results = None if settings["force"] else finished_results(combo)
             entry["reused"] = results is not None
             if results is not None:
@@ -173,10 +238,12 @@ def run_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> d
         "name": name,
         "models": models,
         "datasets": datasets,
+        "modes": sorted({c.mode for c in combos}),
         "overrides": overrides,
         "combinations": entries,
         "leaderboard": sort_rows(rows),
     }
+    summary["context_reports"] = _context_reports(entries, first, out_dir)
     paths["json"] = write_json_atomic(out_dir / "sweep.json", summary)
     summary["paths"] = {k: str(v) for k, v in paths.items()}
     return summary

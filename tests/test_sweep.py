@@ -62,7 +62,7 @@ def test_leaderboard_row_has_the_mean_its_interval_and_the_run_figures():
     assert row["peak_gpu_gib"] == 3.0 and row["peak_rss_gib"] == 2.0
     assert leaderboard_row(results, predictions, samples=500) == row  # seeded
     table = to_markdown([row], "t")
-    assert "| m | d | 5 | 0.625 [" in table and "| 3.00 | 2.00 |" in table
+    assert "| m | d | no_context | 5 | 0.625 [" in table and "| 3.00 | 2.00 |" in table
 
 
 def test_bootstrap_interval_narrows_with_more_questions():

@@ -51,6 +51,14 @@ KNOBS: tuple[Knob, ...] = (
         "dataset file as the agents see it; empty: as configured",
     ),
     Knob("eval_limit", "dataset.limit", "first N; empty: all"),
+    Knob(
+        "eval_mode",
+        "experiment_mode.name",
+        "context mode (conf/experiment_mode/): no_context, oracle_context, "
+        "oracle_long_context, retriever_context",
+        group=True,
+    ),
+    Knob("eval_top_k", "experiment_mode.top_k", "retriever_context: passages per question"),
     Knob("eval_batch_size", "inference.batch_size", "prompts per batch, or auto"),
     Knob("eval_max_new_tokens", "inference.max_new_tokens", "per answer"),
     Knob("eval_temperature", "inference.temperature", "0 = greedy"),
@@ -80,15 +88,17 @@ def pipeline_args(cfg: dict[str, Any], given: dict[str, Any] | None = None) -> d
 
 def portable_config(cfg: DictConfig) -> dict[str, Any]:
     """The config as attached to a pipeline (and edited in the ClearML UI): resolved, but
-    for two values the controller resolves on its own machine: the default experiment name
-    (so an edited model or dataset renames the run) and a dataset path inside the project
-    (``${project_root:...}``: the agent's copy of the project, not this machine's)."""
+    for values the controller resolves on its own machine: the default experiment name (so
+    an edited model, dataset or mode renames the run) and a dataset or corpus path inside the
+    project (``${project_root:...}``: the agent's copy of the project, not this machine's)."""
     container = to_container(cfg)
     if OmegaConf.to_container(cfg.experiment)["name"] == DEFAULT_EXPERIMENT_NAME:
         container["experiment"]["name"] = DEFAULT_EXPERIMENT_NAME
-    path = Path(str(container["dataset"]["path"])).absolute()
-    if path.is_relative_to(PROJECT_ROOT):
-        container["dataset"]["path"] = f"${{project_root:{path.relative_to(PROJECT_ROOT)}}}"
+    for key in ("path", "corpus"):
+        value = container["dataset"].get(key)
+        path = Path(str(value)).absolute() if value else None
+        if path is not None and path.is_relative_to(PROJECT_ROOT):
+            container["dataset"][key] = f"${{project_root:{path.relative_to(PROJECT_ROOT)}}}"
     return redact(container)
 
 

@@ -68,26 +68,32 @@ def reusable_run(combo: Combination, s3: S3) -> dict[str, Any] | None:
     return None
 
 
-def enqueue_sweep(models: list[str], datasets: list[str], overrides: list[str]) -> dict[str, Any]:
+def enqueue_sweep(
+    models: list[str],
+    datasets: list[str],
+    overrides: list[str],
+    modes: list[str | None] | None = None,
+) -> dict[str, Any]:
     """Checks every combination first (nothing is created if one fails), then enqueues."""
-    combos = plan(models, datasets, overrides, check_paths=False)
+    modes = modes or [None]
+    combos = plan(models, datasets, overrides, check_paths=False, modes=modes)
     check_ready([combo.cfg for combo in combos])
     cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
     clearml_cfg = cfg["clearml"]
     s3 = require_storage(cfg["storage"], "the pipelines hand files on through S3")
-    name = sweep_name(cfg, models, datasets)
+    name = sweep_name(cfg, models, datasets, modes)
     services = clearml_cfg["queues"]["services"]
     runs = []
     for number, combo in enumerate(combos, 1):
-        label = f"[{number}/{len(combos)}] {combo.model} x {combo.dataset}"
+        label = f"[{number}/{len(combos)}] {combo.label}"
         reused = None if cfg["sweep"]["force"] else reusable_run(combo, s3)
         if reused is not None:
             print(f"{label}: reused pipeline {reused['id']} {reused['url']}", flush=True)
-            runs.append({**reused, "model": combo.model, "dataset": combo.dataset, "reused": True})
+            runs.append({**reused, **combo.entry, "reused": True})
             continue
         entry = enqueue_run(combo.cfg, combo.node)
         print(f"{label}: enqueued {entry['id']} {entry['url']}", flush=True)
-        runs.append({**entry, "reused": False, "model": combo.model, "dataset": combo.dataset})
+        runs.append({**entry, **combo.entry, "reused": False})
     summary_config = {
         "name": name,
         "runs": runs,

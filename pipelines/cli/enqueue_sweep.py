@@ -9,14 +9,14 @@ from omegaconf import DictConfig
 from pipelines.clearml.sweep import enqueue_sweep as enqueue
 from pipelines.cli import finish, launch
 from pipelines.cli.sweep import user_overrides
-from pipelines.sweep import split_names
+from pipelines.sweep import split_names, sweep_modes
 
 
 def enqueue_sweep(cfg: DictConfig) -> int:
 
     models = split_names(list(cfg.sweep.models), "model")
     datasets = split_names(list(cfg.sweep.datasets), "dataset")
-    enqueue(models, datasets, user_overrides())
+    enqueue(models, datasets, user_overrides(), sweep_modes(list(cfg.sweep.modes)))
     return 0
 
 

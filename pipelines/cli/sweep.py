@@ -13,9 +13,9 @@ from omegaconf import DictConfig
 
 from components.leaderboard import to_markdown
 from pipelines.cli import finish, launch
-from pipelines.sweep import run_sweep, split_names
+from pipelines.sweep import run_sweep, split_names, sweep_modes
 
-SWEEP_KEYS = ("sweep.models=", "sweep.datasets=")
+SWEEP_KEYS = ("sweep.models=", "sweep.datasets=", "sweep.modes=")
 
 
 def user_overrides() -> list[str]:
@@ -29,16 +29,18 @@ def sweep(cfg: DictConfig) -> int:
 
     models = split_names(list(cfg.sweep.models), "model")
     datasets = split_names(list(cfg.sweep.datasets), "dataset")
-    summary = run_sweep(models, datasets, user_overrides())
+    modes = sweep_modes(list(cfg.sweep.modes))
+    summary = run_sweep(models, datasets, user_overrides(), modes)
     print()
     confidence = float(cfg.sweep.confidence)
     print(to_markdown(summary["leaderboard"], f"sweep {summary['name']}", confidence), end="")
     print("wrote")
-    for path in summary["paths"].values():
+    for path in [*summary["paths"].values(), *summary["context_reports"]]:
         print(f"  {path}")
     failed = [c for c in summary["combinations"] if c["status"] == "failed"]
     for combo in failed:
-        print(f"failed: {combo['model']} x {combo['dataset']}: {combo['error']}", file=sys.stderr)
+        where = f"{combo['model']} x {combo['dataset']} x {combo['mode']}"
+        print(f"failed: {where}: {combo['error']}", file=sys.stderr)
     return 1 if failed else 0
 
 
