@@ -248,6 +248,36 @@ def test_clone_and_edit_an_arg_or_the_configuration_takes_effect(clearml_stack, 
     assert all(p["output_tokens"] <= 3 for p in predictions)
 
 
+def test_a_retrieval_pipeline_retrieves_on_the_cpu_queue_and_stores_its_index_once(
+    clearml_stack,
+):
+    """`make enqueue` in retriever_context: a retrieve step of its own on the cpu queue,
+    between load_dataset and inference; the BM25 index kept once in S3's cache."""
+    api = clearml_stack.api()
+    task_id = enqueue(
+        clearml_stack,
+        "experiment_mode=retriever_context",
+        "dataset=sample_passages",
+        "dataset.limit=4",
+        "inference.max_new_tokens=8",
+    )
+    finished(clearml_stack, task_id)
+    steps = api.children(task_id)
+    assert set(steps) == {"load_dataset", "retrieve", "inference", "score", "publish"}
+    queues = {q["id"]: q["name"] for q in api("queues.get_all")["queues"]}
+    assert queues[steps["retrieve"]["execution"]["queue"]["id"]] == "cpu"
+    args = {p["name"]: p["value"] for p in api.task(task_id)["hyperparams"]["Args"].values()}
+    assert args["eval_mode"] == "retriever_context" and args["eval_top_k"] == "3"
+    experiment = "smollm2_135m_sample_passages_retriever_context"
+    results, predictions = run_files(clearml_stack, experiment, task_id)
+    assert list(results["steps"])[:2] == ["load_dataset", "retrieve"]
+    assert results["retrieval"]["gold_recall_at_k"] == 1.0
+    assert results["context"]["mode"] == "retriever_context"
+    assert all(1 <= len(p["passages"]) <= 3 for p in predictions)
+    index = keys_under(clearml_stack, "slm-experiments/cache/index/")
+    assert len({k.split("/")[0] for k in index}) == 1 and any(k.endswith(".npy") for k in index)
+
+
 def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(clearml_stack, first_pipeline):
     bad = clearml_stack.data / "bad.jsonl"  # mounted into the agents' containers
     bad.write_text('{"question_id": "a", "question": "Q?", "answer": []}\n')

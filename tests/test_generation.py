@@ -164,3 +164,50 @@ def test_the_conversion_is_cached(ct2_backend, smollm2_path):
     mtime = (first / "model.bin").stat().st_mtime
     assert convert(smollm2_path, "int8") == first
     assert (first / "model.bin").stat().st_mtime == mtime
+
+
+def test_ctranslate2_answers_with_contexts_do_not_depend_on_the_batch(ct2_backend):
+    """Prompts a few hundred tokens long (the oracle mode's gold passages), each split where
+    its own length puts it, at batch 1, 8 and all at once: the same answers."""
+    from components.backends.ctranslate2_backend import SPLIT_STEP, batches_by_split
+    from components.contexts import fit_context
+    from components.passages import load_corpus
+    from components.prompts import shared_prefix
+    from tests.conftest import ROOT
+
+    corpus = load_corpus(ROOT / "data" / "sample" / "passages.jsonl")
+    lines = (ROOT / "data" / "sample" / "with_passages.jsonl").read_text().splitlines()
+    import json
+
+    records = [json.loads(line) for line in lines]
+    window = [[corpus.get(g).to_record() for g in r["gold"]] for r in records]
+    # Two passages for some, to spread the lengths over several splits.
+    contexts = [
+        fit_context(ct2_backend.tokenizer, w + window[(i + 1) % len(window)][: i % 2], 512).text
+        for i, w in enumerate(window)
+    ]
+    fmt = PromptFormat(template="Background:\n{context}\n\nQuestion:\n{question}")
+    prompts = encode_prompts(ct2_backend.tokenizer, [r["question"] for r in records], fmt, contexts)
+    prefix = shared_prefix(ct2_backend.tokenizer, fmt, prompts)
+    splits = {split for split, _ in batches_by_split([len(p) for p in prompts], 32, prefix)}
+    assert len(splits) >= 3 and max(map(len, prompts)) - min(map(len, prompts)) > SPLIT_STEP
+    params = GenerationParams(max_new_tokens=10, shared_prefix=prefix)
+    seen = []
+    for batch in (1, 8, len(prompts)):
+        ct2_backend.batch_size = batch
+        seen.append([g.text for g in ct2_backend.generate(prompts, params)])
+    assert seen[0] == seen[1] == seen[2]
+    assert "canberra" in " ".join(seen[0]).lower()
+
+
+def test_each_prompt_is_split_by_its_own_length():
+    from components.backends.ctranslate2_backend import SPLIT_STEP, batches_by_split, split_point
+
+    assert split_point(SPLIT_STEP * 3 + 1) == SPLIT_STEP * 3  # one token past: nothing forced
+    assert split_point(SPLIT_STEP * 3) == SPLIT_STEP * 2
+    assert split_point(5, shared_prefix=30) == 4 and split_point(40, shared_prefix=30) == 32
+    assert split_point(2) == 1
+    lengths = [40, 41, 60, 33, 49]
+    batches = batches_by_split(lengths, 2)
+    assert batches == [(48, [2, 4]), (32, [0, 1]), (32, [3])]
+    assert sorted(i for _, b in batches for i in b) == list(range(len(lengths)))

@@ -92,6 +92,30 @@ def test_the_dag_shows_the_four_steps_and_their_edges(ui, pipeline):
     ui.shot("pipeline")
 
 
+def test_a_clone_switched_to_retrieved_context_shows_the_retrieve_step(clearml_stack, ui, pipeline):
+    """A closed-book run, cloned in the UI, its eval_mode Arg set to retriever_context: the
+    agents run it with BM25 passages, and its DAG shows the retrieve step."""
+    clone = ui.clone(pipeline["project"], pipeline["id"], f"{EXPERIMENT} with retrieval")
+    ui.edit_arg(pipeline["project"], clone, "eval_mode", "retriever_context")
+    ui.enqueue(pipeline["project"], clone, "services")
+    finished(clearml_stack, clone)
+    results, predictions = run_files(clearml_stack, f"{EXPERIMENT}_retriever_context", clone)
+    assert results["context"]["mode"] == "retriever_context"
+    assert results["retrieval"]["retriever"] == "bm25"
+    assert all(p["passages"] is not None for p in predictions)
+    ui.open(f"/pipelines/{pipeline['project']}/tasks/{clone}")
+    steps = ui.page.locator("sm-pipeline-controller-step .step-container .title")
+    steps.first.wait_for()
+    assert sorted(steps.all_inner_texts()) == [
+        "inference",
+        "load_dataset",
+        "publish",
+        "retrieve",
+        "score",
+    ]
+    ui.shot("pipeline-retrieve")
+
+
 def test_the_publish_step_shows_scalars_plots_and_the_controller_its_s3_links(
     clearml_stack, ui, pipeline
 ):

@@ -3,12 +3,21 @@ default), then batched greedy decoding on the CPU: one single-threaded replica p
 decoding its own batch, several times transformers' fp32 speed (docs/benchmarks.md).
 
 Answers do not depend on the batch size. CTranslate2 runs the first ``min(len) - 1`` tokens of
-a batch's prompts at once and forces the rest one step at a time, so in a batch of mixed
-lengths the split, and with it a prompt's numbers (and, through int8's rounding, sometimes its
-answer), depends on its neighbours. Here every batch carries one more row, the prompts' shared
-prefix and one token (``GenerationParams.shared_prefix``): the split is then the same for every
-prompt whatever the batch, and each row is computed alone (activations are quantized per row,
-int8 products summed exactly, one thread per batch). The extra row's answer is dropped.
+a batch's prompts at once (prefill, matrix by matrix) and forces the rest one step at a time,
+so in a batch of mixed lengths the split, and with it a prompt's numbers (and, through int8's
+rounding, sometimes its answer), depends on its neighbours. Here each prompt's split is a
+function of its own length alone, ``split_point``: its length less one, rounded down to a
+multiple of ``SPLIT_STEP`` (never below the format's shared prefix). Prompts are batched only
+with prompts of the same split, and a batch none of whose prompts is exactly one token past
+it carries one more row of that length (a prefix of its first prompt; its answer is dropped).
+Each row is computed alone (activations are quantized per row, int8 products summed exactly,
+one thread per batch), so a prompt's answer is the same at any batch size; and at most
+``SPLIT_STEP - 1`` of its tokens are forced one step at a time, however long its context
+(before: every token past the format's shared prefix, all of a passage in a context mode).
+
+Not done: CTranslate2's ``static_prompt`` would compute a context shared by several questions
+once, but it answers differently from the same prompt computed whole (36 of 96 SQuAD answers
+identical), so a question's answer would depend on which other questions are in the run.
 """
 
 from __future__ import annotations
@@ -32,6 +41,32 @@ COMPUTE_TYPES = ("int8", "int8_float32", "float32")
 DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
 SETTINGS_DTYPES = ("auto", "int8", "float32")  # the inference.dtype values it runs
 CONVERTED = "slm_qa_eval_ct2.json"
+# Tokens a prompt may have forced one step at a time (past its split): smaller batches fewer
+# prompts together (and adds more extra rows), larger forces more tokens; 8 to 32 measured
+# within a few percent of each other, 64 and up slower (docs/benchmarks.md).
+SPLIT_STEP = 16
+
+
+def split_point(length: int, shared_prefix: int = 0) -> int:
+    """Where a prompt of ``length`` tokens is split: prefilled before, forced after. Never
+    below the format's shared prefix nor below 1 (a split at 0 gives the prompt back)."""
+    rounded = (length - 1) // SPLIT_STEP * SPLIT_STEP
+    return max(rounded, min(shared_prefix, length - 1), 1)
+
+
+def batches_by_split(
+    lengths: Sequence[int], batch_size: int, shared_prefix: int = 0
+) -> list[tuple[int, list[int]]]:
+    """(split, prompt indices) for each batch: prompts of one split together, longest
+    split first (the batch most likely to fail comes first), each in dataset order."""
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(split_point(length, shared_prefix), []).append(index)
+    return [
+        (split, members[start : start + batch_size])
+        for split, members in sorted(groups.items(), key=lambda item: -item[0])
+        for start in range(0, len(members), batch_size)
+    ]
 
 
 def unsupported_reason(model_path: str, revision: str | None = None) -> str | None:
@@ -192,14 +227,13 @@ class CTranslate2Backend:
             }
         )
         end = self._end_ids(params.stop)
-        # The extra row's length (module docstring). Never 1: a batch whose shortest prompt is
-        # one token long gets its prompts back as part of the answers.
-        split = max(params.shared_prefix, 1) + 1
 
-        def decode(batch: list[int]) -> list[Generation]:
+        def decode(planned: tuple[int, list[int]]) -> list[Generation]:
+            split, batch = planned
             out_of_memory_above(len(batch))
             rows = [[self.vocabulary[t] for t in prompts[i]] for i in batch]
-            rows.append(rows[0][:split])
+            if all(len(row) != split + 1 for row in rows):
+                rows.append(rows[0][: split + 1])  # puts the batch's split at each row's own
             outputs = self.generator.generate_batch(
                 rows,
                 max_length=params.max_new_tokens,
@@ -209,18 +243,17 @@ class CTranslate2Backend:
                 **sampling,
             )
             generations = []
-            for index, output in zip(batch, outputs[:-1], strict=True):  # the extra row last
+            for index, output in zip(batch, outputs[: len(batch)], strict=True):
                 text, count = decode_answer(self.tokenizer, output.sequences_ids[0], params.stop)
                 generations.append(Generation(text, len(prompts[index]), count))
             return generations
 
-        # Longest first: similar lengths share a batch, and the longest batch fails first.
-        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        lengths = [len(p) for p in prompts]
+        batches = batches_by_split(lengths, self.batch_size, params.shared_prefix)
         results: list[Generation | None] = [None] * len(prompts)
         pool = ThreadPoolExecutor(self.replicas)
         try:
-            for batch, generations in zip(batches, pool.map(decode, batches), strict=True):
+            for (_, batch), generations in zip(batches, pool.map(decode, batches), strict=True):
                 for index, generation in zip(batch, generations, strict=True):
                     results[index] = generation
                 if on_batch is not None:
