@@ -98,8 +98,9 @@ $(LM_EVAL_VENV)/.installed:
 	  "$(LM_EVAL_SPEC)" "transformers<5.20" accelerate
 	@touch $@
 
-bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines; make run vs lm-eval
+bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines; the context modes and BM25; make run vs lm-eval
 	$(PY) bench/bench_inference.py $(ARGS)
+	$(PY) bench/bench_context.py
 	LM_EVAL_PYTHON=$(LM_EVAL_VENV)/bin/python $(PY) bench/bench_whole_run.py
 
 docs-screenshots: install-dev ## Refresh docs/images/ from the browser tests of the web UI

@@ -117,7 +117,7 @@ def retrieve_step(
         run.store, "index", key, cache_dir / key, INDEX_MARKER
     )
     retriever = create_retriever(mode.retriever, corpus, cache_dir)
-    if key is not None and retriever.build_seconds and not fetched:
+    if key is not None and not fetched:
         share_folder(run.store, "index", key, cache_dir / key)
     if key is None:
         index_from = "none"

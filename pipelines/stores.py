@@ -10,6 +10,7 @@ that ``fetch`` turns back into a verified local file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from components.storage import S3, StorageError
 
 class Store(Protocol):
     caching: bool  # whether cached() can ever find anything
+    cache_url: str  # where its cache is ("" where it has none)
 
     def put(self, path: Path, step: str) -> str:
         """Keeps a step's output file; returns the reference its children get."""
@@ -42,6 +44,7 @@ class Store(Protocol):
 
 class LocalStore:
     caching = False  # reading the file here again costs what a cache would
+    cache_url = ""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -78,6 +81,10 @@ class S3Store:
     def checkpoint(self, key: str) -> Checkpoint:
         return S3Checkpoint(self.s3, f"{self.base}/checkpoints/{key}")
 
+    @property
+    def cache_url(self) -> str:
+        return self.s3.url(f"{self.s3.prefix}/cache")
+
     def _cache_key(self, name: str, key: str) -> str:
         return f"{self.s3.prefix}/cache/{name}/{key}"
 
@@ -95,6 +102,11 @@ class S3Store:
             self.s3.upload(path, f"{self._cache_key(name, key)}/{filename}")
 
 
+def _stored_mark(store: Store, folder: Path) -> Path:
+    """A file in a local cache folder saying this store's cache holds the folder too."""
+    return folder / f".stored-{hashlib.sha256(store.cache_url.encode()).hexdigest()[:16]}"
+
+
 def shared_folder(store: Store, name: str, key: str, folder: Path, marker: str) -> bool:
     """Fills the local cache folder ``folder`` (complete once ``marker`` is in it) from the
     store's cache, where an earlier run on another machine left it; True if it did."""
@@ -106,6 +118,7 @@ def shared_folder(store: Store, name: str, key: str, folder: Path, marker: str) 
         hit = store.cached(name, key, tmp)
         if not hit or marker not in hit:
             return False
+        _stored_mark(store, tmp).touch()
         with contextlib.suppress(OSError):  # another process filled it first
             os.replace(tmp, folder)
         return (folder / marker).is_file()
@@ -113,7 +126,13 @@ def shared_folder(store: Store, name: str, key: str, folder: Path, marker: str) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def share_folder(store: Store, name: str, key: str, folder: Path) -> None:
-    """Puts a complete local cache folder into the store's cache for other machines."""
-    if store.caching:
-        store.cache(name, key, {p.name: p for p in sorted(folder.iterdir()) if p.is_file()})
+def share_folder(store: Store, name: str, key: str, folder: Path) -> bool:
+    """Puts a complete local cache folder into the store's cache for other machines, once
+    per store (the local folder remembers which stores hold it); True if it uploaded."""
+    mark = _stored_mark(store, folder)
+    if not store.caching or mark.is_file():
+        return False
+    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p != mark}
+    store.cache(name, key, {n: p for n, p in files.items() if not n.startswith(".stored-")})
+    mark.touch()
+    return True

@@ -218,6 +218,17 @@ def test_retrieve_step_shares_its_index_through_s3(tmp_path, s3_endpoint, monkey
         froms.append(out["retrieval"]["index_from"])
     assert froms == ["built", "store"]
     assert out["retrieval"]["gold_recall_at_k"] == 1.0
+    # A machine that built it before another store existed still gives that store a copy.
+    other = S3.from_config({"endpoint": s3_endpoint, "bucket": BUCKET, "prefix": "ctx2"})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "one" / "cache"))
+    run = run_context(tmp_path / "three" / "run", S3Store(other, "e", "three"))
+    loaded = load_dataset_step(dataset, retrieval, run)
+    assert (
+        retrieve_step(retrieval, dataset, loaded["examples_path"], run)["retrieval"]["index_from"]
+        == "cache"
+    )
+    listed = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix="ctx2/cache/index/")
+    assert any(o["Key"].endswith(".npy") for o in listed.get("Contents", []))
     records = [json.loads(x) for x in Path(out["examples_path"]).read_text().splitlines()]
     assert all(0 < len(r["passages"]) <= 3 and "score" in r["passages"][0] for r in records)
 

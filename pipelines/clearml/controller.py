@@ -217,7 +217,9 @@ def main() -> int:
         require_queues([cfg["clearml"]["queues"][k] for k in ("cpu", "gpu")])
         policy = RetryPolicy(int(cfg["clearml"]["retry_on_failure"]))
         parameters = evaluation_parameters(cfg, args)
-        pipe = build_controller(cfg, task.name, steps_for(cfg), policy, parameters)
+        steps = steps_for(cfg)
+        forget_other_dag(task, steps)
+        pipe = build_controller(cfg, task.name, steps, policy, parameters)
     except (ConfigError, ServerNotConfigured) as exc:
         return fail(task, f"config: {exc}")
     # The Args as this run settled them, and the baseline a clone of it starts from.
@@ -225,6 +227,25 @@ def main() -> int:
     task.update_parameters({f"Args/{k}": v for k, v in ran_with.items()})
     task.set_user_properties(args_attached=json.dumps(ran_with, sort_keys=True))
     return run_pipeline(task, pipe, policy)
+
+
+def forget_other_dag(task: Task, steps: Sequence[StepSpec]) -> None:
+    """A clone whose edit changes the DAG's shape (a retrieval mode, more shards) must not
+    run with the DAG ClearML stored on the task it was cloned from: ClearML would carry the
+    old steps' parent references into the new ones. The stored DAG is dropped, so the
+    pipeline is laid out afresh from ``steps``."""
+    from clearml.backend_api.services import tasks
+
+    stored = task.get_configuration_object("Pipeline")
+    try:
+        names = set(json.loads(stored)) if stored else None
+    except ValueError:
+        names = set()
+    if names is None or names == {s.name for s in steps}:
+        return
+    print(f"the DAG changed ({sorted(names)} -> {[s.name for s in steps]}); laid out afresh")
+    task.send(tasks.DeleteConfigurationRequest(task=task.id, configuration=["Pipeline"]))
+    task.reload()
 
 
 def fail(task: Task, reason: str) -> int:
