@@ -231,11 +231,10 @@ def main() -> int:
 
 def forget_other_dag(task: Task, steps: Sequence[StepSpec]) -> None:
     """A clone whose edit changes the DAG's shape (a retrieval mode, more shards) must not
-    run with the DAG ClearML stored on the task it was cloned from: ClearML would carry the
-    old steps' parent references into the new ones. The stored DAG is dropped, so the
-    pipeline is laid out afresh from ``steps``."""
-    from clearml.backend_api.services import tasks
-
+    run with what ClearML stored on the task it was cloned from: the DAG (``Pipeline``) and
+    each step's task definition (a configuration object named after the step), whose old
+    parent references would reach the new steps. Both are dropped, so the pipeline is laid
+    out afresh from ``steps``."""
     stored = task.get_configuration_object("Pipeline")
     try:
         names = set(json.loads(stored)) if stored else None
@@ -244,7 +243,19 @@ def forget_other_dag(task: Task, steps: Sequence[StepSpec]) -> None:
     if names is None or names == {s.name for s in steps}:
         return
     print(f"the DAG changed ({sorted(names)} -> {[s.name for s in steps]}); laid out afresh")
-    task.send(tasks.DeleteConfigurationRequest(task=task.id, configuration=["Pipeline"]))
+    # The SDK's DeleteConfigurationRequest checks its list argument as a dict: the call direct.
+    reply = task.session.send_request(
+        "tasks",
+        "delete_configuration",
+        method="post",
+        json={
+            "task": task.id,
+            "configuration": sorted({"Pipeline", *names, *(s.name for s in steps)}),
+            "force": True,
+        },
+    )
+    if not reply.ok:
+        raise ConfigError(f"could not drop the stored DAG of the cloned task: {reply.text[:300]}")
     task.reload()
 
 
