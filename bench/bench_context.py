@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,6 +64,8 @@ def examples_for(mode: ModeConfig, dataset: DatasetConfig, folder: Path) -> list
 
 def retrieval_row(dataset: DatasetConfig, folder: Path) -> dict:
     """BM25 over the whole question set, with the index built here (not from a cache)."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder / "empty-cache")
     mode = section(ModeConfig, config(["experiment_mode=retriever_context"])["experiment_mode"])
     full = DatasetConfig(name="squad", path=dataset.path, corpus=dataset.corpus)
     run = RunContext("bench", "retrieval", "now", folder / "retrieval", LocalStore(folder))
@@ -71,6 +74,10 @@ def retrieval_row(dataset: DatasetConfig, folder: Path) -> dict:
     started = time.perf_counter()
     out = retrieve_step(mode, full, loaded["examples_path"], run)["retrieval"]
     out["step_seconds"] = round(time.perf_counter() - started, 3)
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
     keep = ("index_bytes", "index_build_seconds", "index_from", "search_seconds")
     return {
         "questions": loaded["count"],
@@ -96,6 +103,9 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--skip", default="vllm,llamacpp", help="engines to leave out")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--retrieval-only", action="store_true", help="measure BM25 again, keep the rows"
+    )
     args = parser.parse_args()
     if not (SQUAD / "corpus.jsonl").is_file():
         print(f"skipped: {SQUAD} is absent (only beside the project's own checkout)")
@@ -107,10 +117,16 @@ def main() -> int:
         limit=args.questions,
     )
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    output = args.output or ROOT / "bench" / "results" / "context_cpu.json"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         retrieval = retrieval_row(dataset, Path(tmp))
         print(json.dumps(retrieval), flush=True)
+        if args.retrieval_only:
+            kept = json.loads(output.read_text(encoding="utf-8"))
+            write_json_atomic(output, {**kept, "retrieval": retrieval})
+            print(f"wrote {output}")
+            return 0
         for name in args.modes.split(","):
             cfg = config([f"model={args.model}", f"experiment_mode={name}"])
             model = section(ModelConfig, cfg["model"], "model")
@@ -167,7 +183,6 @@ def main() -> int:
         "rows": rows,
         "environment": environment(ROOT),
     }
-    output = args.output or ROOT / "bench" / "results" / "context_cpu.json"
     write_json_atomic(output, result)
     print(table(rows))
     print(f"wrote {output}")

@@ -63,10 +63,16 @@ def load_mirage(folder: str | Path, limit: int | None = None) -> tuple[LoadedDat
             chunks.append(Passage(f"{qid}/{len(chunks)}", title, text))
     examples: list[QAExample] = []
     extra: list[Passage] = []
+    first: dict[str, int] = {}
     where = str(folder / "dataset.json")
     for n, entry in enumerate(raw["dataset.json"], start=1):
         found: list[Problem] = []
         qid = _text(entry, "query_id", where, n, found)
+        if qid and qid in first:
+            found.append(
+                Problem(where, n, "query_id", f"duplicate {qid!r} (first entry {first[qid]})")
+            )
+        first.setdefault(qid, n)
         query = _text(entry, "query", where, n, found)
         answers = entry.get("answer") if isinstance(entry, dict) else None
         answers = [answers] if isinstance(answers, str) else answers

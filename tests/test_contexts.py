@@ -135,9 +135,11 @@ def test_mirage_layout_loads_as_published(tmp_path):
         (broken / name).write_text((MIRAGE / name).read_text())
     entries = json.loads((MIRAGE / "dataset.json").read_text())
     del entries[1]["query"]
-    (broken / "dataset.json").write_text(json.dumps(entries))
-    with pytest.raises(DatasetError, match=r"dataset.json:2: query: must be a non-empty string"):
+    (broken / "dataset.json").write_text(json.dumps([*entries, entries[0]]))
+    with pytest.raises(DatasetError) as info:
         load_mirage(broken)
+    assert "dataset.json:2: query: must be a non-empty string" in str(info.value)
+    assert "dataset.json:3: query_id: duplicate 'nq-1' (first entry 1)" in str(info.value)
 
 
 def test_the_long_oracle_widens_by_position_within_its_document(tmp_path):
