@@ -249,3 +249,19 @@ def test_bm25_finds_the_gold_passage_of_squad(squad, tmp_path, monkeypatch):
     assert out["retrieval"]["gold_recall_at_k"] >= 0.9
     assert out["retrieval"]["answer_in_context_at_k"] >= 0.9
     assert os.path.getsize(out["examples_path"]) > 0
+
+
+def test_sweeps_take_modes():
+    from pipelines.sweep import plan, sweep_modes
+    from tests.conftest import make_dry_run
+
+    combos = plan(
+        ["smollm2_135m"], ["sample_passages"], [], modes=sweep_modes(["no_context,oracle_context"])
+    )
+    assert [c.mode for c in combos] == ["no_context", "oracle_context"]
+    assert len({c.run_dir for c in combos}) == 2
+    with pytest.raises(ConfigError, match="experiment_mode: unknown closed_book"):
+        sweep_modes(["closed_book"])
+    for verb in ("sweep", "enqueue-sweep"):
+        dry = make_dry_run(verb, "MODELS=smollm2_135m", "DATASETS=sample", "MODES=a,b")
+        assert '"sweep.modes=[a,b]"' in dry
