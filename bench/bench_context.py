@@ -106,6 +106,9 @@ def main() -> int:
     parser.add_argument(
         "--retrieval-only", action="store_true", help="measure BM25 again, keep the rows"
     )
+    parser.add_argument(
+        "--append", action="store_true", help="add these modes' rows to the results file"
+    )
     args = parser.parse_args()
     if not (SQUAD / "corpus.jsonl").is_file():
         print(f"skipped: {SQUAD} is absent (only beside the project's own checkout)")
@@ -163,6 +166,8 @@ def main() -> int:
                     4,
                 )
                 row["prompt_tokens_mean"] = round(sum(tokens) / len(tokens), 1)
+                row["questions"] = len(prompts)
+                row["invariance_questions"] = args.invariance_questions
                 rows.append({"mode": name, "engine": label, **row})
                 print(json.dumps(rows[-1]), flush=True)
     for row in rows:
@@ -171,12 +176,18 @@ def main() -> int:
             row["questions_per_s"] / fp32["questions_per_s"], 2
         )
         row["recall_minus_fp32"] = round(row["mean_token_recall"] - fp32["mean_token_recall"], 4)
+    if args.append and output.is_file():
+        kept = json.loads(output.read_text(encoding="utf-8"))
+        fresh = {(r["mode"], r["engine"]) for r in rows}
+        for r in kept["rows"]:
+            r.setdefault("questions", kept.get("questions"))
+            r.setdefault("invariance_questions", kept.get("invariance_questions"))
+        rows = [r for r in kept["rows"] if (r["mode"], r["engine"]) not in fresh] + rows
     result = {
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": "../shared/data/squad_dev (the first questions; BM25 over all 5,033)",
         "model": args.model,
-        "questions": args.questions,
-        "invariance_questions": args.invariance_questions,
+        "questions": "per row",
         "max_new_tokens": args.max_new_tokens,
         "cpu_threads": cpu_threads(),
         "retrieval": retrieval,

@@ -205,9 +205,11 @@ def test_each_prompt_is_split_by_its_own_length():
 
     assert split_point(SPLIT_STEP * 3 + 1) == SPLIT_STEP * 3  # one token past: nothing forced
     assert split_point(SPLIT_STEP * 3) == SPLIT_STEP * 2
-    assert split_point(5, shared_prefix=30) == 4 and split_point(40, shared_prefix=30) == 32
+    assert split_point(5, shared_prefix=30) == 4
+    assert split_point(40, shared_prefix=30) == 30
+    assert split_point(30 + SPLIT_STEP + 2, shared_prefix=30) == 30 + SPLIT_STEP
     assert split_point(2) == 1
-    lengths = [40, 41, 60, 33, 49]
-    batches = batches_by_split(lengths, 2)
-    assert batches == [(48, [2, 4]), (32, [0, 1]), (32, [3])]
+    lengths = [40, 41, 100, 33, 70]
+    batches = batches_by_split(lengths, 2, shared_prefix=30)
+    assert batches == [(94, [2]), (62, [4]), (30, [0, 1]), (30, [3])]
     assert sorted(i for _, b in batches for i in b) == list(range(len(lengths)))

@@ -7,7 +7,7 @@ a batch's prompts at once (prefill, matrix by matrix) and forces the rest one st
 so in a batch of mixed lengths the split, and with it a prompt's numbers (and, through int8's
 rounding, sometimes its answer), depends on its neighbours. Here each prompt's split is a
 function of its own length alone, ``split_point``: its length less one, rounded down to a
-multiple of ``SPLIT_STEP`` (never below the format's shared prefix). Prompts are batched only
+multiple of ``SPLIT_STEP`` past the format's shared prefix. Prompts are batched only
 with prompts of the same split, and a batch none of whose prompts is exactly one token past
 it carries one more row of that length (a prefix of its first prompt; its answer is dropped).
 Each row is computed alone (activations are quantized per row, int8 products summed exactly,
@@ -41,17 +41,20 @@ COMPUTE_TYPES = ("int8", "int8_float32", "float32")
 DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
 SETTINGS_DTYPES = ("auto", "int8", "float32")  # the inference.dtype values it runs
 CONVERTED = "slm_qa_eval_ct2.json"
-# Tokens a prompt may have forced one step at a time (past its split): smaller batches fewer
-# prompts together (and adds more extra rows), larger forces more tokens; 8 to 32 measured
-# within a few percent of each other, 64 and up slower (docs/benchmarks.md).
-SPLIT_STEP = 16
+# Tokens a prompt may have forced one step at a time (past its split, counted from the
+# format's shared prefix): smaller batches fewer prompts together (and adds extra rows),
+# larger forces more tokens; 32 measured best with one passage and closed-book alike
+# (docs/benchmarks.md).
+SPLIT_STEP = 32
 
 
 def split_point(length: int, shared_prefix: int = 0) -> int:
-    """Where a prompt of ``length`` tokens is split: prefilled before, forced after. Never
-    below the format's shared prefix nor below 1 (a split at 0 gives the prompt back)."""
-    rounded = (length - 1) // SPLIT_STEP * SPLIT_STEP
-    return max(rounded, min(shared_prefix, length - 1), 1)
+    """Where a prompt of ``length`` tokens is split: prefilled before, forced after. Steps of
+    ``SPLIT_STEP`` counted from the format's shared prefix (closed-book questions, a few
+    tokens past it, then mostly share one split); never below 1 (a split at 0 gives the
+    prompt back)."""
+    base = min(shared_prefix, length - 1)
+    return max(base + (length - 1 - base) // SPLIT_STEP * SPLIT_STEP, 1)
 
 
 def batches_by_split(
