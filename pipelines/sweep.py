@@ -47,7 +47,9 @@ class Combination:
 
     @property
     def label(self) -> str:
-        return f"{self.model} x {self.dataset} x {self.mode}"
+        """``model x dataset``, then ``x mode`` for a context mode."""
+        base = f"{self.model} x {self.dataset}"
+        return base if self.mode == "no_context" else f"{base} x {self.mode}"
 
     @property
     def entry(self) -> dict[str, str]:

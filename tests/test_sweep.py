@@ -111,7 +111,7 @@ def test_local_sweep_two_models_two_datasets_then_reuse(tmp_path, nq_like):
         assert results["inference"]["model_reused"] == (row["dataset"] == "nq_open")
     assert (board / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (board / "leaderboard.md").read_text().count("\n| ") == 5  # header + 4 rows
-    assert "| gemma3_270m | nq_open | 3 |" in proc.stdout
+    assert "| gemma3_270m | nq_open | no_context | 3 |" in proc.stdout
 
     again = make(*sweep, f"ARGS={args}", env=env)
     assert again.returncode == 0, again.stderr[-4000:]

@@ -39,7 +39,8 @@ def sweep(cfg: DictConfig) -> int:
         print(f"  {path}")
     failed = [c for c in summary["combinations"] if c["status"] == "failed"]
     for combo in failed:
-        where = f"{combo['model']} x {combo['dataset']} x {combo['mode']}"
+        mode = "" if combo["mode"] == "no_context" else f" x {combo['mode']}"
+        where = f"{combo['model']} x {combo['dataset']}{mode}"
         print(f"failed: {where}: {combo['error']}", file=sys.stderr)
     return 1 if failed else 0
 
