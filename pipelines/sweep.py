@@ -109,9 +109,12 @@ def plan(
 
 
 def sweep_name(
-    cfg: dict[str, Any], models: list[str], datasets: list[str], modes: list[str | None] = ()
+    cfg: dict[str, Any],
+    models: list[str],
+    datasets: list[str],
+    modes: list[str | None] | None = None,
 ) -> str:
-    named = [m for m in modes if m]
+    named = [m for m in modes or () if m]
     default = f"{'-'.join(models)}_x_{'-'.join(datasets)}" + (
         f"_x_{'-'.join(named)}" if named else ""
     )
@@ -184,7 +187,6 @@ def run_sweep(
     overrides: list[str],
     modes: list[str | None] | None = None,
 ) -> dict[str, Any]:
-    modes = modes or [None]
     combos = plan(models, datasets, overrides, modes=modes)
     first = combos[0].cfg
     if first["clearml"]["mode"] != "off":

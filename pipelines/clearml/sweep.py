@@ -75,7 +75,6 @@ def enqueue_sweep(
     modes: list[str | None] | None = None,
 ) -> dict[str, Any]:
     """Checks every combination first (nothing is created if one fails), then enqueues."""
-    modes = modes or [None]
     combos = plan(models, datasets, overrides, check_paths=False, modes=modes)
     check_ready([combo.cfg for combo in combos])
     cfg = combos[0].cfg  # storage, clearml, sweep: the same for every combination
