@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from components.atomic import atomic_folder, sha256_file
+from components.inputs import folder_digest
 from components.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class ModelFiles:
     path: str
     source: str
     gguf_sha256: str | None = None
+    weights_sha256: str | None = None  # the loaded folder's content (components/inputs.py)
+    identity: dict[str, Any] | None = None  # where it came from, as fetched
 
 
 def default_cache_dir() -> Path:
@@ -192,6 +195,23 @@ def resolve_model(
         marker = {"gguf": origin, "sha256": digest, "distribution": source}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return ModelFiles(str(target), "gguf-cache", digest)
+
+
+def loaded_weights_digest(files: ModelFiles, revision: str | None = None) -> str | None:
+    """What the checkpoint key and results.json know the weights by: the packaged GGUF's
+    sha256, else the content of the folder loaded (a hub id's snapshot in the local cache;
+    None where the cache lacks it and the backend will download it)."""
+    if files.gguf_sha256 or files.weights_sha256:
+        return files.gguf_sha256 or files.weights_sha256
+    folder = Path(files.path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(files.path, revision=revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 (not cached here, or not a hub id at all)
+            return None
+    return folder_digest(folder, default_cache_dir())
 
 
 def model_config(path: str, revision: str | None = None) -> Any:

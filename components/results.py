@@ -62,6 +62,8 @@ def build_results(
             "loaded_from": inference["model_path"],
             "source": inference["model_source"],
             "gguf_sha256": inference.get("gguf_sha256"),
+            "weights_sha256": inference.get("weights_sha256"),
+            "input": inference.get("model_input"),
         },
         "dataset": {
             "name": config["dataset"]["name"],
@@ -73,6 +75,7 @@ def build_results(
             "on_error": config["dataset"].get("on_error", "strict"),
             "skipped_lines": dataset.get("skipped_lines", []),
             "corpus": dataset.get("corpus"),
+            "input": dataset.get("input"),
         },
         # The mode and what the questions were shown (components/contexts.py).
         "context": scores.get("context", {"mode": "no_context"}),

@@ -1,15 +1,13 @@
 """Files in S3 (MinIO in production): ``StorageConfig`` (``storage.*``) and ``S3``, one
 endpoint and bucket with its client, for verified uploads and downloads and the key layout.
 
-One code path for `make run` with ``storage.endpoint`` set, for every ClearML step (which
-hand files to each other through S3) and for the tools that read results back. Keys follow
-ClearML's layout, so both land side by side:
-``<prefix>/<experiment>.<task or run id>/artifacts/<artifact name>/<file>``.
+One code path for `make run` with ``storage.endpoint`` set, every ClearML step and the tools
+that read results back. Keys follow ClearML's layout: ``<prefix>/<experiment>.<task or run
+id>/artifacts/<artifact name>/<file>``.
 Uploads carry a SHA-256 checksum that the server checks (botocore's flexible checksums),
 plus the whole file's sha256 as object metadata, which every download is checked against.
-Credentials come from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or
-from a source registered in ``CREDENTIAL_SOURCES`` (the ClearML wing adds the host's entry in
-``clearml.conf``), never from the repo.
+Credentials: the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) or a source in
+``CREDENTIAL_SOURCES`` (the ClearML wing adds clearml.conf's entry), never the repo.
 """
 
 from __future__ import annotations
@@ -286,6 +284,20 @@ class S3:
             raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
         os.replace(tmp, target)
         return target, bool(expected)
+
+    def exists(self, url_or_key: str) -> bool:
+        """Whether the object is there (False for a missing key; other errors raise)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = self.key_of(url_or_key)
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self.error(f"looking up s3://{bucket}/{key}", exc) from exc
+        return True
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (a key prefix, or an s3:// URL)."""

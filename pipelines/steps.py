@@ -50,6 +50,7 @@ from components.stats import bootstrap_options
 from components.storage import ARTIFACT_NAMES, StorageError, run_folder_files
 from pipelines.config import PROJECT_ROOT
 from pipelines.executor import RunContext
+from pipelines.inputs import fetched_dataset, fetched_model
 from pipelines.stores import share_folder, shared_folder
 
 MAX_SKIPPED_SHOWN = 20
@@ -60,6 +61,8 @@ def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext)
     an oracle mode with their passages). With S3, the examples of a file's content (its
     sha256, hashed here where the file is read), corpus, limit and mode are reused from the
     cache, if they are still there and intact."""
+    reference = dataset.path
+    dataset, inputs = fetched_dataset(dataset, run)
     examples_path = run.dir / "examples.jsonl"
     key = None
     if run.store.caching and Path(dataset.path).is_file():
@@ -76,11 +79,9 @@ def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext)
         if hit and {"examples.jsonl", "meta.json"} <= set(hit):
             meta = json.loads(hit["meta.json"].read_text(encoding="utf-8"))
             hit["examples.jsonl"].replace(examples_path)
-            print(
-                f"examples of {dataset.path} (sha256 {meta['dataset_sha256'][:12]}) from the cache"
-            )
-            paths = {"examples_path": str(examples_path), "dataset_path": dataset.path}
-            return {**meta, **paths, "cached": True}
+            print(f"examples of {reference} (sha256 {meta['dataset_sha256'][:12]}) from the cache")
+            paths = {"examples_path": str(examples_path), "dataset_path": reference}
+            return {**meta, **paths, "input": inputs, "cached": True}
     loaded, corpus = load_with_passages(dataset, mode)
     for problem in loaded.skipped[:MAX_SKIPPED_SHOWN]:
         print(f"skipped {problem}")
@@ -100,8 +101,8 @@ def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext)
     if key is not None:
         meta_path = write_json_atomic(run.dir / "cache" / "meta.json", meta)
         run.store.cache("examples", key, {"examples.jsonl": examples_path, "meta.json": meta_path})
-    paths = {"examples_path": str(examples_path), "dataset_path": loaded.path}
-    return {**meta, **paths, "cached": False}
+    paths = {"examples_path": str(examples_path), "dataset_path": reference}
+    return {**meta, **paths, "input": inputs, "cached": False}
 
 
 def retrieve_step(
@@ -110,7 +111,7 @@ def retrieve_step(
     """Each example's ``top_k`` passages of the corpus, scoring above ``min_score``. The
     index is built once per corpus and settings: kept in the local cache and, with S3, in
     the store's cache for the agents of later runs."""
-    corpus = load_passages(dataset)
+    corpus = load_passages(fetched_dataset(dataset, run)[0])
     cache_dir = default_cache_dir() / "retrieval"
     key = index_key(mode.retriever, corpus)
     fetched = key is not None and shared_folder(
@@ -153,6 +154,7 @@ def inference_step(
         shards=shards,
         batch_cap=run.batch_cap,
         mode=mode,
+        fetched=fetched_model(model, run),
     )
     return report.to_dict()
 

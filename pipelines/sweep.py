@@ -25,7 +25,13 @@ from components.backends.pool import keep_loaded
 from components.inference.config import InferenceConfig
 from components.inference.plan import resolve_execution
 from components.leaderboard import leaderboard_row, sort_rows, write_leaderboard
-from components.model_files import ModelConfig, ModelFilesError, weights_digest
+from components.model_files import (
+    ModelConfig,
+    ModelFilesError,
+    loaded_weights_digest,
+    resolve_model,
+    weights_digest,
+)
 from components.results import config_fingerprint
 from components.stats import bootstrap_options
 from components.storage import StorageError, safe_name
@@ -150,11 +156,20 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
             and results["dataset"]["sha256"] == sha256_file(combo.cfg["dataset"]["path"])
             and _same_corpus(results, combo.cfg["dataset"].get("corpus"))
             and results["model"].get("gguf_sha256") == weights_digest(model)
+            and _same_weights(results, model)
             and sha256_file(predictions) == recorded
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return results if same else None
+
+
+def _same_weights(results: dict[str, Any], model: ModelConfig) -> bool:
+    """A folder's or hub snapshot's weights as they are now, not as a path names them."""
+    if model.gguf:
+        return True  # the GGUF's sha256 is compared apart
+    files = resolve_model(model)
+    return results["model"].get("weights_sha256") == loaded_weights_digest(files, model.revision)
 
 
 def _same_corpus(results: dict[str, Any], corpus: str | None) -> bool:

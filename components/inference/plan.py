@@ -5,6 +5,7 @@ whether an earlier run's results still stand on this machine."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from components.model_files import (
     ModelConfig,
     ModelFiles,
     ModelFilesError,
+    loaded_weights_digest,
     resolve_model,
     weights_digest,
 )
@@ -115,9 +117,17 @@ def plan_inference(
     inference: InferenceConfig,
     examples: Sequence[Mapping[str, Any]],
     mode: ModeConfig | None = None,
+    fetched: ModelFiles | None = None,
 ) -> InferencePlan:
-    """``examples``: records with ``question`` (and, in a context mode, ``passages``)."""
-    files = resolve_model(model, digest=weights_digest(model))
+    """``examples``: records with ``question`` (and, in a context mode, ``passages``);
+    ``fetched``: the weights where a step fetched them (``model.path`` names them elsewhere)."""
+    files = fetched or resolve_model(model, digest=weights_digest(model))
+    weights = loaded_weights_digest(files, model.revision)
+    if weights != files.gguf_sha256:
+        files = dataclasses.replace(files, weights_sha256=weights)
+    if files.identity is None:
+        where = {"source": files.source, "path": model.path, "revision": model.revision}
+        files = dataclasses.replace(files, identity={**where, "sha256": weights})
     execution = resolve_execution(inference, files.path, model.revision, len(examples))
     if inference.seed is not None:
         seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
@@ -145,7 +155,7 @@ def plan_inference(
     )
     key = checkpoint_key(
         model={"name": model.name, "path": model.path, "revision": model.revision},
-        weights=files.gguf_sha256,
+        weights=weights,
         backend=execution.backend.name,
         device=execution.device,
         dtype=execution.dtype,

@@ -38,6 +38,8 @@ class GenerationReport:
     shard: int = 0
     shards: int = 1
     shard_details: list[dict[str, Any]] = field(default_factory=list)
+    weights_sha256: str | None = None  # the loaded folder's content, where not a GGUF
+    model_input: dict[str, Any] | None = None  # where model.path was fetched from
 
     @property
     def questions_per_s(self) -> float | None:

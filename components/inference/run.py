@@ -20,7 +20,7 @@ from components.inference.config import InferenceConfig
 from components.inference.engine import generate, load_backend
 from components.inference.plan import plan_inference
 from components.inference.report import GenerationReport
-from components.model_files import ModelConfig
+from components.model_files import ModelConfig, ModelFiles
 from components.modes import ModeConfig
 
 
@@ -41,6 +41,7 @@ def generate_answers(
     shards: int = 1,
     batch_cap: int | None = None,
     mode: ModeConfig | None = None,
+    fetched: ModelFiles | None = None,
 ) -> GenerationReport:
     """The answers of shard ``shard`` of ``shards`` of ``examples``; the prompts (and so the
     checkpoint key) are those of the whole run, whichever shard this is."""
@@ -48,7 +49,7 @@ def generate_answers(
     mine = examples[low:high]
     with memory.stage("model_load"):
         started = time.perf_counter()
-        plan = plan_inference(model, inference, examples, mode)
+        plan = plan_inference(model, inference, examples, mode, fetched)
         checkpoint = checkpoint_for(plan.key)
         done = checkpoint.load() if mine else {}
         todo = [(i, e) for i, e in enumerate(mine) if e["question_id"] not in done]
@@ -117,6 +118,8 @@ def generate_answers(
         model_path=plan.files.path,
         model_source=plan.files.source,
         gguf_sha256=plan.files.gguf_sha256,
+        weights_sha256=plan.files.weights_sha256,
+        model_input=plan.files.identity,
         backend=backend,
         backend_reason=plan.execution.backend.reason,
         device=plan.device,

@@ -14,7 +14,7 @@ from typing import Any
 
 from components.provenance import code_identity
 from components.storage import S3
-from pipelines.clearml import credentials, failures
+from pipelines.clearml import credentials, failures, inputs
 from pipelines.clearml.failures import CodeSkew
 from pipelines.clearml.report import reporter
 from pipelines.clearml.sdk import prepare_sdk
@@ -25,6 +25,7 @@ from pipelines.stores import S3Store
 
 prepare_sdk()
 credentials.register()
+inputs.register()
 
 
 def check_code(controller: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from components.dataset import load_qa_dataset
 from components.provenance import code_identity
 from components.storage import StorageError
 from pipelines.clearml import CONFIG_NAME
+from pipelines.clearml.inputs import hand_over
 from pipelines.clearml.params import args_text, pipeline_args, portable_config
 from pipelines.clearml.sdk import ServerNotConfigured, prepare_sdk, require_queues
 from pipelines.clearml.sdk import check_server as ping
@@ -130,6 +131,10 @@ def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
     web address."""
     clearml_cfg = cfg["clearml"]
     name = str(cfg["experiment"]["name"])
+    s3 = require_storage(cfg["storage"], "the steps read their inputs through S3")
+    prepare_sdk()
+    for line in hand_over(cfg_node, s3, str(clearml_cfg["project"])):
+        print(line, flush=True)
     pipe = create_pipeline(
         name, clearml_cfg, CONTROLLER_MODULE, portable_config(cfg_node), pipeline_args(cfg)
     )

@@ -19,6 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from components.inputs import is_remote
 from components.mirage import is_mirage
 from components.modes import mode_suffix
 from components.settings import ConfigError
@@ -119,9 +120,9 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any
     normal = dataclasses.asdict(checked)
     dataset, mode = normal["dataset"], checked.experiment_mode
     path, corpus = dataset["path"], dataset.get("corpus")
-    if require_dataset and not (Path(path).is_file() or is_mirage(path)):
+    if require_dataset and not (Path(path).is_file() or is_mirage(path) or is_remote(path)):
         raise ConfigError(f"dataset.path: no such file: {path!r}")
-    if require_dataset and corpus and not Path(corpus).is_file():
+    if require_dataset and corpus and not (Path(corpus).is_file() or is_remote(corpus)):
         raise ConfigError(f"dataset.corpus: no such file: {corpus!r}")
     if mode.retrieves and not corpus and not (require_dataset and is_mirage(path)):
         raise ConfigError(

@@ -1,0 +1,52 @@
+"""A run's inputs made local where its step runs: ``dataset.path``, ``dataset.corpus`` and
+``model.path`` as paths or URIs (components/inputs.py), each with the identity that
+results.json records.
+
+On one machine a local path passes through. On an agent the same step fetches what the
+reference names: an S3 object through the run's S3 client, a ClearML Dataset or model through
+the ClearML wing (registered there, pipelines/clearml/inputs.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from components.dataset import DatasetConfig
+from components.inputs import Fetched, fetch_input, is_remote
+from components.model_files import ModelConfig, ModelFiles, default_cache_dir
+from pipelines.executor import RunContext
+
+
+def fetched_dataset(
+    dataset: DatasetConfig, run: RunContext
+) -> tuple[DatasetConfig, dict[str, Any]]:
+    """The dataset settings with local paths, and ``{"dataset": ..., "corpus": ...}``: where
+    each was read from."""
+    folder = run.dir / "inputs"
+    got = _fetch(dataset.path, "dataset.path", folder, run)
+    corpus = _fetch(dataset.corpus, "dataset.corpus", folder, run) if dataset.corpus else None
+    local = dataclasses.replace(
+        dataset, path=str(got.path), corpus=str(corpus.path) if corpus else None
+    )
+    return local, {"dataset": got.identity, "corpus": corpus.identity if corpus else None}
+
+
+def fetched_model(model: ModelConfig, run: RunContext) -> ModelFiles | None:
+    """The weights of a ``model.path`` URI, fetched into the machine's cache (models are large
+    and shared by runs); None for a packaged GGUF, a local folder or a hub id, which the
+    inference step resolves itself."""
+    if model.gguf or not is_remote(model.path):
+        return None
+    got = _fetch(model.path, "model.path", default_cache_dir() / "inputs", run)
+    return ModelFiles(
+        path=str(got.path),
+        source=str(got.identity.get("source")),
+        weights_sha256=got.identity.get("sha256"),
+        identity=got.identity,
+    )
+
+
+def _fetch(reference: str, setting: str, folder: Path, run: RunContext) -> Fetched:
+    return fetch_input(reference, setting, folder, run.storage, default_cache_dir())
