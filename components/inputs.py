@@ -19,13 +19,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from components.atomic import sha256_file, write_text_atomic
-
-if TYPE_CHECKING:
-    from components.storage import S3
+from components.storage import S3, StorageError
 
 REMOTE_SCHEMES = ("s3", "clearml")
 
@@ -99,8 +97,6 @@ def fetch_input(
 def _fetch_s3(reference: str, setting: str, folder: Path, s3: S3 | None) -> Fetched:
     """One object (``key``) or, for a key that ends in ``/`` or names no object, every
     object under it as a folder (a model's files)."""
-    from components.storage import StorageError
-
     if s3 is None:
         raise InputError(
             f"{setting}: {reference!r} is in S3 and storage.endpoint is not set; set it to the "

@@ -8,8 +8,13 @@ way the web UI does it (tests/test_web_ui.py does it in the UI itself).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -276,6 +281,150 @@ def test_a_retrieval_pipeline_retrieves_on_the_cpu_queue_and_stores_its_index_on
     assert all(1 <= len(p["passages"]) <= 3 for p in predictions)
     index = keys_under(clearml_stack, "slm-experiments/cache/index/")
     assert len({k.split("/")[0] for k in index}) == 1 and any(k.endswith(".npy") for k in index)
+
+
+# ---- inputs that live only with the submitter, or on the server ------------------------
+
+
+def hand_over_lines(stdout: str) -> dict[str, str]:
+    """`make enqueue`'s lines about inputs it stored: setting -> the rest of the line."""
+    return {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+        for line in stdout.splitlines()
+        if line.startswith(("dataset.path:", "dataset.corpus:", "model.path:"))
+    }
+
+
+def enqueue_proc(stack, *args: str):
+    endpoint = f"storage.endpoint={stack.s3_endpoint}"
+    return make("enqueue", "QUEUE=gpu", f"ARGS={' '.join([*args, endpoint])}", base_env=stack.env)
+
+
+@pytest.fixture(scope="module")
+def submitter_inputs(clearml_stack, sample_path, smollm2_path, tmp_path_factory):
+    """A dataset file and a model folder in a temporary folder of the submitting side,
+    mounted into no container, handed to `make enqueue`."""
+    here = tmp_path_factory.mktemp("only_here")
+    dataset = here / "my_questions.jsonl"
+    dataset.write_bytes(b"".join(sample_path.read_bytes().splitlines(keepends=True)[:4]))
+    model = here / "my-checkpoint"
+    shutil.copytree(smollm2_path, model)
+    args = (f"dataset.path={dataset}", f"model.path={model}", "model.gguf=null")
+    proc = enqueue_proc(clearml_stack, *args, "experiment.name=only_here")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("pipeline "))
+    task_id = line.split("(", 1)[1].split(")", 1)[0]
+    return {"id": task_id, "args": args, "stdout": proc.stdout, "dataset": dataset}
+
+
+def test_a_dataset_and_a_model_only_the_submitter_has_reach_the_agents(
+    clearml_stack, submitter_inputs, sample_run
+):
+    api, task_id = clearml_stack.api(), submitter_inputs["id"]
+    finished(clearml_stack, task_id)
+    lines = hand_over_lines(submitter_inputs["stdout"])
+    digest = hashlib.sha256(submitter_inputs["dataset"].read_bytes()).hexdigest()
+    stored = f"/slm-experiments/inputs/{digest}/my_questions.jsonl (uploaded)"
+    assert stored in lines["dataset.path"]
+    model_id = lines["model.path"].split("clearml://model/", 1)[1].split()[0]
+    results, predictions = run_files(clearml_stack, "only_here", task_id)
+    local = json.loads((sample_run / "predictions.json").read_text())
+    assert answers(predictions) == answers(local)
+    assert results["dataset"]["input"]["dataset"]["sha256"] == digest
+    assert results["dataset"]["input"]["dataset"]["source"] == "s3"
+    model = results["model"]["input"]
+    assert model["source"] == "clearml-model" and model["id"] == model_id
+    assert model["sha256"] == results["model"]["weights_sha256"]
+    # Lineage both ways: the inference step lists the model as its input model, and the
+    # model's tasks (the web UI's lineage) list the inference step.
+    inference = api.children(task_id)["inference"]
+    assert [m["model"] for m in inference["models"]["input"]] == [model_id]
+    users = api("tasks.get_all", **{"models.input.model": [model_id]}, only_fields=["id"])
+    assert inference["id"] in [t["id"] for t in users["tasks"]]
+    # The same inputs again: nothing is uploaded, the model is the one registered.
+    clearml_stack.ensure_queue("parked")  # served by no agent: this pipeline never runs
+    again = enqueue_proc(clearml_stack, *submitter_inputs["args"], "clearml.queues.services=parked")
+    assert again.returncode == 0, again.stdout + again.stderr
+    lines = hand_over_lines(again.stdout)
+    assert lines["dataset.path"].endswith("(already stored)")
+    assert f"clearml://model/{model_id} " in lines["model.path"]
+    parked = next(x for x in again.stdout.splitlines() if x.startswith("pipeline "))
+    api("tasks.delete", task=parked.split("(", 1)[1].split(")", 1)[0], force=True)
+
+
+def clearml_data(stack, *args: str) -> str:
+    """The clearml-data CLI as a user runs it; its output."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "clearml-data"), *args],
+        capture_output=True,
+        text=True,
+        env=stack.env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def made_dataset(stack, folder: Path, version: str, lines: list[bytes]) -> str:
+    """`clearml-data create / add / close`: a finalized version; returns its id."""
+    folder.mkdir()
+    (folder / "qa.jsonl").write_bytes(b"".join(lines))
+    out = clearml_data(
+        stack, "create", "--project", "qa-data", "--name", "sample-qa", "--version", version
+    )
+    dataset_id = re.search(r"id=([0-9a-f]{32})", out)[1]
+    clearml_data(stack, "add", "--id", dataset_id, "--files", str(folder / "qa.jsonl"))
+    clearml_data(stack, "close", "--id", dataset_id)
+    return dataset_id
+
+
+def test_a_clearml_dataset_by_name_and_version_then_a_clone_on_another_version(
+    clearml_stack, sample_path, tmp_path
+):
+    lines = sample_path.read_bytes().splitlines(keepends=True)
+    first = made_dataset(clearml_stack, tmp_path / "v1", "1.0.0", lines[:3])
+    second = made_dataset(clearml_stack, tmp_path / "v2", "2.0.0", lines[3:5])
+    api = clearml_stack.api()
+    by_name = "dataset.path=clearml://dataset/qa-data/sample-qa@1.0.0"
+    task_id = enqueue(clearml_stack, by_name, "dataset.limit=null")
+    finished(clearml_stack, task_id)
+    load = api.children(task_id)["load_dataset"]
+    shown = {p["name"]: p["value"] for p in load["hyperparams"]["Datasets"].values()}
+    assert shown == {"dataset": first}  # the step's CONFIGURATION: Datasets/dataset
+    results, _ = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    identity = results["dataset"]["input"]["dataset"]
+    assert (identity["id"], identity["version"], identity["file"]) == (first, "1.0.0", "qa.jsonl")
+    assert results["counts"]["examples"] == 3
+    # The web UI's clone-and-edit of the Arg: the other version by id.
+    other = clone(clearml_stack, task_id, "smollm2_135m_sample dataset v2")
+    api(
+        "tasks.edit_hyper_params",
+        task=other,
+        hyperparams=[
+            {"section": "Args", "name": "eval_dataset_path", "value": f"clearml://dataset/{second}"}
+        ],
+    )
+    api("tasks.enqueue", task=other, queue_name="services")
+    finished(clearml_stack, other)
+    results, _ = run_files(clearml_stack, "smollm2_135m_sample", other)
+    assert results["dataset"]["input"]["dataset"]["id"] == second
+    assert results["counts"]["examples"] == 2
+
+
+def test_an_input_that_cannot_be_fetched_fails_once_naming_it(clearml_stack, first_pipeline):
+    api = clearml_stack.api()
+    missing = "clearml://dataset/" + "0" * 32
+    task_id = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample missing data")
+    api(
+        "tasks.edit_hyper_params",
+        task=task_id,
+        hyperparams=[{"section": "Args", "name": "eval_dataset_path", "value": missing}],
+    )
+    api("tasks.enqueue", task=task_id, queue_name="services")
+    reason = failure(finished(clearml_stack, task_id, status="failed"))
+    assert f"InputError: dataset.path: cannot fetch '{missing}'" in reason
+    load_log = api.log_with(api.children(task_id)["load_dataset"]["id"], "step failed (permanent)")
+    assert load_log.count("step failed (permanent)") == 1 and "Retrying" not in load_log
 
 
 def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(clearml_stack, first_pipeline):

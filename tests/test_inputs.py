@@ -13,7 +13,7 @@ import pytest
 
 from components.atomic import sha256_file
 from components.checkpoint import checkpoint_key
-from components.inputs import InputError, fetch_input, folder_digest, is_remote
+from components.inputs import FETCHERS, InputError, fetch_input, folder_digest, is_remote
 from tests.conftest import BUCKET, run_cli, s3_client
 
 
@@ -29,7 +29,8 @@ def test_local_inputs_carry_their_sha256_and_a_missing_one_names_the_setting(tmp
     assert not is_remote(str(data)) and not is_remote("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-def test_a_clearml_reference_without_the_clearml_wing_says_how_to_run_it(tmp_path):
+def test_a_clearml_reference_without_the_clearml_wing_says_how_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.delitem(FETCHERS, "clearml", raising=False)  # a process that never loaded it
     with pytest.raises(InputError, match="read through ClearML; run it with `make enqueue`"):
         fetch_input("clearml://dataset/abc", "dataset.path", tmp_path)
 

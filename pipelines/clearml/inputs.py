@@ -60,11 +60,12 @@ def fetch(reference: str, setting: str, folder: Path) -> Fetched:
 
 
 def _dataset(reference: str, setting: str, rest: str) -> Fetched:
-    from clearml import Dataset
+    from clearml import Dataset, Task
 
     target, _, wanted = rest.partition("#")
     target, _, version = target.strip("/").partition("@")
-    alias = ALIASES.get(setting, setting.replace(".", "_"))
+    # The alias shows the dataset in the step's CONFIGURATION; without a task there is none.
+    alias = ALIASES.get(setting, setting.replace(".", "_")) if Task.current_task() else None
     if _ID.match(target):
         found = Dataset.get(dataset_id=target, alias=alias)
     else:

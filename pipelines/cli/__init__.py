@@ -7,7 +7,8 @@ compose the config, call into the library and turn a user's mistake into one lin
     make fetch / publish / retention / clean-outputs -> files.py
 
 Only here and in pipelines/clearml/ is anything chosen between a local run and ClearML; the
-S3 keys of clearml.conf are handed to storage here, once, for every command.
+S3 keys of clearml.conf are handed to storage here, once, for every command, and clearml://
+inputs become readable.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 from components.inference.engine import GenerationOutOfMemory
+from components.inputs import InputError
 from components.model_files import ModelFilesError
 from components.storage import StorageError
 from pipelines import config  # noqa: F401  (registers conf/'s schemas before @hydra.main)
-from pipelines.clearml import credentials
+from pipelines.clearml import credentials, inputs
 from pipelines.clearml.sdk import ServerNotConfigured
 
 credentials.register()
+inputs.register()  # clearml:// inputs, where this machine's clearml.conf reaches a server
 
 
 class Stopped(Exception):
@@ -38,7 +41,7 @@ def _raise_stopped(signum: int, _frame: Any) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can fix: printed as `error: ...` with exit 2, no traceback."""
-    return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured)
+    return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured, InputError)
 
 
 _started = False  # finish() was reached: Hydra accepted the command line
