@@ -148,6 +148,15 @@ def test_gpu_steps_never_ask_docker_for_gpus(controllers):
     assert steps["inference_shard_0"]["docker_args"] == "--ipc=host"
 
 
+@pytest.mark.parametrize(
+    "path", ["s3://127.0.0.1:9000/bucket/inputs/qa.jsonl", "clearml://dataset/qa-data/qa@1.0.0"]
+)
+def test_a_remote_dataset_reference_is_attached_as_written(path):
+    """Not taken for a file inside the project (a `${project_root:...}` path)."""
+    attached = portable_config(compose([f"dataset.path={path}", f"dataset.corpus={path}"]))
+    assert attached["dataset"]["path"] == path and attached["dataset"]["corpus"] == path
+
+
 def test_settle_applies_parameters_as_the_ui_hands_them_over():
     attached = portable_config(compose(["dataset.limit=4"]))
     assert attached["dataset"]["path"] == "${project_root:data/sample/qa_pairs.jsonl}"

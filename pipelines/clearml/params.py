@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from components.inputs import is_remote
 from components.secrets import redact
 from pipelines.config import (
     DEFAULT_EXPERIMENT_NAME,
@@ -96,7 +97,7 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
         container["experiment"]["name"] = DEFAULT_EXPERIMENT_NAME
     for key in ("path", "corpus"):
         value = container["dataset"].get(key)
-        path = Path(str(value)).absolute() if value else None
+        path = Path(str(value)).absolute() if value and not is_remote(value) else None
         if path is not None and path.is_relative_to(PROJECT_ROOT):
             container["dataset"][key] = f"${{project_root:{path.relative_to(PROJECT_ROOT)}}}"
     return redact(container)
