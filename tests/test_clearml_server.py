@@ -338,7 +338,7 @@ def test_a_dataset_and_a_model_only_the_submitter_has_reach_the_agents(
     # Lineage both ways: the inference step lists the model as its input model, and the
     # model's tasks (the web UI's lineage) list the inference step.
     inference = api.children(task_id)["inference"]
-    assert [m["model"] for m in inference["models"]["input"]] == [model_id]
+    assert [m["model"]["id"] for m in inference["models"]["input"]] == [model_id]
     users = api("tasks.get_all", **{"models.input.model": [model_id]}, only_fields=["id"])
     assert inference["id"] in [t["id"] for t in users["tasks"]]
     # The same inputs again: nothing is uploaded, the model is the one registered.
