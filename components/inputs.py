@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from components.atomic import sha256_file, write_text_atomic
 from components.storage import S3, StorageError
 
-REMOTE_SCHEMES = ("s3", "clearml")
+REMOTE_SCHEMES = ("s3", "clearml", "hf")  # hf://: read by components/hf_datasets.py
 
 
 class InputError(RuntimeError):

@@ -40,6 +40,13 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def model_label(results: dict[str, Any]) -> str:
+    """A registered model (a checkpoint) by its own name, else the model config's."""
+    source = results["model"].get("input") or {}
+    registered = source.get("source") == "clearml-model"
+    return str(source["name"]) if registered else results["model"]["name"]
+
+
 def leaderboard_row(
     results: dict[str, Any],
     predictions: Sequence[dict[str, Any]],
@@ -53,7 +60,7 @@ def leaderboard_row(
     interval = bootstrap_mean(recalls, samples=samples, confidence=confidence, seed=seed)
     throughput, memory = results["throughput"], results["memory"]
     return {
-        "model": results["model"]["name"],
+        "model": model_label(results),
         "dataset": results["dataset"]["name"],
         "mode": (results.get("context") or {}).get("mode", "no_context"),
         "examples": results["counts"]["examples"],

@@ -8,6 +8,7 @@ from components.backends.choice import batch_invariance
 from components.checkpoint import short_digest
 from components.secrets import redact
 
+DEFAULT_FIELDS = {"question_id": "question_id", "question": "question", "answer": "answer"}
 EXECUTION_ONLY = ("batch_size", "shards", "gpu_memory_utilization", "vllm")
 
 
@@ -21,7 +22,9 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     content is checked apart, by its sha256), the context mode, generation and prompt
     settings; not where files go nor how fast it runs. A sweep reuses a finished run whose
     fingerprint matches."""
-    dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "corpus")}
+    dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "corpus", "fields")}
+    if config["dataset"].get("fields", DEFAULT_FIELDS) != DEFAULT_FIELDS:  # else: as before
+        dataset["fields"] = config["dataset"]["fields"]
     parts = {
         "model": config["model"],
         "dataset": dataset,

@@ -33,7 +33,7 @@ WORKDIR /opt/slm-qa-eval
 # Dependencies first: a change of the code below rebuilds in seconds.
 COPY pyproject.toml README.md ./
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[hf]"
 COPY components ./components
 COPY pipelines ./pipelines
 COPY conf ./conf

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from components.dataset import DatasetConfig
+from components.hf_datasets import is_hf, write_qa_pairs
 from components.inputs import Fetched, fetch_input, is_remote
 from components.model_files import ModelConfig, ModelFiles, default_cache_dir
 from pipelines.executor import RunContext
@@ -25,7 +26,13 @@ def fetched_dataset(
     """The dataset settings with local paths, and ``{"dataset": ..., "corpus": ...}``: where
     each was read from."""
     folder = run.dir / "inputs"
-    got = _fetch(dataset.path, "dataset.path", folder, run)
+    hub = str(dataset.path).startswith("hf://")
+    got = Fetched(Path(), {}) if hub else _fetch(dataset.path, "dataset.path", folder, run)
+    source = dataset.path if hub else str(got.path)
+    if is_hf(source):  # a Hugging Face set: made into qa_pairs.jsonl here
+        target = folder / "qa_pairs.jsonl"
+        identity = write_qa_pairs(source, dataset.fields, target)
+        got = Fetched(target, {**identity, **({"fetched": got.identity} if not hub else {})})
     corpus = _fetch(dataset.corpus, "dataset.corpus", folder, run) if dataset.corpus else None
     local = dataclasses.replace(
         dataset, path=str(got.path), corpus=str(corpus.path) if corpus else None

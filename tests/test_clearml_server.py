@@ -22,7 +22,7 @@ import pytest
 
 from tests import docker_stack
 from tests.clearml_stack import BUCKET, wait_until
-from tests.conftest import make
+from tests.conftest import make, s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker]
 PIPELINE_TIMEOUT = 420
@@ -425,6 +425,71 @@ def test_an_input_that_cannot_be_fetched_fails_once_naming_it(clearml_stack, fir
     assert f"InputError: dataset.path: cannot fetch '{missing}'" in reason
     load_log = api.log_with(api.children(task_id)["load_dataset"]["id"], "step failed (permanent)")
     assert load_log.count("step failed (permanent)") == 1 and "Retrying" not in load_log
+
+
+# ---- checkpoints evaluated as they appear ----------------------------------------------
+
+
+def test_make_watch_evaluates_a_published_model_once_and_ranks_it(
+    clearml_stack, submitter_inputs, sample_run
+):
+    """`make watch`: a watcher on the services queue; a model then published in the watched
+    project starts exactly one pipeline per dataset, whose result reaches the leaderboard
+    the watcher keeps."""
+    api = clearml_stack.api()
+    finished(clearml_stack, submitter_inputs["id"])
+    if not api("projects.get_all", name="^checkpoints$")["projects"]:
+        api("projects.create", name="checkpoints", description="a training run's checkpoints")
+    settings = f"dataset.limit=4 watch.poll_s=3 storage.endpoint={clearml_stack.s3_endpoint}"
+    proc = make(
+        "watch",
+        "PROJECT=checkpoints",
+        "DATASETS=sample",
+        f"ARGS={settings}",
+        base_env=clearml_stack.env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("watch checkpoints ("))
+    watcher = line.split("(", 1)[1].split(")", 1)[0]
+    try:
+        api.log_with(watcher, "watching models of 'checkpoints'", timeout=180)
+        # What training produced: the submitter's checkpoint, registered anew in the watched
+        # project (as a training task's OutputModel would be), then published.
+        results, _ = run_files(clearml_stack, "only_here", submitter_inputs["id"])
+        uri = results["model"]["input"]["uri"]
+        bucket, key = uri.split("/", 4)[3], uri.split("/", 4)[4]
+        client = s3_client(clearml_stack.s3_endpoint)
+        client.copy_object(
+            Bucket=bucket, Key=f"{key}.ckpt-1.zip", CopySource={"Bucket": bucket, "Key": key}
+        )
+        code = f"""
+from clearml import InputModel
+model = InputModel.import_model(weights_url="{uri}.ckpt-1.zip", name="ckpt-1",
+                                project="checkpoints", is_package=True)
+model.publish()
+print(model.id)
+"""
+        proc = run_module_code(code, clearml_stack.env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        model_id = proc.stdout.strip().splitlines()[-1]
+        tag = "watch:checkpoints"
+
+        def started():
+            return api("tasks.get_all", tags=[tag], only_fields=["id", "name"])["tasks"] or None
+
+        pipelines = wait_until(started, 240, what="the watcher's pipeline")
+        finished(clearml_stack, pipelines[0]["id"])
+        api.log_with(watcher, "leaderboard: 1 run(s), 0 without results", timeout=240)
+        pipelines = started()
+        assert len(pipelines) == 1 and pipelines[0]["name"] == "ckpt-1_sample"
+        results, predictions = run_files(clearml_stack, "ckpt-1_sample", pipelines[0]["id"])
+        assert results["model"]["input"]["id"] == model_id
+        local = json.loads((sample_run / "predictions.json").read_text())
+        assert answers(predictions) == answers(local)
+        artifacts = {a["key"] for a in api.task(watcher)["execution"]["artifacts"]}
+        assert {"leaderboard_csv", "leaderboard_md", "leaderboard_png"} <= artifacts
+    finally:
+        api("tasks.stop", task=watcher, force=True)
 
 
 def test_a_failure_only_the_agent_sees_fails_once_with_its_reason(clearml_stack, first_pipeline):

@@ -76,10 +76,15 @@ def check_ready(cfgs: list[dict[str, Any]]) -> None:
 
 
 def create_pipeline(
-    name: str, clearml_cfg: dict[str, Any], module: str, config: dict, args: dict[str, Any]
+    name: str,
+    clearml_cfg: dict[str, Any],
+    module: str,
+    config: dict,
+    args: dict[str, Any],
+    tags: list[str] | None = None,
 ) -> PipelineController:
     """A draft controller task that runs ``module`` on the services agent, with ``config``
-    attached and ``args`` as its parameters."""
+    attached, ``args`` as its parameters and ``tags``."""
     from clearml import PipelineController
 
     prepare_sdk()
@@ -108,6 +113,8 @@ def create_pipeline(
             submitted_source_sha256=code["source_sha256"],
             submitted_git=((code.get("git") or {}).get("commit") or ""),
         )
+        if tags:
+            task.add_tags(tags)
     except BaseException:
         task.delete()
         raise
@@ -126,7 +133,9 @@ def enqueue_pipeline(pipe: PipelineController, queue: str) -> str:
     return pipe.task.get_output_log_web_page()
 
 
-def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
+def enqueue_run(
+    cfg: dict[str, Any], cfg_node: DictConfig, tags: list[str] | None = None
+) -> dict[str, Any]:
     """One checked experiment as a pipeline on the services queue: its id, experiment and
     web address."""
     clearml_cfg = cfg["clearml"]
@@ -136,7 +145,7 @@ def enqueue_run(cfg: dict[str, Any], cfg_node: DictConfig) -> dict[str, Any]:
     for line in hand_over(cfg_node, s3, str(clearml_cfg["project"])):
         print(line, flush=True)
     pipe = create_pipeline(
-        name, clearml_cfg, CONTROLLER_MODULE, portable_config(cfg_node), pipeline_args(cfg)
+        name, clearml_cfg, CONTROLLER_MODULE, portable_config(cfg_node), pipeline_args(cfg), tags
     )
     url = enqueue_pipeline(pipe, clearml_cfg["queues"]["services"])
     return {"id": pipe.task.id, "experiment": name, "url": url}
