@@ -365,12 +365,14 @@ def clearml_data(stack, *args: str) -> str:
     return proc.stdout
 
 
-def made_dataset(stack, folder: Path, version: str, lines: list[bytes]) -> str:
+def made_dataset(
+    stack, folder: Path, version: str, lines: list[bytes], name: str = "sample-qa"
+) -> str:
     """`clearml-data create / add / close`: a finalized version; returns its id."""
     folder.mkdir()
     (folder / "qa.jsonl").write_bytes(b"".join(lines))
     out = clearml_data(
-        stack, "create", "--project", "qa-data", "--name", "sample-qa", "--version", version
+        stack, "create", "--project", "qa-data", "--name", name, "--version", version
     )
     dataset_id = re.search(r"id=([0-9a-f]{32})", out)[1]
     clearml_data(stack, "add", "--id", dataset_id, "--files", str(folder / "qa.jsonl"))

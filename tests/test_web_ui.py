@@ -9,12 +9,13 @@ publish step's scalars and plots, the artifacts' links to S3, a failed run's rea
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from tests.conftest import unavailable
-from tests.test_clearml_server import enqueue, failure, finished, run_files
+from tests.test_clearml_server import enqueue, failure, finished, made_dataset, run_files
 from tests.web_ui import Browser, WebUI, why_not_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker, pytest.mark.browser]
@@ -114,6 +115,26 @@ def test_a_clone_switched_to_retrieved_context_shows_the_retrieve_step(clearml_s
         "score",
     ]
     ui.shot("pipeline-retrieve")
+
+
+def test_a_clone_pointed_at_a_clearml_dataset_in_the_ui_evaluates_it(
+    clearml_stack, ui, pipeline, sample_path, tmp_path
+):
+    """A dataset made with `clearml-data`; a run cloned in the UI, its eval_dataset_path Arg
+    set to that dataset: the agents evaluate its questions, and the load_dataset step names
+    it under Datasets."""
+    lines = sample_path.read_bytes().splitlines(keepends=True)[10:13]
+    dataset_id = made_dataset(clearml_stack, tmp_path / "ui", "3.0.0", lines, name="ui-qa")
+    clone = ui.clone(pipeline["project"], pipeline["id"], f"{EXPERIMENT} on a ClearML dataset")
+    ui.edit_arg(pipeline["project"], clone, "eval_dataset_path", f"clearml://dataset/{dataset_id}")
+    ui.enqueue(pipeline["project"], clone, "services")
+    finished(clearml_stack, clone)
+    results, predictions = run_files(clearml_stack, EXPERIMENT, clone)
+    assert results["dataset"]["input"]["dataset"]["id"] == dataset_id
+    expected = [json.loads(line)["question_id"] for line in lines]
+    assert [p["question_id"] for p in predictions] == expected
+    load = clearml_stack.api().children(clone)["load_dataset"]
+    assert load["hyperparams"]["Datasets"]["dataset"]["value"] == dataset_id
 
 
 def test_the_publish_step_shows_scalars_plots_and_the_controller_its_s3_links(

@@ -136,9 +136,10 @@ def plan_inference(
         tokenizer = load_tokenizer(files.path, model.revision)
     except OSError as exc:
         raise ModelFilesError(
-            f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). Hub ids "
-            "load from the Hugging Face cache of a worker that has the model; here, use "
-            "model=smollm2_135m or point model.path at a local folder."
+            f"model.path: cannot load {files.path!r} ({exc.__class__.__name__}). A hub id "
+            "is downloaded where downloads are allowed (not with HF_HUB_OFFLINE=1) or read "
+            "from the Hugging Face cache; here, use model=smollm2_135m, or point model.path "
+            "at a local folder, s3://... or clearml://model/<id>."
         ) from exc
     mode = mode or ModeConfig()
     fmt = PromptFormat.from_config(model.prompt, inference, mode)
