@@ -314,7 +314,7 @@ def submitter_inputs(clearml_stack, sample_path, smollm2_path, tmp_path_factory)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("pipeline "))
     task_id = line.split("(", 1)[1].split(")", 1)[0]
-    return {"id": task_id, "args": args, "stdout": proc.stdout, "dataset": dataset}
+    return {"id": task_id, "args": args, "stdout": proc.stdout, "dataset": dataset, "model": model}
 
 
 def test_a_dataset_and_a_model_only_the_submitter_has_reach_the_agents(
@@ -350,6 +350,42 @@ def test_a_dataset_and_a_model_only_the_submitter_has_reach_the_agents(
     assert f"clearml://model/{model_id} " in lines["model.path"]
     parked = next(x for x in again.stdout.splitlines() if x.startswith("pipeline "))
     api("tasks.delete", task=parked.split("(", 1)[1].split(")", 1)[0], force=True)
+
+
+def test_the_checkpoint_a_training_task_saved_is_evaluated_by_the_task_s_id(
+    clearml_stack, submitter_inputs, sample_run
+):
+    """A training task saves its checkpoint as a ClearML model package (OutputModel), then
+    `make enqueue model.path=clearml://task/<id>` evaluates that task's last output model."""
+    finished(clearml_stack, submitter_inputs["id"])
+    output_uri = f"s3://{clearml_stack.s3_endpoint.split('://', 1)[1]}/{BUCKET}/training"
+    code = f"""
+from clearml import OutputModel, Task
+task = Task.init(project_name="checkpoints", task_name="train", output_uri="{output_uri}",
+                 auto_connect_frameworks=False)
+model = OutputModel(task=task, name="trained-step-100", framework="PyTorch")
+model.update_weights_package(weights_path="{submitter_inputs["model"]}", auto_delete_file=False,
+                             async_enable=False)
+task.close()
+print(task.id)
+"""
+    proc = run_module_code(code, clearml_stack.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    training = proc.stdout.strip().splitlines()[-1]
+    task_id = enqueue(
+        clearml_stack,
+        f"model.path=clearml://task/{training}",
+        "model.gguf=null",
+        "dataset.limit=4",
+        "experiment.name=from_training",
+    )
+    finished(clearml_stack, task_id)
+    results, predictions = run_files(clearml_stack, "from_training", task_id)
+    model = results["model"]["input"]
+    assert model["source"] == "clearml-model" and model["task"] == training
+    assert model["name"] == "trained-step-100"
+    local = json.loads((sample_run / "predictions.json").read_text())
+    assert answers(predictions) == answers(local)
 
 
 def clearml_data(stack, *args: str) -> str:
