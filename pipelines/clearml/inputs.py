@@ -133,7 +133,7 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
         "name": model.name,
         "project": model.project,
         "uri": model.url,
-        "task": model.task,
+        "task": model.original_task,  # the task that made it (.task: the one using it)
         "sha256": folder_digest(local) if local.is_dir() else sha256_file(local),
     }
     return Fetched(local, identity)
