@@ -10,11 +10,12 @@ the ClearML wing (registered there, pipelines/clearml/inputs.py).
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.dataset import DatasetConfig
-from components.hf_datasets import is_hf, write_qa_pairs
+from components.dataset import DatasetConfig, load_qa_dataset
+from components.hf_datasets import FieldMap, is_hf, write_qa_pairs
 from components.inputs import Fetched, fetch_input, is_remote
 from components.model_files import ModelConfig, ModelFiles, default_cache_dir
 from pipelines.executor import RunContext
@@ -38,6 +39,22 @@ def fetched_dataset(
         dataset, path=str(got.path), corpus=str(corpus.path) if corpus else None
     )
     return local, {"dataset": got.identity, "corpus": corpus.identity if corpus else None}
+
+
+def check_local_questions(dataset: dict[str, Any]) -> None:
+    """Every line of a question set on this machine checked as the load step will check it:
+    a Hugging Face set (parquet, a saved folder) through its field mapping first. A reference
+    to elsewhere (s3://, clearml://, hf://) is checked where it is fetched."""
+    path = str(dataset["path"])
+    if is_remote(path) or path.startswith("hf://") or not Path(path).exists():
+        return
+    if not is_hf(path):
+        load_qa_dataset(path, dataset["limit"], dataset["on_error"])
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "qa_pairs.jsonl"
+        write_qa_pairs(path, FieldMap(**(dataset.get("fields") or {})), target)
+        load_qa_dataset(target, dataset["limit"], dataset["on_error"])
 
 
 def fetched_model(model: ModelConfig, run: RunContext) -> ModelFiles | None:

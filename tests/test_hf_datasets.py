@@ -9,7 +9,7 @@ import json
 import pytest
 
 from components.hf_datasets import FieldMap, HFDatasetError, is_hf, parse_hub, write_qa_pairs
-from tests.conftest import run_cli
+from tests.conftest import make, run_cli, without_clearml_env
 
 TRIVIA = [
     {
@@ -112,3 +112,28 @@ def test_make_run_on_a_parquet_set_with_a_field_mapping(tmp_path):
     identity = results["dataset"]["input"]["dataset"]
     assert identity["source"] == "parquet" and identity["fields"]["answer"] == "answer.aliases"
     assert identity["sha256"] == results["dataset"]["sha256"]
+
+
+def test_make_enqueue_checks_a_parquet_set_through_its_field_mapping(tmp_path):
+    """The submit-side check reads a parquet set as the load step will (it was read as JSONL
+    and refused line 1), and a mapping that misses a column is named before anything is made."""
+    source = parquet(tmp_path, TRIVIA)
+    env = {"HOME": str(tmp_path)}
+    good = make(
+        "enqueue",
+        f"ARGS=dataset.path={source} dataset.fields.answer=answer.aliases",
+        base_env=without_clearml_env(),
+        env=env,
+        timeout=120,
+    )
+    assert good.returncode == 2
+    assert "trivia.parquet" not in good.stderr and "2 things to fix first" in good.stderr
+    bad = make(
+        "enqueue",
+        f"ARGS=dataset.path={source} dataset.fields.answer=answer.nope",
+        base_env=without_clearml_env(),
+        env=env,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "3 things to fix first" in bad.stderr
+    assert "trivia.parquet" in bad.stderr and "answer.nope" in bad.stderr

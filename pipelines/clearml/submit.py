@@ -9,13 +9,12 @@ queue, no storage, a bad dataset line, a bad value) creates nothing at all.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig
 
-from components.dataset import load_qa_dataset
 from components.provenance import code_identity
 from components.storage import StorageError
 from pipelines.clearml import CONFIG_NAME
@@ -24,6 +23,7 @@ from pipelines.clearml.params import args_text, pipeline_args, portable_config
 from pipelines.clearml.sdk import ServerNotConfigured, prepare_sdk, require_queues
 from pipelines.clearml.sdk import check_server as ping
 from pipelines.config import PROJECT_ROOT, ConfigError, require_storage, to_container, validate
+from pipelines.inputs import check_local_questions
 
 if TYPE_CHECKING:
     from clearml import PipelineController
@@ -37,19 +37,23 @@ def check_server(clearml_cfg: dict[str, Any]) -> None:
     require_queues([clearml_cfg["queues"][k] for k in ("services", "cpu", "gpu")])
 
 
-def check_run(cfg: dict[str, Any]) -> None:
+def run_checks(cfg: dict[str, Any]) -> list[Callable[[], None]]:
     """What one pipeline needs besides the server: storage, a name, a dataset without a bad
-    line (when the file is here; else only the agents see it, and they check it)."""
-    require_storage(
-        cfg["storage"],
-        "the pipeline's steps hand their files on through S3 (MinIO); set it, e.g. "
-        'make enqueue ARGS="storage.endpoint=http://minio:9000"',
-    )
-    if len(str(cfg["experiment"]["name"]).strip()) < 3:
-        raise ConfigError("experiment.name: ClearML needs at least 3 characters")
-    dataset = cfg["dataset"]
-    if Path(dataset["path"]).is_file():
-        load_qa_dataset(dataset["path"], dataset["limit"], dataset["on_error"])
+    line (when it is here; a remote one is checked where it is fetched). Separate checks, so
+    each problem is reported, not only the first."""
+
+    def storage() -> None:
+        require_storage(
+            cfg["storage"],
+            "the pipeline's steps hand their files on through S3 (MinIO); set it, e.g. "
+            'make enqueue ARGS="storage.endpoint=http://minio:9000"',
+        )
+
+    def name() -> None:
+        if len(str(cfg["experiment"]["name"]).strip()) < 3:
+            raise ConfigError("experiment.name: ClearML needs at least 3 characters")
+
+    return [storage, name, lambda: check_local_questions(cfg["dataset"])]
 
 
 class NotReady(ValueError):
@@ -59,7 +63,7 @@ class NotReady(ValueError):
 def check_ready(cfgs: list[dict[str, Any]]) -> None:
     """Every check of what pipelines need (storage, names, datasets, then the server and its
     queues), all of them run, so a new user learns everything to fix in one message."""
-    checks = [lambda c=cfg: check_run(c) for cfg in cfgs]
+    checks = [check for cfg in cfgs for check in run_checks(cfg)]
     checks.append(lambda: check_server(cfgs[0]["clearml"]))
     problems: list[str] = []
     for check in checks:
