@@ -218,6 +218,38 @@ def test_settle_names_a_bad_parameter(args, message):
         settle(portable_config(compose()), args)
 
 
+@pytest.mark.parametrize(
+    "where, key",
+    [
+        ("arg", "Args/eval_max_new_tokens"),
+        ("config", "experiment.name"),
+        ("nested", "experiment.name"),
+    ],
+)
+def test_an_edit_cannot_read_the_agent_s_environment(monkeypatch, where, key):
+    """`${oc.env:...}` pasted into an Arg or the config object in the UI: refused, naming the
+    key and the resolver, and the agent's secret is nowhere in the error."""
+    monkeypatch.setenv("FOO_SECRET", "s3cr3t-value")
+    attached = portable_config(compose())
+    args = pipeline_args_of(attached)
+    if where == "arg":
+        args["eval_max_new_tokens"] = "${oc.env:FOO_SECRET}"
+    elif where == "config":
+        attached["experiment"]["name"] = "${oc.env:FOO_SECRET}"
+    else:
+        attached["experiment"]["name"] = "run_${mode_suffix:${oc.env:FOO_SECRET}}"
+    with pytest.raises(ConfigError) as caught:
+        settle(attached, args, baseline=pipeline_args_of(portable_config(compose())))
+    assert str(caught.value).startswith(f"{key}: the resolver 'oc.env' may not run")
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_the_project_s_own_resolvers_still_run_on_an_edit():
+    attached = portable_config(compose())
+    attached["experiment"]["name"] = "${model.name}${mode_suffix:oracle_context}"
+    assert settle(attached, {})["experiment"]["name"] == "smollm2_135m_oracle_context"
+
+
 def test_step_arguments_never_hold_an_unresolved_reference():
     from pipelines.clearml.controller import step_kwargs
     from pipelines.config import validate

@@ -4,6 +4,7 @@ into the config its pipeline runs with."""
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pipelines.config import (
     DEFAULT_EXPERIMENT_NAME,
     GROUPS,
     PROJECT_ROOT,
+    RESOLVERS,
     ConfigError,
     compose,
     group_choices,
@@ -103,6 +105,31 @@ def portable_config(cfg: DictConfig) -> dict[str, Any]:
     return redact(container)
 
 
+RESOLVER_CALL = re.compile(r"\$\{\s*([^}:\s]+)\s*:")
+
+
+def refuse_foreign_resolvers(value: Any, key: str) -> None:
+    """Text from the server (anyone who may edit a task) runs on the agents, beside their
+    storage keys: only the project's own resolvers may run on it (``${oc.env:...}`` would put
+    an agent's secret into a task name, a log or an error). The error names the key and the
+    resolver, never a value."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            refuse_foreign_resolvers(
+                v, f"{key}.{k}" if key and not key.endswith("/") else f"{key}{k}"
+            )
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            refuse_foreign_resolvers(v, f"{key}[{i}]")
+    elif isinstance(value, str):
+        for name in RESOLVER_CALL.findall(value):
+            if name not in RESOLVERS:
+                raise ConfigError(
+                    f"{key}: the resolver '{name}' may not run on a value from the server; "
+                    f"the project's own are {sorted(RESOLVERS)}: write the value itself"
+                )
+
+
 def settle(
     config: dict[str, Any], args: dict[str, Any], baseline: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -111,6 +138,8 @@ def settle(
     attached), only a parameter edited since counts, so an edit of the config object is
     not undone by an unedited parameter. A changed model or dataset name swaps in that
     group's file from conf/; an empty ``eval_dataset_path`` keeps the configured path."""
+    refuse_foreign_resolvers(config, "")
+    refuse_foreign_resolvers(args, "Args/")
     node = OmegaConf.create(config)
     swapped = set()
     for k in (k for k in KNOBS if k.group):

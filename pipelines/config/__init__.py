@@ -5,6 +5,7 @@ from components.settings import ConfigError
 from pipelines.config.compose import (
     CONF_DIR,
     PROJECT_ROOT,
+    RESOLVERS,
     compose,
     deploy_settings,
     group_choices,
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT_NAME",
     "GROUPS",
     "PROJECT_ROOT",
+    "RESOLVERS",
     "ConfigError",
     "RunConfig",
     "compose",

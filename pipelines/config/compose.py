@@ -54,14 +54,15 @@ def _deploy(key: str) -> str:
         raise ConfigError(f"docker/versions.env: no {key}") from exc
 
 
+# The project's own resolvers: the only ones that may run on config text from a server.
+RESOLVERS = {"project_root": _project_root, "mode_suffix": mode_suffix, "deploy": _deploy}
+
+
 def register() -> None:
     """Resolvers and schemas; called on import, before any config is composed."""
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", _project_root)
-    if not OmegaConf.has_resolver("mode_suffix"):
-        OmegaConf.register_new_resolver("mode_suffix", mode_suffix)
-    if not OmegaConf.has_resolver("deploy"):
-        OmegaConf.register_new_resolver("deploy", _deploy)
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     store = ConfigStore.instance()
     for group, schema in GROUPS.items():
         store.store(group=group, name="schema", node=schema)
