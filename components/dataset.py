@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +140,25 @@ def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | Non
 
     context = _texts(obj, "context", path, line_no, problems)
     gold = _texts(obj, "gold", path, line_no, problems, ids=True)
+    if not problems:
+        fields = {"question_id": [str(qid)], "question": [question], "answer": answers}
+        problems = unencodable({**fields, "context": context, "gold": gold}, path, line_no)
     if problems:
         return None, problems
     return QAExample(str(qid).strip(), question.strip(), tuple(answers), context, gold), []
+
+
+def unencodable(fields: dict[str, Iterable[object]], path: str, line_no: int) -> list[Problem]:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``), which no file can hold: refused here,
+    where the line is known, rather than when the run writes it."""
+    for name, values in fields.items():
+        for value in values:
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                at = f"character {exc.start + 1}: {str(value)[exc.start]!r}"
+                return [Problem(path, line_no, name, f"holds a lone surrogate ({at}), not text")]
+    return []
 
 
 def _texts(

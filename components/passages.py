@@ -11,7 +11,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.dataset import MAX_REPORTED_PROBLEMS, DatasetError, Problem, iter_lines
+from components.dataset import (
+    MAX_REPORTED_PROBLEMS,
+    DatasetError,
+    Problem,
+    iter_lines,
+    unencodable,
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ def _check_passage(obj: object, path: str, line: int) -> tuple[Passage | None, l
     title = obj.get("title", "")
     if not isinstance(title, str):
         problems.append(Problem(path, line, "title", "must be a string"))
+    if not problems:
+        fields = {key: [obj[key]] for key in ("id", "text")} | {"title": [title]}
+        problems = unencodable(fields, path, line)
     if problems:
         return None, problems
     return Passage(str(obj["id"]).strip(), title.strip(), str(obj["text"]).strip()), []

@@ -60,6 +60,7 @@ def test_a_corpus_is_checked_line_by_line(tmp_path):
             {"id": "b", "title": 3, "text": "three"},
             {"id": "c"},
             "{not json",
+            '{"id": "d", "text": "half a pair \\ud800"}',
         ],
     )
     with pytest.raises(DatasetError) as info:
@@ -69,6 +70,7 @@ def test_a_corpus_is_checked_line_by_line(tmp_path):
     assert f"{bad}:3: title: must be a string" in text
     assert f"{bad}:4: text: is missing" in text
     assert f"{bad}:5: json:" in text
+    assert f"{bad}:6: text: holds a lone surrogate (character 13: '\\ud800'), not text" in text
 
 
 def test_gold_ids_are_checked_against_the_corpus(tmp_path):

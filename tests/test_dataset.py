@@ -65,6 +65,14 @@ def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
         ('{"question_id": "x", "question": "Q?", "answer": [""]}', r":2: answer: has no non-empty"),
         ('{"question_id": null, "question": "Q?", "answer": ["a"]}', r":2: question_id: must be"),
         ('{"question_id": "a", "question": "Q?", "answer": ["a"]}', r":2: question_id: duplicate"),
+        (
+            '{"question_id": "x", "question": "Q \\ud800?", "answer": ["a"]}',
+            r":2: question: holds a",
+        ),
+        (
+            '{"question_id": "x", "question": "Q?", "answer": ["a", "\\udfff"]}',
+            r":2: answer: holds",
+        ),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path, bad_line, expected):
