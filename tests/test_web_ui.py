@@ -15,7 +15,14 @@ import re
 import pytest
 
 from tests.conftest import unavailable
-from tests.test_clearml_server import enqueue, failure, finished, made_dataset, run_files
+from tests.test_clearml_server import (  # noqa: F401 (submitter_inputs: a fixture)
+    enqueue,
+    failure,
+    finished,
+    made_dataset,
+    run_files,
+    submitter_inputs,
+)
 from tests.web_ui import Browser, WebUI, why_not_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker, pytest.mark.browser]
@@ -135,6 +142,29 @@ def test_a_clone_pointed_at_a_clearml_dataset_in_the_ui_evaluates_it(
     assert [p["question_id"] for p in predictions] == expected
     load = clearml_stack.api().children(clone)["load_dataset"]
     assert load["hyperparams"]["Datasets"]["dataset"]["value"] == dataset_id
+
+
+def test_the_inference_step_shows_the_model_folder_make_enqueue_handed_over(
+    clearml_stack,
+    ui,
+    submitter_inputs,  # noqa: F811 (the fixture imported above)
+):
+    """A model folder only the submitter had, registered by `make enqueue`: the inference
+    step's ARTIFACTS tab lists it as its input model, under the folder's name, and the
+    model's TASKS tab lists the step."""
+    finished(clearml_stack, submitter_inputs["id"])
+    api = clearml_stack.api()
+    inference = api.children(submitter_inputs["id"])["inference"]
+    model_id = inference["models"]["input"][0]["model"]["id"]
+    name = api("models.get_all", id=[model_id], only_fields=["name"])["models"][0]["name"]
+    assert name == submitter_inputs["model"].name
+    project = inference["project"]["id"]
+    ui.open(f"/projects/{project}/tasks/{inference['id']}/artifacts/input-model/{model_id}")
+    ui.page.locator("sm-experiment-info-artifacts-model", has_text=name).first.wait_for()
+    ui.shot("input-model")
+    # The other way: the model's TASKS tab lists the step that evaluated it.
+    ui.open(f"/projects/*/models/{model_id}/tasks")
+    ui.page.locator("sm-model-info-experiments", has_text="inference").first.wait_for()
 
 
 def test_the_publish_step_shows_scalars_plots_and_the_controller_its_s3_links(
