@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,16 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+DISK_FULL_HINT = (
+    "the disk is full: free space there (df -h) or set experiment.output_dir to another disk, "
+    "then run again; finished answers are kept in the checkpoint"
+)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """No space or no quota left: trying again on the same disk fails the same way."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -124,16 +125,38 @@ class S3Checkpoint:
         self.location = s3.url(self.prefix + "/")
 
     def load(self) -> dict[str, dict[str, Any]]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         done: dict[str, dict[str, Any]] = {}
         for key in sorted(self.s3.list_keys(self.prefix)):
-            try:
-                body = self.s3.client.get_object(Bucket=self.s3.bucket, Key=key)["Body"].read()
-            except (BotoCoreError, ClientError) as exc:
-                raise self.s3.error(f"reading checkpoint {key}", exc) from exc
-            _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
+            body, recorded = self._read(key)
+            if hashlib.sha256(body).hexdigest() == recorded:
+                _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
+            else:  # no record or another: the batch is generated again, never trusted
+                print(
+                    f"checkpoint part {key}: sha256 unrecorded or different; its answers are "
+                    "generated again",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return done
+
+    def _read(self, key: str) -> tuple[bytes, str | None]:
+        """A part's bytes and recorded sha256, read again when a connection drops mid-body
+        (botocore retries the request, not the reading of its body)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        what, attempts = f"reading checkpoint {key}", self.s3.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = self.s3.client.get_object(Bucket=self.s3.bucket, Key=key)
+            except (BotoCoreError, ClientError) as exc:
+                raise self.s3.error(what, exc) from exc
+            try:
+                return answer["Body"].read(), answer.get("Metadata", {}).get("sha256")
+            except BotoCoreError as exc:
+                if attempt == attempts:
+                    raise self.s3.error(what, exc) from exc
+                time.sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -263,6 +263,7 @@ class S3:
     def _fetch(self, url_or_key: str, target: Path) -> tuple[Path, bool]:
         """(the file, whether it had a sha256 to check: every object this package writes
         has one; ClearML's own uploads do not)."""
+        from boto3.exceptions import RetriesExceededError
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = self.key_of(url_or_key)
@@ -272,17 +273,18 @@ class S3:
             self.client.download_file(bucket, key, str(tmp))
             head = self.client.head_object(Bucket=bucket, Key=key)
             expected = head.get("Metadata", {}).get("sha256")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            actual = sha256_file(tmp)
+            if expected and expected != actual:
+                raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
+            os.replace(tmp, target)
+        except (BotoCoreError, ClientError, RetriesExceededError) as exc:
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else 0
+            if code in ("404", "NoSuchKey"):
                 raise StorageError(f"s3://{bucket}/{key}: not found at {self.endpoint}") from exc
-            raise self.error(f"download of s3://{bucket}/{key}", exc) from exc
-        except BotoCoreError as exc:
-            raise self.error(f"download of s3://{bucket}/{key}", exc) from exc
-        actual = sha256_file(tmp)
-        if expected and expected != actual:
-            tmp.unlink()
-            raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
-        os.replace(tmp, target)
+            cause = getattr(exc, "last_exception", None) or exc  # s3transfer's retries ran out
+            raise self.error(f"download of s3://{bucket}/{key}", cause) from exc
+        finally:
+            tmp.unlink(missing_ok=True)  # a local failure too (disk full) leaves no .part
         return target, bool(expected)
 
     def exists(self, url_or_key: str) -> bool:
@@ -342,9 +344,7 @@ def run_folder_files(run_dir: str | Path) -> list[str]:
     found = []
     for path in sorted(run_dir.rglob("*")):
         relative = path.relative_to(run_dir)
-        if not path.is_file() or relative.as_posix() in ARTIFACT_NAMES:
-            continue
-        if path.name.startswith((".", "checkpoint-")):
-            continue
-        found.append(relative.as_posix())
+        skip = relative.as_posix() in ARTIFACT_NAMES or path.name.startswith((".", "checkpoint-"))
+        if path.is_file() and not skip:
+            found.append(relative.as_posix())
     return found

@@ -1,5 +1,6 @@
 """A small HTTP proxy in front of the moto S3 server that injects faults on request:
-5xx answers, dropped connections, slow answers, or failures of chosen request kinds."""
+5xx answers, dropped connections, bodies cut short, slow answers, or failures of chosen
+request kinds."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class FaultProxy:
         self.drop_next = 0  # close the connection on the next N requests
         self.fail_always = False
         self.fail_when: str | None = None  # a substring of the path+query, e.g. "partNumber="
+        self.cut_when: str | None = None  # GETs whose path has this: half the body, then close
+        self.cut_next = 0  # cut only the next N of those (0: every one)
         self.delay = 0.0
         self.seen: list[str] = []
         self._lock = threading.Lock()
@@ -44,6 +47,11 @@ class FaultProxy:
                     if proxy.fail_next:
                         proxy.fail_next -= 1
                         fail = True
+                    cut = self.command == "GET" and bool(proxy.cut_when)
+                    cut = cut and proxy.cut_when in self.path
+                    if cut and proxy.cut_next:
+                        proxy.cut_next -= 1
+                        proxy.cut_when = proxy.cut_when if proxy.cut_next else None
                 if proxy.delay:
                     time.sleep(proxy.delay)
                 if fail:
@@ -70,7 +78,12 @@ class FaultProxy:
                 if not head:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if cut:  # the promised length, half of it sent: a connection lost mid-body
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.close()
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 

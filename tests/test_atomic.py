@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -27,3 +28,21 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         write_jsonl_atomic(path, records())
     assert json.loads(path.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_command_on_a_full_disk_says_so_and_stops(capsys):
+    from components.atomic import DISK_FULL_HINT
+    from pipelines.cli import finish
+
+    def write_answers() -> None:
+        with open("/dev/full", "w") as fh:
+            fh.write("answers")
+            fh.flush()
+
+    with pytest.raises(SystemExit) as exited:
+        finish(write_answers)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: [Errno 28] No space left on device")
+    assert error.rstrip().endswith(DISK_FULL_HINT)

@@ -288,6 +288,21 @@ def test_failures_are_told_apart():
     assert classify(permanent[0])[1].startswith("DatasetError: d.jsonl: 1 invalid line")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_is_permanent_and_says_so():
+    """ENOSPC is an OSError like a dropped mount, but a retry lands on the same full disk."""
+    from components.atomic import DISK_FULL_HINT
+    from pipelines.clearml.failures import classify
+
+    with pytest.raises(OSError) as full, open("/dev/full", "w") as fh:
+        fh.write("answers")
+        fh.flush()
+    kind, reason = classify(full.value)
+    assert kind == "permanent"
+    assert reason.startswith("OSError: [Errno 28] No space left on device")
+    assert reason.endswith(DISK_FULL_HINT)
+
+
 @pytest.mark.slow
 def test_offline_session_holds_config_parameters_scalars_and_artifacts(tmp_path):
     proc = run_cli(

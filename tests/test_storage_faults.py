@@ -145,3 +145,58 @@ def test_make_run_with_s3_down_keeps_everything_then_make_publish_uploads(settin
     )
     body = settings.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     assert body == (run_dir / "predictions.json").read_bytes()
+
+
+def test_a_download_cut_short_every_time_is_transient_and_leaves_no_part_file(settings, tmp_path):
+    """s3transfer retries a body cut short, then raises RetriesExceededError (no
+    BotoCoreError): it must still read as transient storage trouble, with no `.part` left."""
+    from pipelines.clearml.failures import TRANSIENT, classify
+
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"w" * 300_000)
+    settings.upload(source, "cut/weights.bin")
+    dest = tmp_path / "fetched"
+    with FaultProxy(settings.endpoint) as proxy:
+        proxy.cut_when = "cut/weights.bin"
+        with pytest.raises(StorageError) as caught:
+            through(proxy).fetch("cut/weights.bin", dest / "weights.bin")
+        assert sum("cut/weights.bin" in r for r in proxy.seen if r.startswith("GET")) > 1
+    assert caught.value.transient, caught.value
+    assert str(caught.value).startswith(f"download of s3://{BUCKET}/cut/weights.bin at ")
+    assert classify(caught.value)[0] == TRANSIENT
+    assert list(dest.iterdir()) == []
+
+
+def test_a_checkpoint_read_cut_short_is_retried_then_transient(settings):
+    from components.checkpoint import S3Checkpoint
+
+    checkpoint = S3Checkpoint(settings, "slm-experiments/cut.r1/checkpoints/k")
+    checkpoint.append([{"question_id": "q1", "prediction": "Paris"}])
+    with FaultProxy(settings.endpoint) as proxy:
+        far = S3Checkpoint(through(proxy, attempts=3), checkpoint.prefix)
+        proxy.cut_when, proxy.cut_next = "/checkpoints/k/part-", 2
+        assert set(far.load()) == {"q1"}  # two cut reads retried
+        proxy.cut_when = "/checkpoints/k/part-"
+        with pytest.raises(StorageError) as caught:
+            far.load()
+    assert caught.value.transient, caught.value
+    assert "reading checkpoint" in str(caught.value)
+
+
+def test_a_checkpoint_part_that_does_not_match_its_sha256_is_generated_again(settings, capsys):
+    from components.checkpoint import S3Checkpoint
+
+    checkpoint = S3Checkpoint(settings, "slm-experiments/tamper.r1/checkpoints/k")
+    checkpoint.append([{"question_id": "q1", "prediction": "Paris"}])
+    line = b'{"question_id": "q2", "prediction": "Rome"}\n'
+    for name, metadata in (("changed", {"sha256": "0" * 64}), ("unrecorded", {})):
+        settings.client.put_object(
+            Bucket=BUCKET,
+            Key=f"{checkpoint.prefix}/part-{name}.jsonl",
+            Body=line,
+            Metadata=metadata,
+        )
+    assert set(checkpoint.load()) == {"q1"}
+    warned = capsys.readouterr().err
+    assert "part-changed.jsonl: sha256 unrecorded or different" in warned
+    assert "part-unrecorded.jsonl: sha256 unrecorded or different" in warned

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.atomic import DISK_FULL_HINT, disk_full
 from components.inference.engine import GenerationOutOfMemory
 from components.storage import StorageError
 
@@ -31,10 +32,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
         kind = TRANSIENT if exc.transient else PERMANENT
     elif isinstance(exc, (ConnectionError, TimeoutError)):
         kind = TRANSIENT
+    elif disk_full(exc):  # the retry would land on the same full disk
+        kind, reason = PERMANENT, f"{reason}; {DISK_FULL_HINT}"
     elif isinstance(exc, OSError) and not isinstance(
         exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
     ):
-        kind = TRANSIENT  # disk full, a dropped mount
+        kind = TRANSIENT  # a dropped mount, an I/O error
     elif _is_botocore_network_error(exc):
         kind = TRANSIENT
     else:
@@ -44,11 +47,12 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 def _is_botocore_network_error(exc: BaseException) -> bool:
     try:
+        from boto3.exceptions import RetriesExceededError
         from botocore.exceptions import ConnectionError as BotoConnectionError
         from botocore.exceptions import ReadTimeoutError
     except ImportError:
         return False
-    return isinstance(exc, (BotoConnectionError, ReadTimeoutError))
+    return isinstance(exc, (BotoConnectionError, ReadTimeoutError, RetriesExceededError))
 
 
 def record(task: Any, exc: BaseException) -> None:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from components.atomic import DISK_FULL_HINT, disk_full
 from components.inference.engine import GenerationOutOfMemory
 from components.inputs import InputError
 from components.model_files import ModelFilesError
@@ -77,7 +78,8 @@ def finish(work: Callable[[], int | None], stopped_hint: Callable[[], str] | Non
         )
         code = 2
     except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        hint = f"\n{DISK_FULL_HINT}" if disk_full(exc) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr, flush=True)
         code = 2
     except (Stopped, KeyboardInterrupt) as exc:
         label = str(exc) if isinstance(exc, Stopped) else "interrupt"
