@@ -5,7 +5,7 @@ ARG PYTHON_BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${DOCKER_CLI_IMAGE} AS docker-cli
 
 FROM ${PYTHON_BASE_IMAGE}
-ARG CLEARML_AGENT_VERSION
+ARG CLEARML_AGENT_VERSION=3.0.3
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=docker-cli /usr/local/bin/docker /usr/local/bin/docker
 # hadolint ignore=DL3008

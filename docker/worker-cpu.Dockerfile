@@ -2,8 +2,8 @@
 ARG PYTHON_BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_BASE_IMAGE}
 
-ARG CLEARML_VERSION
-ARG CLEARML_AGENT_VERSION
+ARG CLEARML_VERSION=2.1.12
+ARG CLEARML_AGENT_VERSION=3.0.3
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -22,7 +22,7 @@ ENV LOCAL_PYTHON=/usr/local/bin/python
 
 # `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
 # at start where they are missing.
-ARG JUPYTERLAB_VERSION
+ARG JUPYTERLAB_VERSION=4.6.6
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-server \

@@ -5,11 +5,11 @@
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
 FROM ${CUDA_BASE_IMAGE}
 
-ARG VLLM_VERSION
-ARG CLEARML_VERSION
-ARG CLEARML_AGENT_VERSION
-ARG SMOLLM2_VERSION
-ARG GEMMA3_270M_VERSION
+ARG VLLM_VERSION=0.20.0
+ARG CLEARML_VERSION=2.1.12
+ARG CLEARML_AGENT_VERSION=3.0.3
+ARG SMOLLM2_VERSION=0.1.2
+ARG GEMMA3_270M_VERSION=1.0.0
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -34,7 +34,7 @@ ENV LOCAL_PYTHON=/opt/venv/bin/python
 
 # `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
 # at start where they are missing.
-ARG JUPYTERLAB_VERSION
+ARG JUPYTERLAB_VERSION=4.6.6
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-server \

@@ -121,6 +121,18 @@ def test_names_and_versions_agree_everywhere():
     assert f'default_output_uri: "s3://minio:9000/{deploy["BUCKET"]}/{prefix}"' in conf_example
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_a_plain_docker_build_gets_the_pinned_versions(dockerfile):
+    """`docker build -f docker/X.Dockerfile .` without make: every ARG that
+    docker/versions.env pins defaults to its value (an empty one installed `jupyterlab==`)."""
+    deploy = deploy_settings()
+    args = dict(re.findall(r"^ARG (\w+)(?:=(.*))?$", dockerfile.read_text(), re.M))
+    assert args, dockerfile
+    for name, default in args.items():
+        assert name in deploy, f"{dockerfile.name}: ARG {name} is not in docker/versions.env"
+        assert default == deploy[name], f"{dockerfile.name}: ARG {name}={default!r}"
+
+
 def test_the_model_conversion_cache_lives_on_a_volume(monkeypatch):
     """Packaged GGUF models are converted once into default_cache_dir(); in the GPU image (root,
     no XDG_CACHE_HOME) that folder is a volume, and the agents mount a host folder there."""

@@ -12,7 +12,7 @@ import pytest
 from components.provenance import code_identity
 from pipelines.config import PROJECT_ROOT, deploy_settings
 from tests.clearml_stack import MODEL_CACHE
-from tests.docker_stack import INSTALL_OUTPUT, run_in_image
+from tests.docker_stack import INSTALL_OUTPUT, docker, run_in_image, setup_docker
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
@@ -82,3 +82,24 @@ def test_the_cuda_image_runs_the_default_experiment_without_a_gpu(docker_images)
     assert f"vllm {deploy_settings()['VLLM_VERSION']}" in proc.stdout
     assert "== smollm2_135m_sample (ctranslate2, cpu, int8) ==" in proc.stdout
     assert "examples        2 (scored 2" in proc.stdout
+
+
+def test_a_plain_docker_build_without_make_installs_the_pinned_versions(docker_images):
+    """`docker build -f docker/worker-cpu.Dockerfile .`, no build args but the base image
+    (the public one cannot be pulled here): versions.env's pins, not `jupyterlab==`."""
+    base = setup_docker()["PYTHON_BASE_IMAGE"]
+    tag = "slm-qa-eval-cpu:plain-build"
+    docker(
+        "build", "--network", "host", "-q", "--build-arg", f"PYTHON_BASE_IMAGE={base}",
+        "-f", str(PROJECT_ROOT / "docker" / "worker-cpu.Dockerfile"), "-t", tag, str(PROJECT_ROOT),
+    )  # fmt: skip
+    try:
+        proc = run_in_image(
+            tag, "$LOCAL_PYTHON -m jupyter lab --version && $LOCAL_PYTHON -m pip show clearml"
+        )
+    finally:
+        docker("rmi", tag, check=False)
+    assert proc.returncode == 0, proc.stderr
+    deploy = deploy_settings()
+    assert proc.stdout.splitlines()[0] == deploy["JUPYTERLAB_VERSION"]
+    assert f"Version: {deploy['CLEARML_VERSION']}" in proc.stdout
