@@ -23,6 +23,16 @@ export CLEARML_SERVER_TOOLS
 # Image names, tags and pinned versions: one place, shared with conf/ and pyproject.toml.
 include docker/versions.env
 
+# A name, path or list a user passes (EXPERIMENT=, RUNS=, A=, ...) reaches the program as typed:
+# `$(call override_of,KEY,VAR)` is one shell word `KEY='<VAR's text>'` in Hydra's quoted form,
+# so a quote, backtick, `$` or space in it is text, never shell or make code.
+squote := '
+shell_word = '$(subst $(squote),$(squote)\$(squote)$(squote),$(1))'
+hydra_string = '$(subst $(squote),\$(squote),$(subst $${,\$${,$(1)))'
+override_of = $(call shell_word,$(1)=$(call hydra_string,$(value $(2))))
+list_override_of = $(call shell_word,$(1)=[$(value $(2))])
+given = $(call shell_word,$(value $(1)))
+
 .PHONY: help install install-dev run test test-fast lint bench bench-clearml docs-screenshots clean
 
 help: ## Show this help
@@ -126,12 +136,12 @@ clean-outputs: install ## Remove local runs unchanged for DAYS days whose files 
 	$(PY) -m pipelines.cli.files files.command=clean-outputs files.days=$(or $(DAYS),7) $(ARGS)
 
 publish: install ## Upload a finished run again (after a failed upload): make publish EXPERIMENT=name ARGS="storage.endpoint=..."
-	@test -n "$(EXPERIMENT)" || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.cli.files files.command=publish "files.run_dir='$(EXPERIMENT)'" $(ARGS)
+	@test -n $(call given,EXPERIMENT) || { echo "EXPERIMENT is required: make publish EXPERIMENT=smollm2_135m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.cli.files files.command=publish $(call override_of,files.run_dir,EXPERIMENT) $(ARGS)
 
 fetch: install ## Download + verify a run's files: make fetch SRC=s3://HOST:PORT/BUCKET/PREFIX/EXP.ID (or TASK=<id>) DEST=dir
-	$(PY) -m pipelines.cli.files files.command=fetch $(if $(SRC),"files.source='$(SRC)'") \
-	  $(if $(TASK),"files.task_id='$(TASK)'") "files.dest='$(DEST)'" $(ARGS)
+	$(PY) -m pipelines.cli.files files.command=fetch $(if $(value SRC),$(call override_of,files.source,SRC)) \
+	  $(if $(value TASK),$(call override_of,files.task_id,TASK)) $(call override_of,files.dest,DEST) $(ARGS)
 
 QUEUE ?=
 .PHONY: enqueue
@@ -145,8 +155,8 @@ MODES ?=
 FORCE ?=
 A ?=
 B ?=
-SWEEP_ARGS = "sweep.models=[$(MODELS)]" "sweep.datasets=[$(DATASETS)]" $(if $(MODES),"sweep.modes=[$(MODES)]") $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
-NEED_SWEEP = @test -n "$(MODELS)" -a -n "$(DATASETS)" || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
+SWEEP_ARGS = $(call list_override_of,sweep.models,MODELS) $(call list_override_of,sweep.datasets,DATASETS) $(if $(value MODES),$(call list_override_of,sweep.modes,MODES)) $(if $(filter true 1 yes,$(FORCE)),sweep.force=true)
+NEED_SWEEP = @test -n $(call given,MODELS) -a -n $(call given,DATASETS) || { echo "MODELS and DATASETS are required: make $@ MODELS=smollm2_135m,gemma3_270m DATASETS=sample,nq_open" >&2; exit 2; }
 .PHONY: sweep enqueue-sweep compare context-report rescore leaderboard watch
 sweep: install ## Every model x dataset (x mode) here, then a leaderboard: make sweep MODELS=a,b DATASETS=x,y [MODES=no_context,oracle_context] [ARGS=...] [FORCE=true]
 	$(NEED_SWEEP)
@@ -159,29 +169,29 @@ enqueue-sweep: install ## One ClearML pipeline per model x dataset (x mode) + a 
 PROJECT ?=
 TAG ?=
 watch: install ## Evaluate each model published in a ClearML project as it appears: make watch PROJECT=<models project> DATASETS=sample,nq_open [TAG=...] [QUEUE=gpu] [ARGS=...]
-	@test -n "$(PROJECT)" -a -n "$(DATASETS)" || { echo "PROJECT and DATASETS are required: make watch PROJECT=my-training DATASETS=sample,nq_open" >&2; exit 2; }
-	$(PY) -m pipelines.cli.watch "watch.project=$(PROJECT)" "watch.datasets=[$(DATASETS)]" $(if $(TAG),"watch.tag=$(TAG)") $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
+	@test -n $(call given,PROJECT) -a -n $(call given,DATASETS) || { echo "PROJECT and DATASETS are required: make watch PROJECT=my-training DATASETS=sample,nq_open" >&2; exit 2; }
+	$(PY) -m pipelines.cli.watch $(call override_of,watch.project,PROJECT) $(call list_override_of,watch.datasets,DATASETS) $(if $(value TAG),$(call override_of,watch.tag,TAG)) $(if $(QUEUE),clearml.queues.gpu=$(QUEUE)) $(ARGS)
 
 RUNS ?=
 leaderboard: install ## Finished runs side by side: make leaderboard RUNS=<experiment|folder|task id>,...
-	@test -n "$(RUNS)" || { echo "RUNS is required: make leaderboard RUNS=smollm2_135m_sample,gemma3_270m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.cli.leaderboard "leaderboard.runs='$(RUNS)'" $(ARGS)
+	@test -n $(call given,RUNS) || { echo "RUNS is required: make leaderboard RUNS=smollm2_135m_sample,gemma3_270m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.cli.leaderboard $(call override_of,leaderboard.runs,RUNS) $(ARGS)
 
 CLOSED ?=
 WITH ?=
 context-report: install ## What context does for a model: make context-report CLOSED=<closed-book run> WITH=<run in a context mode>,...
-	@test -n "$(CLOSED)" -a -n "$(WITH)" || { echo "CLOSED and WITH are required: make context-report CLOSED=smollm2_135m_sample_passages WITH=smollm2_135m_sample_passages_oracle_context" >&2; exit 2; }
-	$(PY) -m pipelines.cli.context_report "context_report.closed='$(CLOSED)'" "context_report.with='$(WITH)'" $(ARGS)
+	@test -n $(call given,CLOSED) -a -n $(call given,WITH) || { echo "CLOSED and WITH are required: make context-report CLOSED=smollm2_135m_sample_passages WITH=smollm2_135m_sample_passages_oracle_context" >&2; exit 2; }
+	$(PY) -m pipelines.cli.context_report $(call override_of,context_report.closed,CLOSED) $(call override_of,context_report.with,WITH) $(ARGS)
 
 RUN ?=
 DATASET ?=
 rescore: install ## Score a finished run again without inference: make rescore RUN=<experiment|folder|task id> [DATASET=corrected.jsonl]
-	@test -n "$(RUN)" || { echo "RUN is required: make rescore RUN=smollm2_135m_sample [DATASET=corrected.jsonl]" >&2; exit 2; }
-	$(PY) -m pipelines.cli.rescore "rescore.run='$(RUN)'" $(if $(DATASET),"rescore.dataset='$(DATASET)'") $(ARGS)
+	@test -n $(call given,RUN) || { echo "RUN is required: make rescore RUN=smollm2_135m_sample [DATASET=corrected.jsonl]" >&2; exit 2; }
+	$(PY) -m pipelines.cli.rescore $(call override_of,rescore.run,RUN) $(if $(value DATASET),$(call override_of,rescore.dataset,DATASET)) $(ARGS)
 
 compare: install ## Two runs question by question: make compare A=<experiment|folder|task id> B=<...>
-	@test -n "$(A)" -a -n "$(B)" || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }
-	$(PY) -m pipelines.cli.compare "compare.a='$(A)'" "compare.b='$(B)'" $(ARGS)
+	@test -n $(call given,A) -a -n $(call given,B) || { echo "A and B are required: make compare A=smollm2_135m_sample B=gemma3_270m_sample" >&2; exit 2; }
+	$(PY) -m pipelines.cli.compare $(call override_of,compare.a,A) $(call override_of,compare.b,B) $(ARGS)
 
 # ---- Deployment: worker images, the server stack, agents, debugging sessions ---------------
 COMPOSE ?= docker-compose

@@ -10,7 +10,7 @@ import pytest
 
 from components.atomic import write_json_atomic
 from components.compare import compare_predictions
-from tests.conftest import make
+from tests.conftest import make, make_dry_run
 
 
 def pred(qid: str, prediction: str, recall: float | None) -> dict:
@@ -105,6 +105,31 @@ def test_make_compare_names_what_it_could_not_find(tmp_path):
     assert proc.returncode == 2
     assert "'nowhere': no finished run in nowhere" in proc.stderr
     assert "make compare A=" in make("compare", "A=x").stderr
+
+
+def test_make_passes_a_name_with_quotes_backticks_and_dollars_as_text(two_runs):
+    """Names reach the program as typed: a quote, backtick, `$(...)` or `${...}` in A=, B=,
+    RUNS=, EXPERIMENT=, SRC= or DEST= is text, never shell, make or resolver code."""
+    odd = 'it\'s "a" run'
+    (two_runs / "run_a").rename(two_runs / odd)
+    where = f"ARGS=experiment.output_dir={two_runs}"
+    proc = make("compare", f"A={odd}", "B=run_b", where)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "paired difference B - A" in proc.stdout
+    trap = two_runs / "ran"
+    for value in (f"`touch {trap}`", f"$(touch {trap})", f"x'; touch {trap}; '", "${oc.env:HOME}"):
+        proc = make("compare", f"A={value}", "B=run_b", where)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"error: {value!r}: no finished run" in proc.stderr, proc.stderr[-2000:]
+    assert not trap.exists()
+    for verb, variable, key in (
+        ("leaderboard", "RUNS", "leaderboard.runs"),
+        ("publish", "EXPERIMENT", "files.run_dir"),
+        ("fetch", "SRC", "files.source"),
+        ("fetch", "DEST", "files.dest"),
+    ):
+        dry = make_dry_run(verb, f"{variable}=a'`b$(c)")
+        assert f"'{key}='\\''a\\'\\''`b$(c)'\\'''" in dry, dry
 
 
 def test_compare_recorded_as_an_offline_clearml_task_with_the_table(two_runs):

@@ -266,4 +266,4 @@ def test_sweeps_take_modes():
         sweep_modes(["closed_book"])
     for verb in ("sweep", "enqueue-sweep"):
         dry = make_dry_run(verb, "MODELS=smollm2_135m", "DATASETS=sample", "MODES=a,b")
-        assert '"sweep.modes=[a,b]"' in dry
+        assert "'sweep.modes=[a,b]'" in dry
