@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,44 @@ log = logging.getLogger(__name__)
 def run_dir_of(cfg: dict[str, Any]) -> Path:
     """``<output_dir>/<experiment>``; the name never makes a path out of output_dir."""
     return Path(cfg["experiment"]["output_dir"]) / safe_name(str(cfg["experiment"]["name"]))
+
+
+class RunFolderInUse(RuntimeError):
+    """Another run writes this folder now: two would mix checkpoints and artifacts."""
+
+
+@contextlib.contextmanager
+def one_run_per_folder(run_dir: Path) -> Iterator[None]:
+    """Held for a whole run: a second run with the same folder (the same name, or one that
+    ``safe_name`` folds into it) stops at once. The lock lies beside the folder, so nothing
+    is written in it yet; the kernel drops it when its process dies, and a run that ends
+    removes it."""
+    lock = run_dir.with_name(f".{run_dir.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = lock.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunFolderInUse(
+                f"{run_dir}: another run is writing this folder ({holder}); wait for it to "
+                "finish, or give this run its own experiment.name=..."
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        fh.close()  # its holder removed it as this run opened it: lock the new one
+    try:
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()} since {utc_now()}\n")
+        fh.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        fh.close()
 
 
 def execute_with_smaller_batches(
@@ -69,14 +110,14 @@ def run_local(
     # Local shards run one after another on one loaded model; a lone run frees it at once.
     keep = keep_loaded() if cfg["inference"]["shards"] > 1 else contextlib.nullcontext()
     outputs: dict[str, dict[str, Any]] = {}
-    with keep:
+    with one_run_per_folder(run_dir), keep:
         for spec in steps:
             log.info("step %s", spec.name)
             parents = {name: outputs[name] for name in spec.parents}
             outputs[spec.name] = execute_with_smaller_batches(spec, cfg, parents, context)
-    # The answers are in predictions.json now; a checkpoint is for a run that did not finish,
-    # and kept it would turn the next `make run` into a replay with no speed to report.
-    for out in outputs.values():
-        if out.get("checkpoint"):
-            Path(out["checkpoint"]).unlink(missing_ok=True)
+        # The answers are in predictions.json now; a checkpoint is for a run that did not
+        # finish, and kept it would turn the next `make run` into a replay with no speed.
+        for out in outputs.values():
+            if out.get("checkpoint"):
+                Path(out["checkpoint"]).unlink(missing_ok=True)
     return outputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,3 +198,31 @@ def test_out_of_memory_at_a_batch_of_one_says_what_to_do(tmp_path):
         "even one prompt at a time does not fit on this device: a smaller "
         "model, a shorter inference.max_new_tokens, or another device"
     )
+
+
+def test_a_second_run_into_a_folder_in_use_stops_and_the_first_keeps_its_answers(tmp_path):
+    """Two runs with one folder (the same name, or one safe_name folds into it) would mix
+    checkpoints, and the first to finish would publish the other's predictions."""
+    run_dir = tmp_path / "smollm2_135m_sample"
+    first = start(tmp_path, env=HOLD)
+    try:
+        wait_for_checkpoint_lines(run_dir, 2, first)
+        second = start(tmp_path, "experiment.name='smollm2 135m sample'")
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 2, err[-3000:]
+        assert re.fullmatch(
+            rf"error: {re.escape(str(run_dir))}: another run is writing this folder \(pid "
+            rf"{first.pid} since [^)]+\); wait for it to finish, or give this run its own "
+            r"experiment\.name=\.\.\.",
+            err.strip().splitlines()[-1],
+        ), err[-2000:]
+        assert first.poll() is None
+        (checkpoint,) = run_dir.glob("checkpoint-*.jsonl")
+        assert len(checkpoint.read_text().splitlines()) == 2
+    finally:
+        first.kill()
+        first.wait()
+    from pipelines.local import one_run_per_folder
+
+    with one_run_per_folder(run_dir):  # the kernel let go of the killed run's lock
+        pass

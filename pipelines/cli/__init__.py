@@ -27,6 +27,7 @@ from components.storage import StorageError
 from pipelines import config  # noqa: F401  (registers conf/'s schemas before @hydra.main)
 from pipelines.clearml import credentials, inputs
 from pipelines.clearml.sdk import ServerNotConfigured
+from pipelines.local import RunFolderInUse
 
 credentials.register()
 inputs.register()  # clearml:// inputs, where this machine's clearml.conf reaches a server
@@ -42,7 +43,15 @@ def _raise_stopped(signum: int, _frame: Any) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user can fix: printed as `error: ...` with exit 2, no traceback."""
-    return (ValueError, OSError, ModelFilesError, StorageError, ServerNotConfigured, InputError)
+    return (
+        ValueError,
+        OSError,
+        ModelFilesError,
+        StorageError,
+        ServerNotConfigured,
+        InputError,
+        RunFolderInUse,
+    )
 
 
 _started = False  # finish() was reached: Hydra accepted the command line
