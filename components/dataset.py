@@ -267,8 +267,8 @@ def load_qa_dataset(
                         first_line[example.question_id] = line_no
                         where = (shown, line_no)
                         found = _check_passages(example, where, passage_ids, needs_passages)
-                        if not found:
-                            examples.append(example)
+                        if not found and (limit is None or len(examples) < limit):
+                            examples.append(example)  # past the limit: checked, not kept
         total_problems += len(found)
         if on_error == "skip":
             skipped.extend(found)
@@ -278,6 +278,4 @@ def load_qa_dataset(
         raise DatasetError(shown, problems, total_problems)
     if not examples:
         raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
-    if limit is not None:
-        examples = examples[:limit]
     return LoadedDataset(str(path), digest.hexdigest(), examples, lines, skipped)
