@@ -108,9 +108,10 @@ $(LM_EVAL_VENV)/.installed:
 	  "$(LM_EVAL_SPEC)" "transformers<5.20" accelerate
 	@touch $@
 
-bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines; the context modes and BM25; make run vs lm-eval
+bench: $(VENV)/.installed-bench $(LM_EVAL_VENV)/.installed ## CPU engines; the context modes and BM25; large datasets; make run vs lm-eval
 	$(PY) bench/bench_inference.py $(ARGS)
 	$(PY) bench/bench_context.py
+	$(PY) bench/bench_scale.py
 	LM_EVAL_PYTHON=$(LM_EVAL_VENV)/bin/python $(PY) bench/bench_whole_run.py
 
 docs-screenshots: install-dev ## Refresh docs/images/ from the browser tests of the web UI

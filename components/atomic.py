@@ -39,8 +39,10 @@ def file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], binary: bool = False) -> Iterator[Any]:
-    """A file that appears under ``path`` complete or not at all (temp file + rename)."""
+    """A file that appears under ``path`` complete or not at all (temp file + rename); the
+    folders made for it go too when it fails."""
     path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
@@ -52,6 +54,9 @@ def atomic_writer(path: str | os.PathLike[str], binary: bool = False) -> Iterato
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        for folder in made:  # innermost first; one something else wrote into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 
@@ -82,6 +87,19 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_json_array_atomic(path: str | os.PathLike[str], items: Iterable[Any]) -> Path:
+    """``write_json_atomic`` of a list, byte for byte, written as ``items`` come: a million
+    predictions never stand in memory as one string."""
+    with atomic_writer(path) as fh:
+        first = True
+        for item in items:
+            text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+            fh.write(("[\n  " if first else ",\n  ") + text)
+            first = False
+        fh.write("[]\n" if first else "\n]\n")
+    return Path(path)
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:

@@ -12,7 +12,7 @@ and shows them in corpus order (long oracle) or in priority order.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,13 +138,19 @@ def context_summary(records: Sequence[Mapping[str, Any]], mode: Mapping[str, Any
 
 
 def load_with_passages(
-    dataset: DatasetConfig, mode: ModeConfig
+    dataset: DatasetConfig,
+    mode: ModeConfig,
+    each: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[LoadedDataset, Corpus | None]:
     """The dataset's examples and its corpus, every gold id checked against the corpus and,
     in an oracle mode, every question checked to have passages: one error, before any
-    model loads. A MIRAGE folder brings its own corpus (its doc pool)."""
+    model loads. A MIRAGE folder brings its own corpus (its doc pool). ``each``: where each
+    example goes as examples.jsonl holds it, as it is read (none are then kept)."""
     if is_mirage(dataset.path):
-        return load_mirage(dataset.path, dataset.limit)
+        loaded, corpus = load_mirage(dataset.path, dataset.limit)
+        for example in loaded.examples if each else ():
+            each(with_passages(example, corpus, mode))
+        return loaded, corpus
     corpus = load_corpus(dataset.corpus) if dataset.corpus else None
     loaded = load_qa_dataset(
         dataset.path,
@@ -152,6 +158,7 @@ def load_with_passages(
         dataset.on_error,
         passage_ids=corpus,
         needs_passages=mode.name if mode.needs_gold else None,
+        keep=(lambda example: each(with_passages(example, corpus, mode))) if each else None,
     )
     return loaded, corpus
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,11 @@ class LoadedDataset:
     examples: list[QAExample]
     lines_in_file: int
     skipped: list[Problem] = field(default_factory=list)
+    handed_on: int = 0  # examples given to ``keep`` instead of kept in ``examples``
+
+    @property
+    def count(self) -> int:
+        return len(self.examples) + self.handed_on
 
 
 def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | None, list[Problem]]:
@@ -214,6 +219,7 @@ def load_qa_dataset(
     on_error: str = "strict",
     passage_ids: Container[str] | None = None,
     needs_passages: str | None = None,
+    keep: Callable[[QAExample], None] | None = None,
 ) -> LoadedDataset:
     """Validates every line of ``path`` and returns the first ``limit`` examples.
 
@@ -222,6 +228,8 @@ def load_qa_dataset(
     on past bad lines and lists every one of them in ``skipped`` (nothing is dropped
     silently); the default stops. ``passage_ids`` (the corpus's) and ``needs_passages``
     (the mode that shows each question its gold passages) check ``gold`` on every line.
+    ``keep``: where each example goes as it is read (a file being written), so a large file
+    is never held; the caller discards what it wrote when this raises.
     """
     path = Path(path)
     shown = str(path)
@@ -231,6 +239,7 @@ def load_qa_dataset(
     problems: list[Problem] = []
     total_problems = 0
     examples: list[QAExample] = []
+    handed_on = 0
     skipped: list[Problem] = []
     first_line: dict[str, int] = {}
     lines = 0
@@ -267,8 +276,12 @@ def load_qa_dataset(
                         first_line[example.question_id] = line_no
                         where = (shown, line_no)
                         found = _check_passages(example, where, passage_ids, needs_passages)
-                        if not found and (limit is None or len(examples) < limit):
-                            examples.append(example)  # past the limit: checked, not kept
+                        if not found and (limit is None or len(examples) + handed_on < limit):
+                            if keep is None:
+                                examples.append(example)
+                            else:
+                                keep(example)
+                                handed_on += 1
         total_problems += len(found)
         if on_error == "skip":
             skipped.extend(found)
@@ -276,6 +289,6 @@ def load_qa_dataset(
             problems.extend(found)
     if total_problems and on_error == "strict":
         raise DatasetError(shown, problems, total_problems)
-    if not examples:
+    if not examples and not handed_on:
         raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
-    return LoadedDataset(str(path), digest.hexdigest(), examples, lines, skipped)
+    return LoadedDataset(str(path), digest.hexdigest(), examples, lines, skipped, handed_on)

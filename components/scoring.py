@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import statistics
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,25 +93,21 @@ def summarize(recalls: Sequence[float | None], matches: Sequence[bool | None]) -
 
 def score_records(
     examples: Iterable[Mapping[str, Any]], generations: Mapping[str, Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """predictions.json's records: each example with its answer, recall and exact match
-    (both None where no answer has a word to score)."""
-    records = []
+) -> Iterator[dict[str, Any]]:
+    """predictions.json's records, one at a time: each example with its answer, recall and
+    exact match (both None where no answer has a word to score)."""
     for example in examples:
         gen = generations[example["question_id"]]
         recall = token_recall(gen["prediction"], example["answers"])
         matched = None if recall is None else exact_match(gen["prediction"], example["answers"])
-        records.append(
-            {
-                "question_id": example["question_id"],
-                "question": example["question"],
-                "answers": example["answers"],
-                "prediction": gen["prediction"],
-                "token_recall": recall,
-                "exact_match": matched,
-                "prompt_tokens": gen["prompt_tokens"],
-                "output_tokens": gen["output_tokens"],
-                **{k: gen[k] for k in SHOWN if k in gen},
-            }
-        )
-    return records
+        yield {
+            "question_id": example["question_id"],
+            "question": example["question"],
+            "answers": example["answers"],
+            "prediction": gen["prediction"],
+            "token_recall": recall,
+            "exact_match": matched,
+            "prompt_tokens": gen["prompt_tokens"],
+            "output_tokens": gen["output_tokens"],
+            **{k: gen[k] for k in SHOWN if k in gen},
+        }

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import file_info, write_json_atomic
-from components.contexts import context_summary
 from components.dataset import load_qa_dataset
+from components.predictions import write_predictions
 from components.provenance import utc_now
-from components.scoring import SHOWN, score_records, summarize
+from components.scoring import SHOWN
 from components.storage import safe_name
 from pipelines.config import ConfigError
 from pipelines.runs import TaskFetcher, resolve_run
@@ -48,21 +48,19 @@ def rescore(ref: str, cfg: dict[str, Any], fetch_task: TaskFetcher | None = None
         }
         for p in old
     }
-    records = score_records(examples, generations)
-    summary = summarize([r["token_recall"] for r in records], [r["exact_match"] for r in records])
     experiment = safe_name(f"{results['experiment']}_rescored")
     out = Path(cfg["experiment"]["output_dir"]) / experiment
-    predictions = write_json_atomic(out / "predictions.json", records)
-    metrics = summary.to_dict()
     mode = (results.get("config") or {}).get("experiment_mode") or {"name": "no_context"}
+    scored = write_predictions(examples, generations, out / "predictions.json", mode)
+    predictions, metrics = Path(scored["predictions_path"]), scored["metrics"]
     rescored = {
         **results,
         "experiment": experiment,
         "counts": {**results["counts"], **metrics["counts"]},
         "token_recall": metrics["token_recall"],
         "exact_match": metrics["exact_match"],
-        "unscorable_ids": [r["question_id"] for r in records if r["token_recall"] is None],
-        "context": context_summary(records, mode),
+        "unscorable_ids": scored["unscorable_ids"],
+        "context": scored["context"],
         "artifacts": {"predictions.json": file_info(predictions)},
         "rescored": {
             "from": f"{results['experiment']}.{results['run_id']}",

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from components.atomic import (
+    atomic_writer,
     file_info,
     read_jsonl,
     sha256_file,
@@ -26,10 +27,8 @@ from components.atomic import (
 )
 from components.checkpoint import short_digest
 from components.contexts import (
-    context_summary,
     load_passages,
     load_with_passages,
-    with_passages,
 )
 from components.dataset import DatasetConfig
 from components.inference.config import InferenceConfig
@@ -39,12 +38,12 @@ from components.leaderboard import leaderboard_row, write_leaderboard
 from components.memory import merge_reports
 from components.model_files import ModelConfig, default_cache_dir
 from components.modes import ModeConfig
+from components.predictions import in_order, write_predictions
 from components.provenance import code_identity, environment, utc_now
 from components.results import build_results
 from components.retrieval import create_retriever, index_key
 from components.retrieval.bm25 import MARKER as INDEX_MARKER
 from components.retrieval.run import retrieve_all
-from components.scoring import score_records, summarize
 from components.secrets import redact
 from components.stats import bootstrap_options
 from components.storage import ARTIFACT_NAMES, StorageError, run_folder_files
@@ -82,17 +81,20 @@ def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext)
             print(f"examples of {reference} (sha256 {meta['dataset_sha256'][:12]}) from the cache")
             paths = {"examples_path": str(examples_path), "dataset_path": reference}
             return {**meta, **paths, "input": inputs, "cached": True}
-    loaded, corpus = load_with_passages(dataset, mode)
+    with atomic_writer(examples_path) as fh:  # nothing is left of it when a line is bad
+        write = fh.write
+        loaded, corpus = load_with_passages(
+            dataset, mode, lambda r: write(json.dumps(r, ensure_ascii=False) + "\n")
+        )
     for problem in loaded.skipped[:MAX_SKIPPED_SHOWN]:
         print(f"skipped {problem}")
     if len(loaded.skipped) > MAX_SKIPPED_SHOWN:
         more = len(loaded.skipped) - MAX_SKIPPED_SHOWN
         print(f"skipped {more} more lines (all listed in results.json)")
-    write_jsonl_atomic(examples_path, (with_passages(e, corpus, mode) for e in loaded.examples))
     meta = {
         "dataset_sha256": loaded.sha256,
         "corpus": corpus.meta() if corpus else None,
-        "count": len(loaded.examples),
+        "count": loaded.count,
         "lines_in_file": loaded.lines_in_file,
         "skipped_lines": [
             {"line": p.line, "field": p.field, "reason": p.message} for p in loaded.skipped
@@ -188,17 +190,11 @@ def score_step(
     examples_path: str, generations_path: str, mode: dict[str, Any], run: RunContext
 ) -> dict[str, Any]:
     """Scores every prediction and writes predictions.json (one record per example, with
-    the passages it was shown)."""
-    generations = {g["question_id"]: g for g in read_jsonl(generations_path)}
-    records = score_records(read_jsonl(examples_path), generations)
-    predictions_path = write_json_atomic(run.dir / "predictions.json", records)
-    summary = summarize([r["token_recall"] for r in records], [r["exact_match"] for r in records])
-    return {
-        "predictions_path": str(predictions_path),
-        "metrics": summary.to_dict(),
-        "unscorable_ids": [r["question_id"] for r in records if r["token_recall"] is None],
-        "context": context_summary(records, mode),
-    }
+    the passages it was shown), streaming both files."""
+    generations = in_order(read_jsonl(generations_path), generations_path)
+    return write_predictions(
+        read_jsonl(examples_path), generations, run.dir / "predictions.json", mode
+    )
 
 
 def publish_step(

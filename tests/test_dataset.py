@@ -44,7 +44,7 @@ def test_limit_takes_the_first_n_but_validates_everything(tmp_path):
         load_qa_dataset(write(tmp_path, good + line(question_id="x", answer=["a"])), limit=2)
 
 
-def test_a_limit_keeps_only_its_examples_while_every_line_is_checked(tmp_path):
+def test_a_large_file_is_checked_line_by_line_without_holding_it(tmp_path):
     """`dataset.limit=10` on a large file holds 10 examples, not the file's (550 MB of RSS
     for a million lines when the limit was applied after reading): measured against a load
     without a limit, the same file."""
@@ -69,6 +69,17 @@ def test_a_limit_keeps_only_its_examples_while_every_line_is_checked(tmp_path):
             tracemalloc.stop()
 
     assert peak(10) < peak(None) / 4
+
+    # The load step hands each example on as it is read (to examples.jsonl) and keeps none.
+    with (tmp_path / "examples.jsonl").open("w") as out:
+        tracemalloc.start()
+        try:
+            handed = load_qa_dataset(path, keep=lambda e: out.write(e.question_id + "\n"))
+            streamed = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert handed.count == 20_000 and not handed.examples
+    assert streamed < peak(None) / 4
 
 
 def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):

@@ -68,3 +68,61 @@ def test_summary_of_nothing_scorable_has_no_mean():
 def test_an_empty_prediction_never_matches_a_punctuation_only_answer():
     assert not exact_match("!!", ["?", "Paris"])
     assert exact_match("paris.", ["?", "Paris"])
+
+
+def traced_peak(work) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_predictions_json_is_scored_and_written_as_it_streams(tmp_path):
+    """A million questions score in flat memory: the peak stays far below the file written
+    (a list of records and one JSON string were each larger than the file)."""
+    import json
+
+    from components.predictions import in_order, write_predictions
+
+    long = "an answer long enough to weigh something, as a rambling model's does " * 3
+    examples = [
+        {"question_id": f"q{i}", "question": f"Q{i}?", "answers": ["paris"]} for i in range(20_000)
+    ]
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text(
+        "".join(
+            json.dumps({"question_id": f"q{i}", "prediction": f"{long} paris", "prompt_tokens": 9,
+                        "output_tokens": 30}) + "\n"
+            for i in range(20_000)
+        )
+    )  # fmt: skip
+    path = tmp_path / "predictions.json"
+    mode = {"name": "no_context"}
+
+    def score() -> None:
+        lines = (json.loads(line) for line in generations.open())
+        out = write_predictions(iter(examples), in_order(lines, str(generations)), path, mode)
+        assert out["metrics"]["counts"]["scored"] == 20_000
+
+    assert traced_peak(score) < path.stat().st_size / 4
+    records = json.loads(path.read_text())
+    assert len(records) == 20_000 and records[-1]["token_recall"] == 1.0
+
+
+def test_generations_out_of_the_examples_order_are_named(tmp_path):
+    from components.predictions import in_order, write_predictions
+
+    examples = [{"question_id": q, "question": "Q?", "answers": ["a"]} for q in ("q1", "q2")]
+    generations = [{"question_id": "q2", "prediction": "a", "prompt_tokens": 1, "output_tokens": 1}]
+    with pytest.raises(ValueError, match=r"gen.jsonl: expected the answer to 'q1', found 'q2'"):
+        write_predictions(
+            examples,
+            in_order(generations, "gen.jsonl"),
+            tmp_path / "p.json",
+            {"name": "no_context"},
+        )
+    assert not (tmp_path / "p.json").exists()

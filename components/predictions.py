@@ -1,0 +1,73 @@
+"""predictions.json, scored and written as the examples are read: memory holds each
+question's scores, not its record, so a million questions score in flat memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from components.atomic import write_json_array_atomic
+from components.contexts import context_summary
+from components.scoring import SHOWN, score_records, summarize
+
+
+def in_order(generations: Iterable[Mapping[str, Any]], where: str) -> Mapping[str, Any]:
+    """The generations file as score_records looks it up: read alongside the examples (a
+    run writes them in the examples' order), never loaded whole."""
+    return _InOrder(iter(generations), where)
+
+
+class _InOrder(Mapping[str, Any]):
+    def __init__(self, generations: Iterator[Mapping[str, Any]], where: str) -> None:
+        self._next, self._where = generations, where
+
+    def __getitem__(self, question_id: str) -> Mapping[str, Any]:
+        found = next(self._next, None)
+        if found is None or found["question_id"] != question_id:
+            got = "its end" if found is None else repr(found["question_id"])
+            raise ValueError(
+                f"{self._where}: expected the answer to {question_id!r}, found {got}: the "
+                "generations are not in the examples' order; run the inference step again"
+            )
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        raise TypeError("read in order only")
+
+    def __len__(self) -> int:
+        raise TypeError("read in order only")
+
+
+def write_predictions(
+    examples: Iterable[Mapping[str, Any]],
+    generations: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    mode: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Writes predictions.json; returns its path, the metrics, the unscorable ids and what
+    the questions were shown (results.json's ``context``)."""
+    recalls: list[float | None] = []
+    matches: list[bool | None] = []
+    unscorable: list[str] = []
+    shown: list[dict[str, Any]] = []
+    keep_shown = mode["name"] != "no_context"
+
+    def scored() -> Iterator[dict[str, Any]]:
+        for record in score_records(examples, generations):
+            recalls.append(record["token_recall"])
+            matches.append(record["exact_match"])
+            if record["token_recall"] is None:
+                unscorable.append(record["question_id"])
+            if keep_shown:
+                slim = {k: record.get(k) for k in SHOWN}
+                shown.append({**slim, "passages": bool(record.get("passages"))})
+            yield record
+
+    written = write_json_array_atomic(path, scored())
+    return {
+        "predictions_path": str(written),
+        "metrics": summarize(recalls, matches).to_dict(),
+        "unscorable_ids": unscorable,
+        "context": context_summary(shown, mode),
+    }
