@@ -207,6 +207,10 @@ DOCKER_BUILD_ARGS ?=
 # container, e.g. "--network host" where the server or MinIO is on this machine's 127.0.0.1.
 GPUS ?= all
 AGENT_DOCKER_ARGS ?=
+# The docker arguments an agent takes from a task (clearml-agent's docker_args_filters: each
+# regex matches an argument's start); anything else a task asks for is dropped. The same as
+# clearml.allowed.docker_args (conf/clearml/default.yaml) and docker/clearml.conf.example.
+DOCKER_ARGS_FILTERS ?= ^--ipc=host ^--shm-size=
 FOREGROUND ?=
 # STOP=1: stop the agent that the same make agent command started.
 STOP ?=
@@ -230,6 +234,7 @@ AGENT_RUN = $(if $(filter 1 true yes,$(STOP)),--stop,$(if $(filter 1 true yes,$(
 # `pip install -U pip` installs nothing), and clearml-agent from the image, never the index.
 # docker/clearml.conf.example sets the same in clearml.conf (docs/deploy.md).
 AGENT_BOOTSTRAP = CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false \
+  CLEARML_AGENT_DOCKER_ARGS_FILTERS="$(DOCKER_ARGS_FILTERS)" \
   CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_VERSION="\"<0 ; python_version < '3'\"" \
   CLEARML_AGENT_DOCKER_AGENT_REPO="--no-index clearml-agent"
 

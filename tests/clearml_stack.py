@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.clearml.containers import ALLOW_ENV
 from tests import docker_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +111,13 @@ class Api:
         )
 
 
+# The test-only fault hooks (components/fault_injection.py), passed as a step's docker
+# argument `--env=SLM_QA_EVAL_TEST_...=N`: allowed by this test deployment only, on both sides
+# (the controller's check and clearml-agent's docker_args_filters).
+TEST_HOOK_ARGS = "--env=SLM_QA_EVAL_TEST_[A-Z_]+=[0-9]+"
+TEST_HOOK_FILTER = "^--env=SLM_QA_EVAL_TEST_"
+
+
 @dataclass
 class Stack:
     home: Path  # CLEARML_LOCAL_DIR: the server's install, logs and PIDs
@@ -129,6 +137,7 @@ class Stack:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "AWS_"))}
         return {
             **base,
+            ALLOW_ENV: TEST_HOOK_ARGS,
             "CLEARML_CONFIG_FILE": str(self.config_file),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -250,7 +259,9 @@ class Stack:
                 "GPUS=none",  # no GPU here: the gpu queue is served on the CPU
                 # Data folders are the user's to mount (the tests' own at the same path).
                 f"AGENT_DOCKER_ARGS={docker_stack.HOST_NETWORK} -e HF_HUB_OFFLINE=1 "
-                f"-v {self.data}:{self.data}",
+                f"-v {self.data}:{self.data} -e {ALLOW_ENV}={TEST_HOOK_ARGS}",
+                # This deployment lets tasks switch the test-only fault hooks on.
+                f"DOCKER_ARGS_FILTERS=^--ipc=host ^--shm-size= {TEST_HOOK_FILTER}",
                 f"HF_CACHE={self.work / 'hf-cache'}",
                 f"MODEL_CACHE={MODEL_CACHE}",
                 "FOREGROUND=1",

@@ -250,6 +250,39 @@ def test_the_project_s_own_resolvers_still_run_on_an_edit():
     assert settle(attached, {})["experiment"]["name"] == "smollm2_135m_oracle_context"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "refused"),
+    [
+        ("docker_args.gpu", "--ipc=host --privileged -v /:/host", "'--privileged'"),
+        ("docker_args.cpu", "-v /:/host", "'-v=/:/host'"),
+        ("docker_args.gpu", "--ipc=host -e SLM_QA_EVAL_TEST_HOLD_S=600", "'-e=SLM_QA_EVAL"),
+        ("images.gpu", "attacker/root-shell:latest", "'attacker/root-shell:latest'"),
+    ],
+)
+def test_an_edited_clone_runs_only_the_deployment_s_images_and_docker_args(key, value, refused):
+    """A clone whose config object asks for another container is refused before any step is
+    made, even when the edit widens its own copy of the allowlist."""
+    attached = portable_config(compose())
+    kind, _, which = key.partition(".")
+    attached["clearml"][kind][which] = value
+    attached["clearml"]["allowed"] = {"images": [""], "docker_args": [".*"]}
+    with pytest.raises(ConfigError) as caught:
+        settle(attached, {})
+    assert str(caught.value).startswith(f"clearml.{key}: {refused}"), caught.value
+
+
+def test_the_agent_s_deployer_may_allow_more_docker_args(monkeypatch):
+    from pipelines.clearml.containers import ALLOW_ENV
+
+    attached = portable_config(compose())
+    attached["clearml"]["docker_args"]["gpu"] = "--ipc=host --env=SLM_QA_EVAL_TEST_OOM_ABOVE=2"
+    monkeypatch.setenv(ALLOW_ENV, "--env=SLM_QA_EVAL_TEST_[A-Z_]+=[0-9]+")
+    assert settle(attached, {})["clearml"]["docker_args"]["gpu"].endswith("ABOVE=2")
+    monkeypatch.delenv(ALLOW_ENV)
+    with pytest.raises(ConfigError, match="'--env=SLM_QA_EVAL_TEST_OOM_ABOVE=2' is not"):
+        settle(attached, {})
+
+
 def test_step_arguments_never_hold_an_unresolved_reference():
     from pipelines.clearml.controller import step_kwargs
     from pipelines.config import validate

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import docker_stack
 from tests.clearml_stack import BUCKET, wait_until
@@ -597,11 +598,37 @@ def test_a_clone_with_an_invalid_arg_fails_its_controller_naming_the_key(
     assert not api.children(task_id)  # no step ran
 
 
+def test_a_clone_asking_for_a_privileged_container_fails_before_any_step(
+    clearml_stack, first_pipeline
+):
+    """The config object edited as the web UI does: `--privileged -v /:/host` for the gpu
+    steps, with the clone's own allowlist widened to match. The controller holds it to the
+    deployment's and fails, naming the key and the argument; no step is created."""
+    api = clearml_stack.api()
+    task_id = clone(clearml_stack, first_pipeline["id"], "smollm2_135m_sample privileged")
+    config = yaml.safe_load(api.task(task_id)["configuration"]["experiment_config"]["value"])
+    config["clearml"]["docker_args"]["gpu"] = "--ipc=host --privileged -v /:/host"
+    config["clearml"]["allowed"]["docker_args"].append(".*")
+    api(
+        "tasks.edit_configuration",
+        task=task_id,
+        configuration=[
+            {"name": "experiment_config", "value": yaml.safe_dump(config), "type": "yaml"}
+        ],
+    )
+    api("tasks.enqueue", task=task_id, queue_name="services")
+    task = finished(clearml_stack, task_id, status="failed")
+    assert failure(task).startswith(
+        "config: clearml.docker_args.gpu: '--privileged' is not a docker argument steps may ask"
+    )
+    assert not api.children(task_id)
+
+
 def test_out_of_memory_is_retried_with_half_the_batch(clearml_stack):
     """The backend raises torch's own out-of-memory error above 2 prompts (the test-only
     hook, through the step's docker arguments): the step fails, transient, and its retry
     generates at half the batch, which the results say."""
-    oom = "clearml.docker_args.gpu=\"'--ipc=host -e SLM_QA_EVAL_TEST_OOM_ABOVE=2'\""
+    oom = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_OOM_ABOVE=2'\""
     task_id = enqueue(clearml_stack, "dataset.limit=4", "inference.max_new_tokens=4", oom)
     finished(clearml_stack, task_id)
     results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
@@ -684,7 +711,7 @@ SLOW = ("dataset.limit=12", "inference.batch_size=2", "inference.max_new_tokens=
 # The inference step's first attempt pauses after its first checkpointed batch (the test-only
 # hook of components/fault_injection.py, passed through the step's own docker arguments), so
 # a kill always lands mid-run; the retry resumes and does not pause.
-HOLD = "clearml.docker_args.gpu=\"'--ipc=host -e SLM_QA_EVAL_TEST_HOLD_S=600'\""
+HOLD = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_HOLD_S=600'\""
 
 
 @pytest.fixture(scope="module")
@@ -747,7 +774,7 @@ def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, unint
 
 def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack, tmp_path):
     # Each inference pauses 20 s after its first batch: the two overlap whatever the machine.
-    hold = "clearml.docker_args.gpu=\"'--ipc=host -e SLM_QA_EVAL_TEST_HOLD_S=20'\""
+    hold = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_HOLD_S=20'\""
     ids = [
         enqueue(clearml_stack, "dataset.limit=4", "inference.batch_size=2", hold) for _ in range(2)
     ]

@@ -4,6 +4,7 @@ the Makefile and pyproject.toml."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -212,3 +213,59 @@ def test_docker_build_tags_the_images_the_compose_file_and_agents_run():
     out = make_dry_run("docker-build")
     for image in ("AGENT_IMAGE", "CPU_IMAGE", "GPU_IMAGE"):
         assert f"-t {deploy[image]}:{deploy['IMAGE_TAG']} " in out, image
+
+
+def test_agents_take_from_a_task_only_the_docker_args_the_pipeline_allows():
+    """clearml-agent's docker_args_filters (make agent, the compose stack, the conf example)
+    and clearml.allowed.docker_args, which the controller checks, agree: a task cannot add
+    --privileged or a mount on the agent's side either."""
+    from pipelines.clearml.containers import deployment_allowlist
+
+    make_filters = re.search(
+        r'CLEARML_AGENT_DOCKER_ARGS_FILTERS="([^"]*)"', make_dry_run("agent", "QUEUE=gpu")
+    )[1].split()
+    compose_text = COMPOSE_FILE.read_text()
+    compose_filters = re.search(r'CLEARML_AGENT_DOCKER_ARGS_FILTERS: "([^"]*)"', compose_text)
+    conf_example = (ROOT / "docker" / "clearml.conf.example").read_text()
+    example_filters = re.search(r"docker_args_filters: (\[.*\])", conf_example)
+    agents = {
+        "make agent": make_filters,
+        "compose": compose_filters[1].replace("$$", "$").split(),
+        "clearml.conf.example": json.loads(example_filters[1]),
+    }
+    allowed = deployment_allowlist()["docker_args"]
+    samples = "--ipc=host --shm-size=8g --privileged --ipc=container:x -v --network=host "
+    samples += "--env=SLM_QA_EVAL_TEST_HOLD_S=1 --cap-add=SYS_ADMIN"
+    for where, filters in agents.items():
+        for sample in samples.split():
+            agent_takes = any(re.match(f, sample) for f in filters)
+            assert agent_takes == any(re.fullmatch(p, sample) for p in allowed), (where, sample)
+
+
+def test_the_compose_stack_gives_agents_a_bucket_only_user_and_listens_on_127_0_0_1(tmp_path):
+    """Least privilege: step containers (whatever a task runs) hold the agents' MinIO user,
+    whose policy names the artifact bucket only, never MinIO's root keys; published ports
+    bind 127.0.0.1 unless the deployer sets BIND_ADDRESS."""
+    example = (ROOT / "docker" / ".env.example").read_text()
+    env = dict(
+        line.split("=", 1) for line in example.splitlines() if "=" in line and line[0] != "#"
+    )
+    proc = docker_compose_config(tmp_path, example)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    for name in ("agent-services", "agent-cpu", "agent-gpu"):
+        agent = services[name]["environment"]
+        assert agent["AWS_ACCESS_KEY_ID"] == env["MINIO_AGENT_USER"] != env["MINIO_ROOT_USER"]
+        assert agent["AWS_SECRET_ACCESS_KEY"] == env["MINIO_AGENT_PASSWORD"]
+        assert "MINIO_ROOT" not in json.dumps(services[name])
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert len(published) == 5
+    for port in published:
+        host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
+        assert host_ip == "127.0.0.1", port
+    script = (ROOT / "docker" / "minio-setup.sh").read_text()
+    policy = json.loads(script.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0])
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::$BUCKET", "arn:aws:s3:::$BUCKET/*"}
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+    assert 'policy attach local artifacts-only --user "$MINIO_AGENT_USER"' in script

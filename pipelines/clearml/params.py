@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from components.inputs import is_remote
 from components.secrets import redact
+from pipelines.clearml.containers import check_containers, deployment_allowlist
 from pipelines.config import (
     DEFAULT_EXPERIMENT_NAME,
     GROUPS,
@@ -162,4 +163,6 @@ def settle(
             OmegaConf.update(node, k.key, text)
         elif k.nullable:
             OmegaConf.update(node, k.key, None)
-    return validate(to_container(node), require_dataset=False)
+    settled = validate(to_container(node), require_dataset=False)
+    check_containers(settled["clearml"], deployment_allowlist())
+    return settled

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from components.provenance import code_identity
 from components.storage import StorageError
 from pipelines.clearml import CONFIG_NAME
+from pipelines.clearml.containers import check_containers, deployment_allowlist
 from pipelines.clearml.inputs import hand_over
 from pipelines.clearml.params import args_text, pipeline_args, portable_config
 from pipelines.clearml.sdk import ServerNotConfigured, prepare_sdk, require_queues
@@ -53,7 +54,10 @@ def run_checks(cfg: dict[str, Any]) -> list[Callable[[], None]]:
         if len(str(cfg["experiment"]["name"]).strip()) < 3:
             raise ConfigError("experiment.name: ClearML needs at least 3 characters")
 
-    return [storage, name, lambda: check_local_questions(cfg["dataset"])]
+    def containers() -> None:
+        check_containers(cfg["clearml"], deployment_allowlist())
+
+    return [storage, name, containers, lambda: check_local_questions(cfg["dataset"])]
 
 
 class NotReady(ValueError):

@@ -6,6 +6,7 @@ classes here are the pipeline's own (where results go, ClearML, sweeps)."""
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -44,6 +45,23 @@ class PerKind:
     gpu: str = ""
 
 
+@dataclass
+class Allowed:
+    """What a task may ask its agent to start: image name prefixes, and docker arguments as
+    regexes (each `--flag=value` item matched whole). An edited clone is held to the
+    deployment's own copy (pipelines/clearml/containers.py), never to its own."""
+
+    images: list[str] = field(default_factory=list)
+    docker_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.docker_args):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                require(False, f"clearml.allowed.docker_args[{i}]", f"not a regex ({exc})")
+
+
 CLEARML_MODES = ("off", "offline", "server")
 
 
@@ -58,6 +76,7 @@ class ClearMLConfig:
     queues: Queues = field(default_factory=Queues)
     images: PerKind = field(default_factory=PerKind)  # per queue kind (conf: docker/versions.env)
     docker_args: PerKind = field(default_factory=PerKind)  # never --gpus (docs/deploy.md)
+    allowed: Allowed = field(default_factory=Allowed)  # what images and docker_args may be
     retry_on_failure: int = 2  # transient failures only; permanent ones fail at once
     ping_timeout_s: float = 5.0  # `make enqueue` gives up on an unreachable server after this
     poll_s: float = 2.0  # how often a controller looks at its steps
