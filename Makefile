@@ -120,8 +120,8 @@ docs-screenshots: install-dev ## Refresh docs/images/ from the browser tests of 
 bench-clearml: install-dev ## Time a 4-question pipeline on the local ClearML server, per step
 	$(PY) bench/bench_clearml.py
 
-clean: ## Remove outputs and caches (keeps .venv)
-	rm -rf outputs .pytest_cache .ruff_cache
+clean: ## Remove caches (keeps .venv, and outputs/: runs may exist nowhere else; see clean-outputs)
+	rm -rf .pytest_cache .ruff_cache
 
 DAYS ?=
 SRC ?=

@@ -15,12 +15,17 @@ _SECRET_KEY = re.compile(
 REDACTED = "***redacted***"
 
 
+def is_secret_key(name: str) -> bool:
+    """Whether a setting's name (its last segment) says it holds a secret."""
+    return bool(_SECRET_KEY.search(name))
+
+
 def redact(value: Any) -> Any:
     """A copy with the value of every secret-looking key replaced: configs are saved with
     results and attached to clone-able ClearML tasks, so secrets must never reach them."""
     if isinstance(value, dict):
         return {
-            k: REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)
+            k: REDACTED if is_secret_key(str(k)) and v not in (None, "") else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list):

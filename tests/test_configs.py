@@ -115,3 +115,39 @@ def test_a_config_attached_to_an_older_pipeline_still_validates():
         del cfg["inference"][key]
     del cfg["sweep"]
     validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["storage.secret_key=MYSECRET123", "+storage.secret_key=MYSECRET123", "api_token=MYSECRET123"],
+)
+def test_a_secret_on_the_command_line_is_refused_and_never_echoed(override, tmp_path):
+    """Hydra refused it with "To append to your config use +storage.secret_key=<the value>"."""
+    from tests.conftest import run_cli
+
+    proc = run_cli(override, f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "MYSECRET123" not in proc.stdout + proc.stderr
+    key = override.lstrip("+").split("=")[0]
+    assert proc.stderr.startswith(f"error: {key}: secrets are not settings"), proc.stderr
+    assert "the value is not shown" in proc.stderr
+
+
+def test_an_unknown_group_choice_lists_the_choices_only(tmp_path):
+    from tests.conftest import run_cli
+
+    proc = run_cli("model=llama3", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: model: unknown choice 'llama3'; one of gemma3_270m, qwen3_0.6b, smollm2_1.7b, "
+        "smollm2_135m, smollm2_360m"
+    )
+
+
+def test_make_clean_keeps_the_runs():
+    """outputs/ may hold runs that were never uploaded: `make clean` leaves it alone
+    (`make clean-outputs` removes only runs verified in S3)."""
+    from tests.conftest import make_dry_run
+
+    removed = make_dry_run("clean")
+    assert removed.startswith("rm -rf ") and "outputs" not in removed, removed

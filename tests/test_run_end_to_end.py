@@ -150,8 +150,9 @@ def test_experiment_name_cannot_escape_the_output_folder(tmp_path):
 def test_unknown_model_lists_the_choices(tmp_path):
     proc = run_cli("model=gpt5", f"experiment.output_dir={tmp_path}")
     assert proc.returncode == 2  # Hydra's refusal is a user's mistake like any other
-    assert "Could not find 'model/gpt5'" in proc.stderr
+    assert proc.stderr.startswith("error: model: unknown choice 'gpt5'; one of ")
     assert "smollm2_135m" in proc.stderr and "qwen3_0.6b" in proc.stderr
+    assert "schema" not in proc.stderr
 
 
 def test_the_default_cpu_run_never_imports_torch(tmp_path, smollm2_path):

@@ -23,6 +23,7 @@ from components.atomic import DISK_FULL_HINT, disk_full
 from components.inference.engine import GenerationOutOfMemory
 from components.inputs import InputError
 from components.model_files import ModelFilesError
+from components.secrets import is_secret_key
 from components.storage import StorageError
 from pipelines import config  # noqa: F401  (registers conf/'s schemas before @hydra.main)
 from pipelines.clearml import credentials, inputs
@@ -57,10 +58,35 @@ def user_errors() -> tuple[type[BaseException], ...]:
 _started = False  # finish() was reached: Hydra accepted the command line
 
 
+def refuse_before_hydra(argv: list[str]) -> str | None:
+    """What Hydra would answer badly: a secret-looking key (Hydra's "use +key=value" hint
+    prints the value) and an unknown group choice (its list shows the ``schema`` entries)."""
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        if not eq or arg.startswith("-"):
+            continue
+        if is_secret_key(key.rsplit(".", 1)[-1]):
+            return (
+                f"{key}: secrets are not settings, and a command line is kept in shell "
+                "history: export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the "
+                "storage host keys in clearml.conf (sdk.aws.s3.credentials); the value is not "
+                "shown"
+            )
+        if key in config.GROUPS and (config.CONF_DIR / key).is_dir():
+            choices = config.group_choices(key)
+            if value not in choices:
+                return f"{key}: unknown choice {value!r}; one of {', '.join(choices)}"
+    return None
+
+
 def launch(main: Callable[[], None]) -> None:
     """Runs a `@hydra.main` entry point. Hydra's own refusal of the command line (an unknown
     ``model=``, a malformed override) exits 1 before our code runs; it is a user's mistake
     like any other, so it exits 2."""
+    refused = refuse_before_hydra(sys.argv[1:])
+    if refused:
+        print(f"error: {refused}", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         main()
     except SystemExit as exc:
