@@ -151,3 +151,16 @@ def test_make_clean_keeps_the_runs():
 
     removed = make_dry_run("clean")
     assert removed.startswith("rm -rf ") and "outputs" not in removed, removed
+
+
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path):
+    """Hydra answered `inference.max_new_tokens=abc` with several lines ("Error merging
+    override ..."); the docs promise `error: KEY: ...`."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("inference.max_new_tokens=abc", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: inference.max_new_tokens: Value 'abc' of type 'str' could not be converted to "
+        "Integer"
+    ]

@@ -79,11 +79,17 @@ def refuse_before_hydra(argv: list[str]) -> str | None:
     return None
 
 
-def launch(main: Callable[[], None]) -> None:
+def launch(main: Callable[[], None], composes: bool = False) -> None:
     """Runs a `@hydra.main` entry point. Hydra's own refusal of the command line (an unknown
     ``model=``, a malformed override) exits 1 before our code runs; it is a user's mistake
-    like any other, so it exits 2."""
+    like any other, so it exits 2. ``composes``: the entry point reads conf/config.yaml, so a
+    value of the wrong type is named in one line here, not in Hydra's several."""
     refused = refuse_before_hydra(sys.argv[1:])
+    if refused is None and composes and not any(a.startswith(("-", "hydra")) for a in sys.argv[1:]):
+        try:
+            config.compose(sys.argv[1:])
+        except config.ConfigError as exc:
+            refused = str(exc)
     if refused:
         print(f"error: {refused}", file=sys.stderr, flush=True)
         sys.exit(2)
