@@ -164,3 +164,24 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_key(tmp_path):
         "error: inference.max_new_tokens: Value 'abc' of type 'str' could not be converted to "
         "Integer"
     ]
+
+
+def test_a_model_folder_that_does_not_exist_is_refused(tmp_path):
+    """`model.path=/nonexistent/my_model` ran the packaged SmolLM2 (its GGUF won) and
+    recorded the path beside it."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("model.path=/nonexistent/my_model", f"experiment.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: model.path: no such folder: '/nonexistent/my_model'")
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_named_in_model_path_replace_the_packaged_gguf(tmp_path):
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    for weights in (str(folder), "s3://bucket/models/x", "clearml://model/abc"):
+        cfg = validate(to_container(compose([f"model.path={weights}"])))
+        assert cfg["model"]["gguf"] is None, weights
+    hub = validate(to_container(compose()))  # the packaged model's original hub id: its GGUF
+    assert hub["model"]["gguf"] is not None

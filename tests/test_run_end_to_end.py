@@ -183,3 +183,21 @@ def test_the_default_cpu_run_never_imports_torch(tmp_path, smollm2_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(ctranslate2, cpu, int8)" in proc.stdout
     assert "torch imported: False" in proc.stdout
+
+
+def test_a_model_folder_given_is_the_model_run_and_recorded(tmp_path, smollm2_path):
+    """The default model config has a packaged GGUF; `model.path=FOLDER` runs FOLDER."""
+    import shutil
+
+    folder = tmp_path / "my_model"
+    shutil.copytree(smollm2_path, folder)
+    outputs = run_here(
+        f"model.path={folder}",
+        "dataset.limit=2",
+        "inference.max_new_tokens=4",
+        f"experiment.output_dir={tmp_path / 'out'}",
+    )
+    results = outputs["publish"]["results"]
+    assert results["model"]["loaded_from"] == str(folder)
+    assert results["model"]["source"] == "local" and results["model"]["gguf_sha256"] is None
+    assert results["config"]["model"]["gguf"] is None

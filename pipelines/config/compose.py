@@ -125,6 +125,7 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any
         raise ConfigError(f"dataset.path: no such file: {path!r}")
     if require_dataset and corpus and not (Path(corpus).is_file() or is_remote(corpus)):
         raise ConfigError(f"dataset.corpus: no such file: {corpus!r}")
+    _weights_named(normal["model"], require_dataset)
     if mode.retrieves and not corpus and not (require_dataset and is_mirage(path)):
         raise ConfigError(
             f"dataset.corpus: {mode.name} searches a corpus and dataset {dataset['name']} has "
@@ -132,6 +133,24 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any
             "a dataset with passages (dataset=sample_passages)"
         )
     return normal
+
+
+LOCAL_PATH = ("/", "./", "../", "~")
+
+
+def _weights_named(model: dict[str, Any], here: bool) -> None:
+    """A ``model.path`` that names weights (a folder, ``s3://``, ``clearml://``, ``hf://``)
+    replaces a packaged model's GGUF, which would otherwise run in its place unannounced;
+    ``here``: a local folder must exist (on an agent it arrives as a URI)."""
+    weights = str(model["path"])
+    local = weights.startswith(LOCAL_PATH) or Path(weights).is_dir()
+    if here and weights.startswith(LOCAL_PATH) and not Path(weights).expanduser().is_dir():
+        raise ConfigError(
+            f"model.path: no such folder: {weights!r}; give a model folder, s3://..., "
+            "clearml://model/<id>, a hub id (org/name), or a packaged model (model=smollm2_135m)"
+        )
+    if model.get("gguf") and (local or is_remote(weights)):
+        model["gguf"] = None
 
 
 def require_storage(storage: Mapping[str, Any], why: str) -> S3:
