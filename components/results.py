@@ -22,6 +22,11 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     content is checked apart, by its sha256), the context mode, generation and prompt
     settings; not where files go nor how fast it runs. A sweep reuses a finished run whose
     fingerprint matches."""
+    return short_digest(fingerprint_parts(config))
+
+
+def fingerprint_parts(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``config_fingerprint`` digests, by section."""
     dataset = {k: v for k, v in config["dataset"].items() if k not in ("path", "corpus", "fields")}
     if config["dataset"].get("fields", DEFAULT_FIELDS) != DEFAULT_FIELDS:  # else: as before
         dataset["fields"] = config["dataset"]["fields"]
@@ -33,7 +38,7 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     mode = config.get("experiment_mode") or {"name": "no_context"}
     if mode["name"] != "no_context":  # closed-book runs keep the fingerprint they had
         parts["experiment_mode"] = mode
-    return short_digest(parts)
+    return parts
 
 
 def build_results(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import uuid
@@ -11,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from components.atomic import sha256_file
 from components.backends.pool import keep_loaded
 from components.inference.engine import GenerationOutOfMemory
+from components.inputs import is_remote
 from components.provenance import utc_now
+from components.results import config_fingerprint, fingerprint_parts
 from components.storage import S3, safe_name
 from pipelines.config import validate
 from pipelines.dag import StepSpec, steps_for
@@ -26,6 +30,47 @@ log = logging.getLogger(__name__)
 def run_dir_of(cfg: dict[str, Any]) -> Path:
     """``<output_dir>/<experiment>``; the name never makes a path out of output_dir."""
     return Path(cfg["experiment"]["output_dir"]) / safe_name(str(cfg["experiment"]["name"]))
+
+
+def own_folder(cfg: dict[str, Any]) -> Path:
+    """The run's folder: ``<output_dir>/<experiment>``, unless that holds a finished run of
+    another configuration or dataset, which is never replaced: then the first
+    ``<experiment>-N`` that holds none (or this same configuration's), said on the console."""
+    base = run_dir_of(cfg)
+    folder, n = base, 1
+    while (why := _other_run(folder, cfg)) is not None:
+        n += 1
+        print(f"{folder} holds a finished run of another configuration ({why}); ", end="")
+        folder = base.with_name(f"{base.name}-{n}")
+        print(f"this run goes to {folder}", flush=True)
+    return folder
+
+
+def _other_run(folder: Path, cfg: dict[str, Any]) -> str | None:
+    """What differs between ``cfg`` and the finished run in ``folder``; None where there is
+    none (no finished run, an unreadable one, or the same configuration and dataset)."""
+    try:
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        recorded = results["config"]
+        if config_fingerprint(recorded) == config_fingerprint(cfg):
+            path = cfg["dataset"]["path"]
+            if is_remote(path) or not Path(path).is_file():
+                same = results["dataset"]["path"] == path
+            else:
+                same = results["dataset"]["sha256"] == sha256_file(path)
+            return None if same else "dataset.path: another file"
+        was, now = _flat(fingerprint_parts(recorded)), _flat(fingerprint_parts(cfg))
+        changed = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted({*was, *now})
+                   if was.get(k) != now.get(k)]  # fmt: skip
+        return ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
 
 
 class RunFolderInUse(RuntimeError):
@@ -93,9 +138,12 @@ def run_local(
     report: Reporter | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Executes every step; returns each step's outputs. Nothing is written to the run
-    folder before the config (and the dataset file's existence) has been checked."""
-    cfg = validate(cfg)
-    run_dir = run_dir_of(cfg)
+    folder before the config (and the dataset file's existence) has been checked. Where the
+    run goes to a folder of its own (``own_folder``), ``cfg``'s experiment name says so."""
+    given, cfg = cfg, validate(cfg)
+    run_dir = own_folder(cfg)
+    if run_dir != run_dir_of(cfg):
+        cfg["experiment"]["name"] = given["experiment"]["name"] = run_dir.name
     context = RunContext(
         experiment=run_dir.name,
         run_id=run_id or uuid.uuid4().hex[:12],

@@ -201,3 +201,32 @@ def test_a_model_folder_given_is_the_model_run_and_recorded(tmp_path, smollm2_pa
     assert results["model"]["loaded_from"] == str(folder)
     assert results["model"]["source"] == "local" and results["model"]["gguf_sha256"] is None
     assert results["config"]["model"]["gguf"] is None
+
+
+def test_a_finished_run_is_never_replaced_by_another_configuration(tmp_path, sample_path):
+    """`make run ARGS="dataset.limit=5"` replaced the 60-question run, and a file given as
+    dataset.path ran under the sample's name over the sample's run."""
+    import json
+
+    out = f"experiment.output_dir={tmp_path}"
+    base = tmp_path / "smollm2_135m_sample"
+    run_here("dataset.limit=3", "inference.max_new_tokens=4", out)
+    kept = (base / "results.json").read_bytes()
+
+    proc = run_cli("dataset.limit=2", "inference.max_new_tokens=4", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"{base} holds a finished run of another configuration (dataset.limit: 3 -> 2); "
+        f"this run goes to {base}-2"
+    ) in proc.stdout
+    assert (base / "results.json").read_bytes() == kept
+    moved = json.loads((tmp_path / "smollm2_135m_sample-2" / "results.json").read_text())
+    assert (moved["experiment"], moved["counts"]["examples"]) == ("smollm2_135m_sample-2", 2)
+
+    again = run_here("dataset.limit=3", "inference.max_new_tokens=4", out)  # the same: in place
+    assert again["publish"]["results"]["experiment"] == "smollm2_135m_sample"
+
+    other = tmp_path / "my_questions.jsonl"
+    other.write_text(sample_path.read_text().replace("?", " ?"))
+    third = run_here(f"dataset.path={other}", "dataset.limit=3", "inference.max_new_tokens=4", out)
+    assert third["publish"]["results"]["experiment"] == "smollm2_135m_sample-3"
