@@ -125,7 +125,7 @@ def to_markdown(comparison: dict[str, Any], name_a: str, name_b: str) -> str:
         f"[{_num(diff['ci_low'])}, {_num(diff['ci_high'])}]" if diff["ci_low"] is not None else ""
     )
     lines = [
-        f"# {name_b} vs {name_a}",
+        f"# {name_a} vs {name_b}",
         "",
         f"- A: `{name_a}`, B: `{name_b}`",
         f"- questions in both: {comparison['common']} (scored in both: {comparison['paired']});"

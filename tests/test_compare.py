@@ -93,6 +93,7 @@ def test_make_compare_on_two_experiments_writes_md_and_csv(two_runs):
     assert [r["question_id"] for r in rows] == ["q1", "q2", "q3"]
     assert rows[0]["prediction_a"] == "gold answer" and rows[0]["prediction_b"] == "wrong"
     markdown = (out / "compare.md").read_text()
+    assert markdown.startswith("# run_a.id_run_a vs run_b.id_run_b\n")  # A first, as the folder
     assert "paired difference B - A: 0.000 [" in markdown
     assert (
         "| question q1 | gold answer | gold answer | wrong | 1.000 | 0.000 | -1.000 |" in markdown
