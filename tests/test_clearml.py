@@ -388,6 +388,9 @@ def test_a_new_user_learns_every_missing_prerequisite_at_once(tmp_path):
     assert "error: 2 things to fix first:" in lines
     assert any(line.startswith("  - storage.endpoint: the pipeline's steps") for line in lines)
     assert any(line.startswith("  - no ClearML server is configured;") for line in lines)
+    problems = [line for line in lines if line.startswith("  - ")]
+    assert len(problems) == 2, lines  # the ways to configure a server sit under its line
+    assert "      - run `clearml-init` and paste the credentials" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -79,7 +79,8 @@ def check_ready(cfgs: list[dict[str, Any]]) -> None:
     if len(problems) == 1:
         raise NotReady(problems[0])
     if problems:
-        listed = "\n".join(f"  - {p}" for p in problems)
+        # A problem's own lines (a list of ways to fix it) sit under it, not beside it.
+        listed = "\n".join("  - " + p.replace("\n", "\n    ") for p in problems)
         raise NotReady(f"{len(problems)} things to fix first:\n{listed}")
 
 
