@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,29 @@ def resolve_model(
         marker = {"gguf": origin, "sha256": digest, "distribution": source}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return ModelFiles(str(target), "gguf-cache", digest)
+
+
+def offline_where_the_hub_is_unreachable(files: ModelFiles, timeout_s: float = 3.0) -> None:
+    """A hub id where the hub does not answer: read from the local cache only, at once,
+    rather than after huggingface_hub's retries (about 50 s) end in the same error."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if files.source != "hub" or constants.HF_HUB_OFFLINE:
+        return
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        log.warning(
+            "the Hugging Face hub (%s) does not answer: %s is read from the local cache only",
+            constants.ENDPOINT,
+            files.path,
+        )
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for the processes an engine starts
 
 
 def loaded_weights_digest(files: ModelFiles, revision: str | None = None) -> str | None:

@@ -185,3 +185,24 @@ def test_weights_named_in_model_path_replace_the_packaged_gguf(tmp_path):
         assert cfg["model"]["gguf"] is None, weights
     hub = validate(to_container(compose()))  # the packaged model's original hub id: its GGUF
     assert hub["model"]["gguf"] is not None
+
+
+def test_a_hub_model_where_the_hub_does_not_answer_fails_at_once(tmp_path):
+    """huggingface_hub retried for about 50 s ("Retrying in 8s [Retry 5/5]") before the
+    documented error; the hub here is a closed port on 127.0.0.1."""
+    import os
+
+    from tests.conftest import closed_port, run_module
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
+    env["HF_HOME"] = str(tmp_path / "hf")  # an empty cache
+    proc = run_module(
+        "pipelines.cli.run", "model=qwen3_0.6b", "dataset.limit=1",
+        f"experiment.output_dir={tmp_path / 'out'}", base_env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    said = proc.stdout + proc.stderr
+    assert "Retrying" not in said
+    assert f"the Hugging Face hub ({env['HF_ENDPOINT']}) does not answer" in said
+    assert "error: model.path: cannot load 'Qwen/Qwen3-0.6B'" in proc.stderr
