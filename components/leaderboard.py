@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ COLUMNS = (
     "recall_ci_low",
     "recall_ci_high",
     "exact_match",
+    "token_f1",
+    "token_precision",
+    "answer_words",
     "questions_per_s",
     "output_tokens_per_s",
     "peak_gpu_gib",
@@ -68,6 +72,10 @@ def leaderboard_row(
         "recall_ci_low": _round(interval.low),
         "recall_ci_high": _round(interval.high),
         "exact_match": _round(results["exact_match"]),
+        # Beside recall, so verbosity shows; absent from runs scored before they existed.
+        "token_f1": _round((results.get("token_f1") or {}).get("mean")),
+        "token_precision": _round((results.get("token_precision") or {}).get("mean")),
+        "answer_words": _round((results.get("answer_words") or {}).get("mean"), 1),
         "questions_per_s": _round(throughput["questions_per_s"], 2),
         "output_tokens_per_s": _round(throughput["output_tokens_per_s"], 1),
         "peak_gpu_gib": gib(highest_gpu_bytes(memory.get("peak_gpu_bytes"))),
@@ -105,9 +113,10 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, confidence: float = 
         "",
         f"Token recall: mean over scored questions, [{confidence:.0%} bootstrap interval].",
         "",
-        "| model | dataset | mode | examples | token recall | exact match | questions/s "
-        "| output tokens/s | peak GPU GiB | peak RSS GiB |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| model | dataset | mode | examples | token recall | exact match | token F1 "
+        "| answer words | questions/s | output tokens/s | peak GPU GiB | peak RSS GiB "
+        "| experiment |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         recall = _cell(r["token_recall"], ".3f")
@@ -115,9 +124,10 @@ def to_markdown(rows: Sequence[dict[str, Any]], title: str, confidence: float = 
             recall += f" [{r['recall_ci_low']:.3f}, {r['recall_ci_high']:.3f}]"
         lines.append(
             f"| {r['model']} | {r['dataset']} | {r['mode']} | {r['examples']} | {recall} "
-            f"| {_cell(r['exact_match'], '.3f')} | {_cell(r['questions_per_s'], '.2f')} "
+            f"| {_cell(r['exact_match'], '.3f')} | {_cell(r.get('token_f1'), '.3f')} "
+            f"| {_cell(r.get('answer_words'), '.1f')} | {_cell(r['questions_per_s'], '.2f')} "
             f"| {_cell(r['output_tokens_per_s'], '.1f')} | {_cell(r['peak_gpu_gib'], '.2f')} "
-            f"| {_cell(r['peak_rss_gib'], '.2f')} |"
+            f"| {_cell(r['peak_rss_gib'], '.2f')} | {r.get('experiment', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -134,6 +144,10 @@ def plot(rows: Sequence[dict[str, Any]], title: str):
     rows = [
         {**r, "dataset": f"{r['dataset']}\n{r['mode']}" if several else r["dataset"]} for r in rows
     ]
+    # Two runs of one model on one dataset (other settings) are two bars, named by experiment.
+    pairs = [(r["model"], r["dataset"]) for r in rows]
+    rows = [{**r, "model": r["experiment"]} if pairs.count((r["model"], r["dataset"])) > 1
+            else r for r in rows]  # fmt: skip
     datasets = sorted({r["dataset"] for r in rows})
     models = sorted({r["model"] for r in rows})
     width = 0.8 / max(1, len(models))
@@ -152,7 +166,7 @@ def plot(rows: Sequence[dict[str, Any]], title: str):
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("token recall")
     ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize="medium")  # a long title is wrapped, not cut
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

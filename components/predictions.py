@@ -49,6 +49,9 @@ def write_predictions(
     the questions were shown (results.json's ``context``)."""
     recalls: list[float | None] = []
     matches: list[bool | None] = []
+    precisions: list[float | None] = []
+    f1s: list[float | None] = []
+    words: list[int] = []
     unscorable: list[str] = []
     shown: list[dict[str, Any]] = []
     keep_shown = mode["name"] != "no_context"
@@ -57,6 +60,9 @@ def write_predictions(
         for record in score_records(examples, generations):
             recalls.append(record["token_recall"])
             matches.append(record["exact_match"])
+            precisions.append(record["token_precision"])
+            f1s.append(record["token_f1"])
+            words.append(record["answer_words"])
             if record["token_recall"] is None:
                 unscorable.append(record["question_id"])
             if keep_shown:
@@ -67,7 +73,7 @@ def write_predictions(
     written = write_json_array_atomic(path, scored())
     return {
         "predictions_path": str(written),
-        "metrics": summarize(recalls, matches).to_dict(),
+        "metrics": summarize(recalls, matches, precisions, f1s, words).to_dict(),
         "unscorable_ids": unscorable,
         "context": context_summary(shown, mode),
     }

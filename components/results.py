@@ -118,6 +118,8 @@ def build_results(
         },
         "token_recall": metrics["token_recall"],
         "exact_match": metrics["exact_match"],
+        # Beside recall, so verbosity shows (absent from runs scored before they existed).
+        **{k: metrics[k] for k in ("token_precision", "token_f1", "answer_words") if k in metrics},
         "unscorable_ids": scores["unscorable_ids"],
         "timing": {
             "stage_seconds": {k: v["seconds"] for k, v in stages.items()},

@@ -34,9 +34,15 @@ def bootstrap_options(sweep: dict) -> dict[str, float | int]:
 
 
 def bootstrap_mean(
-    values: Sequence[float], *, samples: int = 2000, confidence: float = 0.95, seed: int = 0
+    values: Sequence[float],
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    block_values: int = 2_000_000,
 ) -> Interval:
-    """Mean and percentile interval; (None, None, None) for no values."""
+    """Mean and percentile interval; (None, None, None) for no values. ``block_values``:
+    how many draws are held at once."""
     if samples < 1 or not 0 < confidence < 1:
         raise ValueError(
             f"sweep.bootstrap_samples must be >= 1 and sweep.confidence in (0, 1), got "
@@ -48,7 +54,7 @@ def bootstrap_mean(
     rng = np.random.default_rng(seed)
     means = np.empty(samples)
     # In blocks: a 3,610-question dataset times 2,000 draws stays a few MB at a time.
-    block = max(1, 2_000_000 // data.size)
+    block = max(1, block_values // data.size)
     for start in range(0, samples, block):
         stop = min(samples, start + block)
         picks = rng.integers(0, data.size, size=(stop - start, data.size))

@@ -59,6 +59,7 @@ def rescore(ref: str, cfg: dict[str, Any], fetch_task: TaskFetcher | None = None
         "counts": {**results["counts"], **metrics["counts"]},
         "token_recall": metrics["token_recall"],
         "exact_match": metrics["exact_match"],
+        **{k: metrics[k] for k in ("token_precision", "token_f1", "answer_words")},
         "unscorable_ids": scored["unscorable_ids"],
         "context": scored["context"],
         "artifacts": {"predictions.json": file_info(predictions)},

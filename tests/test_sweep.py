@@ -235,3 +235,27 @@ def test_make_leaderboard_ranks_finished_runs(tmp_path):
     assert proc.stdout.index("| m2 |") < proc.stdout.index("| m1 |")
     again = make("leaderboard", "RUNS=m1_d,unfinished", f"ARGS=experiment.output_dir={out}")
     assert again.returncode == 2 and "not a finished run (no results.json)" in again.stderr
+
+
+def test_two_runs_of_one_model_and_dataset_are_told_apart_on_the_leaderboard():
+    """Other settings, same model and dataset: two rows that name their experiments and two
+    bars (one hid the other), with F1 and answer length beside recall."""
+    from components.leaderboard import plot
+
+    rows = []
+    for name, recalls in (("m_d", [1.0, 1.0]), ("m_d-2", [0.0, 1.0])):
+        results, predictions = fake_run(recalls, name=name)
+        results["dataset"]["name"] = "d"
+        results["token_f1"], results["answer_words"] = {"mean": 0.25}, {"mean": 12.0}
+        rows.append(leaderboard_row(results, predictions, samples=200))
+    assert rows[0]["token_f1"] == 0.25 and rows[0]["answer_words"] == 12.0
+    table = to_markdown(rows, "t")
+    assert "| 0.250 | 12.0 |" in table and "| m_d |" in table and "| m_d-2 |" in table
+    figure = plot(rows, "a title long enough to be cut off at the figure's edge " * 3)
+    try:
+        assert len(figure.axes[0].patches) == 2
+        assert "\n" in figure.axes[0].get_title()
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)

@@ -34,8 +34,9 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
         f"== {results['experiment']} ({inf['backend']}, {inf['device']}, {inf['dtype']}) ==",
         f"examples        {counts['examples']} (scored {counts['scored']}, "
         f"unscorable {counts['unscorable']})",
-        f"token recall    {_fmt(recall['mean'])} mean, {_fmt(recall['median'])} median, "
-        f"{_fmt(recall['share_at_1'], '.1%')} at 1.0",
+        f"token recall    {_fmt(recall['mean'])} mean{_interval(recall.get('ci95'))}, "
+        f"{_fmt(recall['median'])} median, {_fmt(recall['share_at_1'], '.1%')} at 1.0",
+        *_verbosity_lines(results),
         f"exact match     {_fmt(results['exact_match'])}",
         *_context_lines(results),
         f"speed           {_fmt(thr['questions_per_s'], '.2f')} questions/s, "
@@ -47,6 +48,21 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
         *(f"  {p}" for p in paths),
     ]
     return "\n".join(lines)
+
+
+def _interval(ci95: list[float] | None) -> str:
+    return f" (95% CI {ci95[0]:.3f}-{ci95[1]:.3f})" if ci95 else ""
+
+
+def _verbosity_lines(results: dict[str, Any]) -> list[str]:
+    """Precision, F1 and answer length: how much a high recall owes to long answers."""
+    if "token_f1" not in results:
+        return []
+    return [
+        f"token F1        {_fmt(results['token_f1']['mean'])} mean (precision "
+        f"{_fmt(results['token_precision']['mean'])}); answers "
+        f"{_fmt(results['answer_words']['mean'], '.1f')} words mean"
+    ]
 
 
 def _context_lines(results: dict[str, Any]) -> list[str]:
