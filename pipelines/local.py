@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,14 +159,25 @@ def run_local(
     # Local shards run one after another on one loaded model; a lone run frees it at once.
     keep = keep_loaded() if cfg["inference"]["shards"] > 1 else contextlib.nullcontext()
     outputs: dict[str, dict[str, Any]] = {}
+    new_folder = not run_dir.exists()
     with one_run_per_folder(run_dir), keep:
-        for spec in steps:
-            log.info("step %s", spec.name)
-            parents = {name: outputs[name] for name in spec.parents}
-            outputs[spec.name] = execute_with_smaller_batches(spec, cfg, parents, context)
+        try:
+            for spec in steps:
+                log.info("step %s", spec.name)
+                parents = {name: outputs[name] for name in spec.parents}
+                outputs[spec.name] = execute_with_smaller_batches(spec, cfg, parents, context)
+        except BaseException:
+            if new_folder and not _holds_answers(run_dir):  # a model that failed to load
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         # The answers are in predictions.json now; a checkpoint is for a run that did not
         # finish, and kept it would turn the next `make run` into a replay with no speed.
         for out in outputs.values():
             if out.get("checkpoint"):
                 Path(out["checkpoint"]).unlink(missing_ok=True)
     return outputs
+
+
+def _holds_answers(run_dir: Path) -> bool:
+    """Whether a failed run saved answers worth resuming from (its checkpoint)."""
+    return any(p.stat().st_size for p in run_dir.glob("checkpoint-*.jsonl"))

@@ -206,3 +206,4 @@ def test_a_hub_model_where_the_hub_does_not_answer_fails_at_once(tmp_path):
     assert "Retrying" not in said
     assert f"the Hugging Face hub ({env['HF_ENDPOINT']}) does not answer" in said
     assert "error: model.path: cannot load 'Qwen/Qwen3-0.6B'" in proc.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # no half-made run folder, no lock
