@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -48,6 +49,8 @@ class QAExample:
     answers: tuple[str, ...]
     context: tuple[str, ...] = ()  # passages given inline with the question
     gold: tuple[str, ...] = ()  # ids of its gold passages in the corpus
+    # The line's other fields (a category, a source, a difficulty), kept to predictions.json.
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_record(self) -> dict:
         record = {
@@ -59,6 +62,8 @@ class QAExample:
             record["context"] = list(self.context)
         if self.gold:
             record["gold"] = list(self.gold)
+        if self.metadata:
+            record["metadata"] = dict(self.metadata)
         return record
 
 
@@ -96,6 +101,8 @@ class LoadedDataset:
     lines_in_file: int
     skipped: list[Problem] = field(default_factory=list)
     handed_on: int = 0  # examples given to ``keep`` instead of kept in ``examples``
+    notes: list[Problem] = field(default_factory=list)  # lines accepted with a note (the first)
+    noted: int = 0  # how many lines had one
 
     @property
     def count(self) -> int:
@@ -130,27 +137,49 @@ def _check_record(obj: object, path: str, line_no: int) -> tuple[QAExample | Non
     answers: list[str] = []
     if "answer" not in obj:
         problems.append(Problem(path, line_no, "answer", "is missing"))
-    elif isinstance(answer, str):
+    elif isinstance(answer, str) or _is_number(answer):
         answers = [answer]
     elif isinstance(answer, list):
         answers = answer
         if not answer:
             problems.append(Problem(path, line_no, "answer", "is an empty list"))
-        elif not all(isinstance(a, str) for a in answer):
-            problems.append(Problem(path, line_no, "answer", "every entry must be a string"))
+        elif not all(isinstance(a, str) or _is_number(a) for a in answer):
+            problems.append(
+                Problem(path, line_no, "answer", "every entry must be a string (or a number)")
+            )
     else:
         problems.append(Problem(path, line_no, "answer", "must be a string or a list of strings"))
+    numbers = [a for a in answers if _is_number(a)]
+    answers = [a if isinstance(a, str) else _number_text(a) for a in answers]
     if answers and all(isinstance(a, str) for a in answers) and not any(a.strip() for a in answers):
         problems.append(Problem(path, line_no, "answer", "has no non-empty answer"))
 
     context = _texts(obj, "context", path, line_no, problems)
     gold = _texts(obj, "gold", path, line_no, problems, ids=True)
+    metadata = {k: v for k, v in obj.items() if k not in RECORD_FIELDS}
     if not problems:
         fields = {"question_id": [str(qid)], "question": [question], "answer": answers}
-        problems = unencodable({**fields, "context": context, "gold": gold}, path, line_no)
+        extra = {k: [json.dumps(v, ensure_ascii=False)] for k, v in metadata.items()}
+        problems = unencodable({**fields, "context": context, "gold": gold, **extra}, path, line_no)
     if problems:
         return None, problems
-    return QAExample(str(qid).strip(), question.strip(), tuple(answers), context, gold), []
+    example = QAExample(str(qid).strip(), question.strip(), tuple(answers), context, gold, metadata)
+    if numbers:  # accepted, and said: the caller reports how many lines had them
+        note = f"a number, read as the text {_number_text(numbers[0])!r}"
+        return example, [Problem(path, line_no, "answer", note)]
+    return example, []
+
+
+RECORD_FIELDS = ("question_id", "question", "answer", "context", "gold")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_text(value: float) -> str:
+    """1945 as "1945"; 2.5 as "2.5" (and 2.0, which JSON cannot tell from 2, as "2")."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def unencodable(fields: dict[str, Iterable[object]], path: str, line_no: int) -> list[Problem]:
@@ -242,6 +271,8 @@ def load_qa_dataset(
     handed_on = 0
     skipped: list[Problem] = []
     first_line: dict[str, int] = {}
+    notes: list[Problem] = []
+    noted = 0
     lines = 0
     for line_no, raw in iter_lines(path):
         digest.update(raw)
@@ -262,6 +293,8 @@ def load_qa_dataset(
             else:
                 example, found = _check_record(obj, shown, line_no)
                 if example is not None:
+                    noted += 1 if found else 0  # accepted, with a note (a number as text)
+                    notes.extend(found[: MAX_REPORTED_PROBLEMS - len(notes)])
                     seen = first_line.get(example.question_id)
                     if seen is not None:
                         found = [
@@ -291,4 +324,6 @@ def load_qa_dataset(
         raise DatasetError(shown, problems, total_problems)
     if not examples and not handed_on:
         raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
-    return LoadedDataset(str(path), digest.hexdigest(), examples, lines, skipped, handed_on)
+    return LoadedDataset(
+        str(path), digest.hexdigest(), examples, lines, skipped, handed_on, notes, noted
+    )

@@ -11,6 +11,8 @@ from components.atomic import write_json_array_atomic
 from components.contexts import context_summary
 from components.scoring import SHOWN, score_records, summarize
 
+MAX_CATEGORIES = 100  # a per-question "category" with more values is not broken down
+
 
 def in_order(generations: Iterable[Mapping[str, Any]], where: str) -> Mapping[str, Any]:
     """The generations file as score_records looks it up: read alongside the examples (a
@@ -55,6 +57,7 @@ def write_predictions(
     unscorable: list[str] = []
     shown: list[dict[str, Any]] = []
     keep_shown = mode["name"] != "no_context"
+    categories: dict[str, list[dict[str, Any]]] = {}
 
     def scored() -> Iterator[dict[str, Any]]:
         for record in score_records(examples, generations):
@@ -65,15 +68,34 @@ def write_predictions(
             words.append(record["answer_words"])
             if record["token_recall"] is None:
                 unscorable.append(record["question_id"])
+            category = (record.get("metadata") or {}).get("category")
+            if category is not None and len(categories) <= MAX_CATEGORIES:
+                slim = {k: record[k] for k in ("token_recall", "token_f1", "exact_match")}
+                categories.setdefault(str(category), []).append(slim)
             if keep_shown:
                 slim = {k: record.get(k) for k in SHOWN}
                 shown.append({**slim, "passages": bool(record.get("passages"))})
             yield record
 
     written = write_json_array_atomic(path, scored())
-    return {
+    out = {
         "predictions_path": str(written),
         "metrics": summarize(recalls, matches, precisions, f1s, words).to_dict(),
         "unscorable_ids": unscorable,
         "context": context_summary(shown, mode),
+    }
+    if categories and len(categories) <= MAX_CATEGORIES:  # more: an id, not a category
+        out["by_category"] = {name: _means(rows) for name, rows in sorted(categories.items())}
+    return out
+
+
+def _means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One category's count and means over its scorable questions."""
+    scored = [r for r in rows if r["token_recall"] is not None]
+    return {
+        "examples": len(rows),
+        **{
+            k: sum(float(r[k]) for r in scored) / len(scored) if scored else None
+            for k in ("token_recall", "token_f1", "exact_match")
+        },
     }

@@ -120,6 +120,7 @@ def build_results(
         "exact_match": metrics["exact_match"],
         # Beside recall, so verbosity shows (absent from runs scored before they existed).
         **{k: metrics[k] for k in ("token_precision", "token_f1", "answer_words") if k in metrics},
+        **({"by_category": scores["by_category"]} if scores.get("by_category") else {}),
         "unscorable_ids": scores["unscorable_ids"],
         "timing": {
             "stage_seconds": {k: v["seconds"] for k, v in stages.items()},

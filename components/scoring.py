@@ -164,6 +164,7 @@ def score_records(
             "prompt_tokens": gen["prompt_tokens"],
             "output_tokens": gen["output_tokens"],
             **{k: gen[k] for k in SHOWN if k in gen},
+            **({"metadata": example["metadata"]} if example.get("metadata") else {}),
         }
 
 

@@ -91,6 +91,9 @@ def load_dataset_step(dataset: DatasetConfig, mode: ModeConfig, run: RunContext)
     if len(loaded.skipped) > MAX_SKIPPED_SHOWN:
         more = len(loaded.skipped) - MAX_SKIPPED_SHOWN
         print(f"skipped {more} more lines (all listed in results.json)")
+    if loaded.noted:  # accepted as they are, said once: numbers read as answer text
+        more = f" (and {loaded.noted - 1} more lines)" if loaded.noted > 1 else ""
+        print(f"note: {loaded.notes[0]}{more}")
     meta = {
         "dataset_sha256": loaded.sha256,
         "corpus": corpus.meta() if corpus else None,

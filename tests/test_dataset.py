@@ -99,7 +99,7 @@ def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
         ('{"question_id": "x", "question": 5, "answer": ["a"]}', r":2: question: must be a string"),
         ('{"question_id": "x", "question": "Q?"}', r":2: answer: is missing"),
         ('{"question_id": "x", "question": "Q?", "answer": []}', r":2: answer: is an empty list"),
-        ('{"question_id": "x", "question": "Q?", "answer": [1]}', r":2: answer: every entry"),
+        ('{"question_id": "x", "question": "Q?", "answer": [null]}', r":2: answer: every entry"),
         ('{"question_id": "x", "question": "Q?", "answer": [""]}', r":2: answer: has no non-empty"),
         ('{"question_id": null, "question": "Q?", "answer": ["a"]}', r":2: question_id: must be"),
         ('{"question_id": "a", "question": "Q?", "answer": ["a"]}', r":2: question_id: duplicate"),
@@ -168,3 +168,26 @@ def test_skip_mode_goes_on_and_lists_every_bad_line(tmp_path):
         load_qa_dataset(write(tmp_path, content))
     with pytest.raises(ValueError, match="dataset.on_error: 'ignore' is not one of strict, skip"):
         DatasetConfig(name="x", path="x.jsonl", on_error="ignore")  # checked where it is defined
+
+
+def test_a_number_as_answer_is_read_as_its_text_and_said(tmp_path):
+    path = write(
+        tmp_path,
+        line(question_id="a", question="When did WWII end?", answer=1945)
+        + line(question_id="b", question="Pi to one place?", answer=[3.1, "three"])
+        + line(question_id="c", question="Q?", answer=["x"]),
+    )
+    loaded = load_qa_dataset(path)
+    assert [e.answers for e in loaded.examples] == [("1945",), ("3.1", "three"), ("x",)]
+    assert loaded.noted == 2
+    assert str(loaded.notes[0]) == f"{path}:1: answer: a number, read as the text '1945'"
+    with pytest.raises(DatasetError, match=r":1: answer: must be a string"):
+        load_qa_dataset(write(tmp_path, line(question_id="t", question="Q?", answer=True)))
+
+
+def test_a_line_s_other_fields_are_kept_as_its_metadata(tmp_path):
+    fields = {"category": "history", "source": {"book": "atlas", "page": 3}}
+    path = write(tmp_path, line(question_id="a", question="Q?", answer=["x"], **fields))
+    (example,) = load_qa_dataset(path).examples
+    assert example.metadata == fields
+    assert example.to_record()["metadata"] == fields

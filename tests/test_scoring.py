@@ -149,3 +149,28 @@ def test_the_summary_reports_precision_f1_length_and_the_recall_interval():
     assert summary["answer_words"]["mean"] == pytest.approx(5.0)
     low, high = summary["token_recall"]["ci95"]
     assert 0.0 <= low < 2 / 3 < high <= 1.0
+
+
+def test_metadata_reaches_predictions_and_a_category_field_gets_its_own_means(tmp_path):
+    import json
+
+    from components.predictions import write_predictions
+
+    said = {"q1": ("Paris", "Paris", "geo"), "q2": ("Rome", "Milan", "geo"),
+            "q3": ("1945", "It ended in 1945", "war")}  # fmt: skip
+    examples = [
+        {"question_id": q, "question": "Q?", "answers": [a], "metadata": {"category": c}}
+        for q, (a, _, c) in said.items()
+    ]
+    generations = {
+        q: {"prediction": p, "prompt_tokens": 1, "output_tokens": 1}
+        for q, (_, p, _) in said.items()
+    }
+    out = write_predictions(examples, generations, tmp_path / "p.json", {"name": "no_context"})
+    records = json.loads((tmp_path / "p.json").read_text())
+    assert records[0]["metadata"] == {"category": "geo"}
+    assert out["by_category"]["geo"] == {
+        "examples": 2, "token_recall": 0.5, "token_f1": 0.5, "exact_match": 0.5,
+    }  # fmt: skip
+    assert out["by_category"]["war"]["token_recall"] == 1.0
+    assert out["by_category"]["war"]["token_f1"] == pytest.approx(0.4)

@@ -38,6 +38,7 @@ def format_summary(results: dict[str, Any], paths: list[str]) -> str:
         f"{_fmt(recall['median'])} median, {_fmt(recall['share_at_1'], '.1%')} at 1.0",
         *_verbosity_lines(results),
         f"exact match     {_fmt(results['exact_match'])}",
+        *_category_lines(results.get("by_category") or {}),
         *_context_lines(results),
         f"speed           {_fmt(thr['questions_per_s'], '.2f')} questions/s, "
         f"{_fmt(thr['output_tokens_per_s'], '.1f')} output tokens/s "
@@ -63,6 +64,18 @@ def _verbosity_lines(results: dict[str, Any]) -> list[str]:
         f"{_fmt(results['token_precision']['mean'])}); answers "
         f"{_fmt(results['answer_words']['mean'], '.1f')} words mean"
     ]
+
+
+def _category_lines(by_category: dict[str, dict[str, Any]], shown: int = 10) -> list[str]:
+    """Token recall per value of the dataset's ``category`` field, largest first."""
+    rows = sorted(by_category.items(), key=lambda item: -item[1]["examples"])
+    lines = [
+        f"  {name[:24]:<24} {_fmt(row['token_recall'])} recall, {_fmt(row['token_f1'])} F1 "
+        f"({row['examples']} questions)"
+        for name, row in rows[:shown]
+    ]
+    more = [f"  ... {len(rows) - shown} more in results.json"] if len(rows) > shown else []
+    return ["by category"] + lines + more if lines else []
 
 
 def _context_lines(results: dict[str, Any]) -> list[str]:
