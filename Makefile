@@ -33,7 +33,7 @@ override_of = $(call shell_word,$(1)=$(call hydra_string,$(value $(2))))
 list_override_of = $(call shell_word,$(1)=[$(value $(2))])
 given = $(call shell_word,$(value $(1)))
 
-.PHONY: help install install-dev run test test-fast lint bench bench-clearml docs-screenshots clean
+.PHONY: help install install-dev run prompts test test-fast lint bench bench-clearml docs-screenshots clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ install-dev: $(VENV)/.installed-dev ## install + test tools + vLLM's CPU build
 
 run: install ## Run one experiment locally: make run ARGS="dataset.limit=20 inference.batch_size=16"
 	$(PY) -m pipelines.cli.run $(ARGS)
+
+prompts: install ## The first prompts as the model sees them, without loading it: make prompts ARGS="model=gemma3_270m"
+	$(PY) -m pipelines.cli.prompts $(ARGS)
 
 test: install-dev ## Run the whole test suite (CI runs this)
 	$(PY) -m ruff check .

@@ -57,6 +57,8 @@ class PromptFormat:
     use_chat_template: bool = True
     few_shot: tuple[tuple[str, str], ...] = ()
     stop: tuple[str, ...] = ()
+    # Which setting each came from: a model's prompt wins over inference.*, a mode over both.
+    origin: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @classmethod
     def from_config(
@@ -65,20 +67,37 @@ class PromptFormat:
         """A model's ``prompt`` settings over the defaults in ``inference``; a context mode's
         template and system prompt over both (its few-shot examples, which have no
         context, are left out)."""
-        system = inference.system_prompt if prompt.system_prompt is None else prompt.system_prompt
-        template = inference.prompt_template if prompt.template is None else prompt.template
+        system, system_from = inference.system_prompt, "inference.system_prompt"
+        if prompt.system_prompt is not None:
+            system, system_from = prompt.system_prompt, "model.prompt.system_prompt"
+        template, template_from = inference.prompt_template, "inference.prompt_template"
+        if prompt.template is not None:
+            template, template_from = prompt.template, "model.prompt.template"
         shots = tuple((s.question, s.answer) for s in prompt.few_shot)
         context_template = mode.template_for(prompt.format) if mode is not None else None
         if context_template is not None:
-            template, shots = context_template, ()
-            system = system if mode.system_prompt is None else mode.system_prompt
+            template, shots, template_from = context_template, (), f"experiment_mode {mode.name}"
+            if mode.system_prompt is not None:
+                system, system_from = mode.system_prompt, f"experiment_mode {mode.name}"
         return cls(
-            template=template,
-            system_prompt=system,
+            template=unescape(template),
+            system_prompt=unescape(system),
             use_chat_template=prompt.format == "chat" and inference.use_chat_template,
             few_shot=shots,
             stop=tuple(prompt.stop),
+            origin=(("template", template_from), ("system_prompt", system_from)),
         )
+
+    def unused_settings(self, inference: InferenceConfig) -> list[str]:
+        """inference.* prompt settings changed from their defaults that another wins over:
+        said at the start of a run, since nothing else would show it."""
+        defaults, origin = InferenceConfig(), dict(self.origin)
+        return [
+            f"{key} is not used: {origin[part]} wins (set that one to change it)"
+            for part, key in (("template", "prompt_template"), ("system_prompt", "system_prompt"))
+            if getattr(inference, key) != getattr(defaults, key)
+            and origin[part] != f"inference.{key}"
+        ]
 
     @property
     def takes_context(self) -> bool:
@@ -95,6 +114,12 @@ class PromptFormat:
                 f"prompt template: {self.template!r} must contain {{question}} "
                 f"(and {{context}} in a context mode) and no other {{fields}} ({exc})"
             ) from exc
+
+
+def unescape(text: str) -> str:
+    """``\\n`` and ``\\t`` typed on a command line (which passes them through as two
+    characters) are the line break and tab they stand for in a prompt."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def load_tokenizer(model_path: str, revision: str | None = None):

@@ -105,6 +105,7 @@ def build_results(
             "seed": inf_cfg.get("seed"),
             "use_chat_template": inf_cfg["use_chat_template"],
             "prompt_format": (config["model"].get("prompt") or {}).get("format", "chat"),
+            "prompt": inference.get("prompt"),
             "shards": inference.get("shards", 1),
             "tensor_parallel_size": inf_cfg.get("tensor_parallel_size", 1),
             # Loaded by an earlier run of the same process (a sweep): no load time here.

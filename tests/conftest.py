@@ -135,6 +135,7 @@ def check_run_folder(run_dir, expected_examples: int) -> dict:
     assert results["throughput"]["questions_per_s"] > 0
     assert results["throughput"]["output_tokens_per_s"] > 0
     assert results["config"]["model"]["name"] == results["model"]["name"]
+    assert predictions[0]["question"] in results["inference"]["prompt"]["first"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
     return results
 

@@ -160,3 +160,42 @@ def test_the_tokenizer_class_loaded_directly_is_the_one_autotokenizer_gives(mode
     assert encode_prompts(ours, questions, fmt) == encode_prompts(auto, questions, fmt)
     ids = encode_prompts(auto, questions, fmt)[0]
     assert ours.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)
+
+
+def test_a_setting_another_one_wins_over_is_said_and_the_origin_recorded():
+    """gemma3_270m's own template and system prompt win over inference.*: said, not silent."""
+    cfg = to_container(compose(["model=gemma3_270m", "inference.prompt_template='X {question}'"]))
+    fmt = formats(cfg)
+    inference = section(InferenceConfig, cfg["inference"], "inference")
+    assert dict(fmt.origin) == {
+        "template": "model.prompt.template",
+        "system_prompt": "model.prompt.system_prompt",
+    }
+    assert fmt.unused_settings(inference) == [
+        "prompt_template is not used: model.prompt.template wins (set that one to change it)"
+    ]
+    smollm = formats(to_container(compose(["inference.prompt_template='X {question}'"])))
+    assert smollm.template == "X {question}" and dict(smollm.origin)["template"] == (
+        "inference.prompt_template"
+    )
+
+
+def test_a_line_break_typed_on_the_command_line_is_a_line_break():
+    cfg = to_container(compose([r"inference.prompt_template='Q: {question}\nA:'"]))
+    assert formats(cfg).template == "Q: {question}\nA:"
+
+
+def test_make_prompts_shows_them_without_a_run(tmp_path):
+    from tests.conftest import run_module
+
+    proc = run_module(
+        "pipelines.cli.prompts", "model=gemma3_270m", "dataset.limit=2",
+        "inference.prompt_template='X {question}'", f"experiment.output_dir={tmp_path}",
+        env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note: inference.prompt_template is not used: model.prompt.template wins" in proc.stdout
+    assert "template from model.prompt.template" in proc.stdout
+    assert proc.stdout.count("--- sample-") == 2
+    assert "Q: What is the capital of France?\nA:" in proc.stdout
+    assert not list(tmp_path.iterdir())  # nothing run, nothing written

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from components.backends import BackendChoice, GenerationParams, resolve_backend
@@ -28,7 +28,13 @@ from components.model_files import (
     weights_digest,
 )
 from components.modes import ModeConfig
-from components.prompts import PromptFormat, encode_prompts, load_tokenizer, shared_prefix
+from components.prompts import (
+    PromptFormat,
+    encode_prompts,
+    load_tokenizer,
+    render,
+    shared_prefix,
+)
 from components.seeding import seed_everything
 
 
@@ -49,6 +55,7 @@ class InferencePlan:
     params: GenerationParams
     key: str  # the checkpoint's: everything that decides an answer, as resolved
     contexts: list[Context] | None = None  # what each example is shown; None: closed-book
+    prompt: dict[str, Any] = field(default_factory=dict)  # as results.json records it
 
     @property
     def device(self) -> str:
@@ -145,9 +152,19 @@ def plan_inference(
         ) from exc
     mode = mode or ModeConfig()
     fmt = PromptFormat.from_config(model.prompt, inference, mode)
+    for note in fmt.unused_settings(inference):
+        print(f"note: inference.{note}", flush=True)
     contexts = fit_contexts(tokenizer, examples, mode)
     texts = [c.text for c in contexts] if contexts is not None else None
     prompts = encode_prompts(tokenizer, [e["question"] for e in examples], fmt, texts)
+    shown = {  # results.json: the prompt as set, where from, and the first one as rendered
+        "template": fmt.template,
+        "system_prompt": fmt.system_prompt,
+        **{f"{part}_from": where for part, where in fmt.origin},
+        "first": render(tokenizer, examples[0]["question"], fmt, texts[0] if texts else None)
+        if examples
+        else None,
+    }
     params = GenerationParams(
         max_new_tokens=inference.max_new_tokens,
         temperature=inference.temperature,
@@ -168,4 +185,4 @@ def plan_inference(
         },
         prompts=prompts_digest(prompts),
     )
-    return InferencePlan(files, execution, tokenizer, prompts, params, key, contexts)
+    return InferencePlan(files, execution, tokenizer, prompts, params, key, contexts, shown)

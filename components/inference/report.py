@@ -40,6 +40,7 @@ class GenerationReport:
     shard_details: list[dict[str, Any]] = field(default_factory=list)
     weights_sha256: str | None = None  # the loaded folder's content, where not a GGUF
     model_input: dict[str, Any] | None = None  # where model.path was fetched from
+    prompt: dict[str, Any] | None = None  # the template and system prompt, where from, one shown
 
     @property
     def questions_per_s(self) -> float | None:

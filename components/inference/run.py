@@ -120,6 +120,7 @@ def generate_answers(
         gguf_sha256=plan.files.gguf_sha256,
         weights_sha256=plan.files.weights_sha256,
         model_input=plan.files.identity,
+        prompt=plan.prompt,
         backend=backend,
         backend_reason=plan.execution.backend.reason,
         device=plan.device,

@@ -2,6 +2,7 @@
 compose the config, call into the library and turn a user's mistake into one line.
 
     make run -> run.py      make sweep -> sweep.py      make compare -> compare.py
+    make prompts -> prompts.py
     make leaderboard -> leaderboard.py      make enqueue -> enqueue.py
     make enqueue-sweep -> enqueue_sweep.py
     make fetch / publish / retention / clean-outputs -> files.py
