@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from components.stats import bootstrap_mean
+
 # What a context mode showed each question, kept beside its answer (components/contexts.py).
 SHOWN = ("passages", "context_tokens", "context_truncated", "answer_in_context")
 _WORD = re.compile(r"\w+")
@@ -178,7 +180,5 @@ def recall_interval(scored: Sequence[float]) -> tuple[float, float] | None:
         half = 1.96 * statistics.stdev(scored) / len(scored) ** 0.5
         mean = statistics.fmean(scored)
         return (mean - half, mean + half)
-    from components.stats import bootstrap_mean
-
     interval = bootstrap_mean(scored, samples=1000, block_values=100_000)  # flat memory
     return (interval.low, interval.high)
