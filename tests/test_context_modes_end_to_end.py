@@ -113,7 +113,7 @@ def test_a_mirage_folder_runs_in_the_oracle_mode(tmp_path):
         )
     )
     run_local(cfg)
-    run_dir = tmp_path / "smollm2_135m_qa_pairs_oracle_context"
+    run_dir = tmp_path / "smollm2_135m_mirage_oracle_context"  # named after its folder
     results = check_run_folder(run_dir, 2)
     assert results["context"]["answer_in_context"] == 1.0
     predictions = json.loads((run_dir / "predictions.json").read_text())

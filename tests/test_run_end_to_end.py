@@ -72,7 +72,7 @@ def test_malformed_line_fails_fast_with_its_line_number(tmp_path):
         f"  {data}:3: question: is missing",
     ]
     assert "step inference" not in proc.stdout + proc.stderr
-    assert not (tmp_path / "smollm2_135m_qa_pairs").exists()
+    assert not (tmp_path / "smollm2_135m_bad").exists()  # named after its file
 
 
 def test_config_error_names_the_key(tmp_path):
@@ -127,7 +127,7 @@ def test_skip_mode_records_skipped_lines_in_results(tmp_path, capsys):
         "inference.max_new_tokens=6",
         f"experiment.output_dir={tmp_path / 'out'}",
     )
-    results = check_run_folder(tmp_path / "out" / "smollm2_135m_qa_pairs", 1)
+    results = check_run_folder(tmp_path / "out" / "smollm2_135m_mixed", 1)
     assert results["counts"]["skipped_lines"] == 2
     assert results["dataset"]["skipped_lines"] == [
         {"line": 2, "field": "question", "reason": "is missing"},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +18,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    InterpolationToMissingValueError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from components.inputs import is_remote
 from components.mirage import is_mirage
@@ -55,7 +60,18 @@ def _deploy(key: str) -> str:
 
 
 # The project's own resolvers: the only ones that may run on config text from a server.
-RESOLVERS = {"project_root": _project_root, "mode_suffix": mode_suffix, "deploy": _deploy}
+def _file_stem(reference: str) -> str:
+    """A dataset named after its file: ``/data/trivia_dev.jsonl`` -> ``trivia_dev``."""
+    last = str(reference).split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return last.split(".", 1)[0] or last or "qa_pairs"
+
+
+RESOLVERS = {
+    "project_root": _project_root,
+    "mode_suffix": mode_suffix,
+    "deploy": _deploy,
+    "file_stem": _file_stem,
+}
 
 
 def register() -> None:
@@ -89,8 +105,10 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Resolves every interpolation; a missing required value becomes a ConfigError."""
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as exc:
-        key = getattr(exc, "full_key", None) or "config"
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as exc:
+        # A value built from a missing one (dataset.name from dataset.path) names the latter.
+        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+        key = missing[1] if missing else getattr(exc, "full_key", None) or "config"
         raise ConfigError(f"{key}: is required (set it with {key}=VALUE)") from exc
     assert isinstance(container, dict)
     container.pop("hydra", None)
