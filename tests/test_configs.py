@@ -208,3 +208,9 @@ def test_a_hub_model_where_the_hub_does_not_answer_fails_at_once(tmp_path):
     assert f"the Hugging Face hub ({env['HF_ENDPOINT']}) does not answer" in said
     assert "error: model.path: cannot load 'Qwen/Qwen3-0.6B'" in proc.stderr
     assert list((tmp_path / "out").iterdir()) == []  # no half-made run folder, no lock
+
+
+def test_nq_open_without_its_file_says_where_it_comes_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("NQ_OPEN_PATH", str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ConfigError, match=r"no such file: .*missing.jsonl'; NQ-open's dev file"):
+        validate(to_container(compose(["dataset=nq_open"])))

@@ -140,7 +140,13 @@ def validate(cfg: dict[str, Any], require_dataset: bool = True) -> dict[str, Any
     dataset, mode = normal["dataset"], checked.experiment_mode
     path, corpus = dataset["path"], dataset.get("corpus")
     if require_dataset and not (Path(path).is_file() or is_mirage(path) or is_remote(path)):
-        raise ConfigError(f"dataset.path: no such file: {path!r}")
+        hint = (  # the one dataset of conf/ that a clone does not ship
+            "; NQ-open's dev file is not shipped: set NQ_OPEN_PATH=FILE (the README says where "
+            "to get it)"
+            if dataset["name"] == "nq_open"
+            else ""
+        )
+        raise ConfigError(f"dataset.path: no such file: {path!r}{hint}")
     if require_dataset and corpus and not (Path(corpus).is_file() or is_remote(corpus)):
         raise ConfigError(f"dataset.corpus: no such file: {corpus!r}")
     _weights_named(normal["model"], require_dataset)
