@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.atomic import sha256_file
 from components.backends.pool import keep_loaded
 from components.inference.engine import GenerationOutOfMemory
 from components.inputs import is_remote
@@ -54,12 +53,12 @@ def _other_run(folder: Path, cfg: dict[str, Any]) -> str | None:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
         recorded = results["config"]
         if config_fingerprint(recorded) == config_fingerprint(cfg):
-            path = cfg["dataset"]["path"]
-            if is_remote(path) or not Path(path).is_file():
-                same = results["dataset"]["path"] == path
-            else:
-                same = results["dataset"]["sha256"] == sha256_file(path)
-            return None if same else "dataset.path: another file"
+            # The same file with new content (lines fixed, a sweep's refresh) is the same
+            # run again; another file is another run.
+            was, now = str(results["dataset"]["path"]), str(cfg["dataset"]["path"])
+            if not (is_remote(was) or is_remote(now)):
+                was, now = str(Path(was).resolve()), str(Path(now).resolve())
+            return None if was == now else "dataset.path: another file"
         was, now = _flat(fingerprint_parts(recorded)), _flat(fingerprint_parts(cfg))
         changed = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted({*was, *now})
                    if was.get(k) != now.get(k)]  # fmt: skip
