@@ -57,7 +57,7 @@ def write_predictions(
     unscorable: list[str] = []
     shown: list[dict[str, Any]] = []
     keep_shown = mode["name"] != "no_context"
-    categories: dict[str, list[dict[str, Any]]] = {}
+    categories: dict[str, dict[str, float]] = {}  # running sums: flat memory
 
     def scored() -> Iterator[dict[str, Any]]:
         for record in score_records(examples, generations):
@@ -70,8 +70,7 @@ def write_predictions(
                 unscorable.append(record["question_id"])
             category = (record.get("metadata") or {}).get("category")
             if category is not None and len(categories) <= MAX_CATEGORIES:
-                slim = {k: record[k] for k in ("token_recall", "token_f1", "exact_match")}
-                categories.setdefault(str(category), []).append(slim)
+                _tally(categories.setdefault(str(category), {}), record)
             if keep_shown:
                 slim = {k: record.get(k) for k in SHOWN}
                 shown.append({**slim, "passages": bool(record.get("passages"))})
@@ -85,17 +84,23 @@ def write_predictions(
         "context": context_summary(shown, mode),
     }
     if categories and len(categories) <= MAX_CATEGORIES:  # more: an id, not a category
-        out["by_category"] = {name: _means(rows) for name, rows in sorted(categories.items())}
+        out["by_category"] = {name: _means(sums) for name, sums in sorted(categories.items())}
     return out
 
 
-def _means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+CATEGORY_MEANS = ("token_recall", "token_f1", "exact_match")
+
+
+def _tally(sums: dict[str, float], record: Mapping[str, Any]) -> None:
+    sums["examples"] = sums.get("examples", 0) + 1
+    if record["token_recall"] is not None:
+        sums["scored"] = sums.get("scored", 0) + 1
+        for k in CATEGORY_MEANS:
+            sums[k] = sums.get(k, 0.0) + float(record[k])
+
+
+def _means(sums: dict[str, float]) -> dict[str, Any]:
     """One category's count and means over its scorable questions."""
-    scored = [r for r in rows if r["token_recall"] is not None]
-    return {
-        "examples": len(rows),
-        **{
-            k: sum(float(r[k]) for r in scored) / len(scored) if scored else None
-            for k in ("token_recall", "token_f1", "exact_match")
-        },
-    }
+    scored = sums.get("scored", 0)
+    means = {k: sums[k] / scored if scored else None for k in CATEGORY_MEANS}
+    return {"examples": int(sums["examples"]), **means}
