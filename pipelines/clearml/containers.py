@@ -7,6 +7,7 @@ same line on their side."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -29,9 +30,15 @@ def docker_arg_items(text: str) -> list[str]:
     return items
 
 
+@functools.cache
+def _conf_allowlist() -> dict[str, list[str]]:
+    """conf/'s own, composed once per process (a sweep checks every pipeline against it)."""
+    return to_container(compose())["clearml"]["allowed"]
+
+
 def deployment_allowlist() -> dict[str, list[str]]:
     """This deployment's allowlist: its conf/ (never a task's copy) and its agent's additions."""
-    allowed = to_container(compose())["clearml"]["allowed"]
+    allowed = _conf_allowlist()
     extra = os.environ.get(ALLOW_ENV, "").split()
     return {"images": list(allowed["images"]), "docker_args": [*allowed["docker_args"], *extra]}
 
