@@ -107,10 +107,10 @@ def _fetch_s3(reference: str, setting: str, folder: Path, s3: S3 | None) -> Fetc
     target = folder / bucket / key
     try:
         if key and not key.endswith("/") and s3.exists(url):
-            path = s3.fetch(url, target)
+            path = s3.fetch(url, target, accept_unrecorded=True)  # hashed here
             identity = {"source": "s3", "url": url, "sha256": sha256_file(path)}
             return Fetched(path, identity)
-        files = s3.download(url, target)
+        files = s3.download(url, target, accept_unrecorded=True)
     except StorageError as exc:
         if exc.transient:
             raise

@@ -255,14 +255,25 @@ class S3:
 
     # ---- downloads -------------------------------------------------------------------------
 
-    def fetch(self, url_or_key: str, target: str | Path) -> Path:
-        """Downloads one object to ``target`` (atomically), checked against its recorded
-        sha256: the one way anything here reads a file back from S3."""
-        return self._fetch(url_or_key, Path(target))[0]
+    def fetch(
+        self,
+        url_or_key: str,
+        target: str | Path,
+        sha256: str | None = None,
+        *,
+        accept_unrecorded: bool = False,
+    ) -> Path:
+        """Downloads one object to ``target`` (atomically), checked against the sha256 it
+        was uploaded with and against ``sha256`` (what the sender computed, where it is
+        known): the one way anything here reads a file back from S3. An object with neither
+        is refused, unless ``accept_unrecorded`` (a user's own input, hashed here instead)."""
+        return self._fetch(url_or_key, Path(target), sha256, accept_unrecorded)[0]
 
-    def _fetch(self, url_or_key: str, target: Path) -> tuple[Path, bool]:
+    def _fetch(
+        self, url_or_key: str, target: Path, expected: str | None, accept_unrecorded: bool
+    ) -> tuple[Path, bool]:
         """(the file, whether it had a sha256 to check: every object this package writes
-        has one; ClearML's own uploads do not)."""
+        has one; ClearML's own uploads and a user's inputs do not)."""
         from boto3.exceptions import RetriesExceededError
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -272,10 +283,17 @@ class S3:
         try:
             self.client.download_file(bucket, key, str(tmp))
             head = self.client.head_object(Bucket=bucket, Key=key)
-            expected = head.get("Metadata", {}).get("sha256")
+            recorded = head.get("Metadata", {}).get("sha256")
             actual = sha256_file(tmp)
-            if expected and expected != actual:
-                raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != recorded {expected}")
+            for whose, wanted in (("recorded with it", recorded), ("its sender's", expected)):
+                if wanted and wanted != actual:
+                    raise StorageError(f"s3://{bucket}/{key}: sha256 {actual} != {whose} {wanted}")
+            if not (recorded or expected or accept_unrecorded):
+                raise StorageError(
+                    f"s3://{bucket}/{key}: no sha256 recorded with it, so it cannot be checked "
+                    "(this package records one with every file it uploads); upload it again "
+                    "through the package (make publish) or run the step that wrote it again"
+                )
             os.replace(tmp, target)
         except (BotoCoreError, ClientError, RetriesExceededError) as exc:
             code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else 0
@@ -285,7 +303,7 @@ class S3:
             raise self.error(f"download of s3://{bucket}/{key}", cause) from exc
         finally:
             tmp.unlink(missing_ok=True)  # a local failure too (disk full) leaves no .part
-        return target, bool(expected)
+        return target, bool(recorded or expected)
 
     def exists(self, url_or_key: str) -> bool:
         """Whether the object is there (False for a missing key; other errors raise)."""
@@ -314,14 +332,17 @@ class S3:
         except (BotoCoreError, ClientError) as exc:
             raise self.error(f"listing s3://{bucket}/{prefix}", exc) from exc
 
-    def download(self, url_or_prefix: str, dest: str | Path) -> dict[Path, bool]:
+    def download(
+        self, url_or_prefix: str, dest: str | Path, *, accept_unrecorded: bool = False
+    ) -> dict[Path, bool]:
         """Every object under a run prefix, each checked against its sha256; for each file,
-        whether it had one."""
+        whether it had one (one without is refused unless ``accept_unrecorded``)."""
         bucket, prefix = self.key_of(url_or_prefix)
         written: dict[Path, bool] = {}
         for key in self.list_keys(f"s3://{self.host}/{bucket}/{prefix}"):
             relative = Path(*[safe_name(p) for p in key[len(prefix) :].strip("/").split("/")])
-            path, checked = self._fetch(f"s3://{self.host}/{bucket}/{key}", Path(dest) / relative)
+            url = f"s3://{self.host}/{bucket}/{key}"
+            path, checked = self._fetch(url, Path(dest) / relative, None, accept_unrecorded)
             written[path] = checked
         if not written:
             raise StorageError(f"nothing found under s3://{bucket}/{prefix} at {self.endpoint}")

@@ -62,8 +62,9 @@ def resolve_inputs(
         outputs = parents[step]
         if not field:
             return dict(outputs)
-        if field in outputs.get("files", ()):
-            return str(context.store.fetch(outputs[field], context.dir / "inputs" / step))
+        if field in outputs.get("files", {}):
+            folder, sha256 = context.dir / "inputs" / step, outputs["files"][field]
+            return str(context.store.fetch(outputs[field], folder, sha256))
         return outputs[field]
 
     hints = typing.get_type_hints(spec.load())
@@ -82,8 +83,9 @@ def execute(
     parents: Mapping[str, Mapping[str, Any]],
     context: RunContext,
 ) -> dict[str, Any]:
-    """Runs the step; its outputs name which of them are files (``files``), its memory
-    report (``memory_path``) and what ran it, where and when (``ran``)."""
+    """Runs the step; its outputs name which of them are files, each with its sha256
+    (``files``), its memory report (``memory_path``) and what ran it, where and when
+    (``ran``)."""
     started = utc_now("milliseconds")
     kwargs = resolve_inputs(spec, config, parents, context)
     monitor = MemoryMonitor().start()
@@ -94,10 +96,11 @@ def execute(
         monitor.stop()
     report = {"step": spec.name, **monitor.report()}
     memory_file = write_json_atomic(context.dir / "steps" / f"{spec.name}.memory.json", report)
-    for field in spec.files:
-        outputs[field] = context.store.put(Path(outputs[field]), spec.name)
-    outputs[MEMORY] = context.store.put(memory_file, spec.name)
-    outputs["files"] = [*spec.files, MEMORY]
+    outputs[MEMORY] = memory_file
+    files = {}
+    for field in (*spec.files, MEMORY):
+        outputs[field], files[field] = context.store.put(Path(outputs[field]), spec.name)
+    outputs["files"] = files
     outputs["ran"] = {
         "step": spec.name,
         "started_at": started,

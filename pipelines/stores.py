@@ -4,7 +4,9 @@
 ``S3Store``: the run's prefix in S3, for ClearML steps on different machines; a step's files
 go to ``<prefix>/<experiment>.<pipeline id>/steps/<step>/<file>``, its checkpoint to
 ``.../checkpoints/<key>/``. Every file handed on is a reference (a path, or an s3:// URL)
-that ``fetch`` turns back into a verified local file.
+with the sha256 the step computed as it kept it; ``fetch`` turns the pair back into a local
+file whose content is checked against that sha256, so a child reads exactly what its parent
+wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from components.atomic import sha256_file
 from components.checkpoint import Checkpoint, FileCheckpoint, S3Checkpoint
 from components.storage import S3, StorageError
 
@@ -25,12 +28,13 @@ class Store(Protocol):
     caching: bool  # whether cached() can ever find anything
     cache_url: str  # where its cache is ("" where it has none)
 
-    def put(self, path: Path, step: str) -> str:
-        """Keeps a step's output file; returns the reference its children get."""
+    def put(self, path: Path, step: str) -> tuple[str, str]:
+        """Keeps a step's output file; returns the reference its children get and the
+        file's sha256."""
         ...
 
-    def fetch(self, ref: str, folder: Path) -> Path:
-        """A parent's output file, here, verified."""
+    def fetch(self, ref: str, folder: Path, sha256: str) -> Path:
+        """A parent's output file, here, checked against the sha256 the parent recorded."""
         ...
 
     def checkpoint(self, key: str) -> Checkpoint: ...
@@ -49,10 +53,16 @@ class LocalStore:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
-    def put(self, path: Path, step: str) -> str:
-        return str(path)
+    def put(self, path: Path, step: str) -> tuple[str, str]:
+        return str(path), sha256_file(path)
 
-    def fetch(self, ref: str, folder: Path) -> Path:
+    def fetch(self, ref: str, folder: Path, sha256: str) -> Path:
+        actual = sha256_file(ref)
+        if actual != sha256:
+            raise StorageError(
+                f"{ref}: changed after the step that wrote it (sha256 {actual} != its "
+                f"recorded {sha256}); something else wrote the run folder: run again"
+            )
         return Path(ref)
 
     def checkpoint(self, key: str) -> Checkpoint:
@@ -72,11 +82,12 @@ class S3Store:
         self.s3 = s3
         self.base = s3.run_key(experiment, run_id)
 
-    def put(self, path: Path, step: str) -> str:
-        return self.s3.upload(path, f"{self.base}/steps/{step}/{path.name}")["url"]
+    def put(self, path: Path, step: str) -> tuple[str, str]:
+        stored = self.s3.upload(path, f"{self.base}/steps/{step}/{path.name}")
+        return stored["url"], stored["sha256"]
 
-    def fetch(self, ref: str, folder: Path) -> Path:
-        return self.s3.fetch(ref, folder / Path(ref).name)
+    def fetch(self, ref: str, folder: Path, sha256: str) -> Path:
+        return self.s3.fetch(ref, folder / Path(ref).name, sha256)
 
     def checkpoint(self, key: str) -> Checkpoint:
         return S3Checkpoint(self.s3, f"{self.base}/checkpoints/{key}")

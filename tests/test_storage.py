@@ -203,6 +203,55 @@ def test_cached_files_are_used_only_while_whole(settings, tmp_path):
     assert store.cached("examples", "key1", tmp_path / "tampered") is None
 
 
+def test_an_object_without_a_recorded_sha256_is_never_taken_as_checked(settings, tmp_path):
+    """An object this package did not upload (no sha256 metadata) is refused wherever a
+    result or a step's file is read back; a user's own input, hashed on arrival, and
+    `make fetch`, which says so per file, are the two places it is let through."""
+    from pipelines.stores import S3Store
+
+    key = "slm-experiments/exp.run6/artifacts/model_predictions/predictions.json"
+    settings.client.put_object(Bucket=BUCKET, Key=key, Body=b"[]")
+    with pytest.raises(StorageError, match=f"{key}: no sha256 recorded with it"):
+        settings.fetch(key, tmp_path / "refused.json")
+    assert not (tmp_path / "refused.json").exists()
+    cached = "slm-experiments/cache/examples/k/examples.jsonl"
+    settings.client.put_object(Bucket=BUCKET, Key=cached, Body=b"{}\n")
+    assert S3Store(settings, "exp", "run6").cached("examples", "k", tmp_path / "c") is None
+    with pytest.raises(StorageError, match="no sha256 recorded"):
+        settings.download("slm-experiments/exp.run6", tmp_path / "strict")
+    got = settings.fetch(key, tmp_path / "input.json", accept_unrecorded=True)
+    assert got.read_bytes() == b"[]"
+    got = settings.download("slm-experiments/exp.run6", tmp_path / "l", accept_unrecorded=True)
+    assert list(got.values()) == [False]
+
+
+def test_a_child_step_reads_exactly_what_its_parent_wrote(settings, tmp_path):
+    """The sha256 a step computed as it kept a file travels with the reference; an object
+    replaced since, even with metadata that matches its new content, is refused, and so
+    is a local file changed between steps."""
+    from pipelines.stores import LocalStore, S3Store
+
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text('{"question_id": "a"}\n')
+    store = S3Store(settings, "exp", "run7")
+    ref, sha256 = store.put(examples, "load_dataset")
+    assert sha256 == hashlib.sha256(examples.read_bytes()).hexdigest()
+    assert store.fetch(ref, tmp_path / "child", sha256).read_bytes() == examples.read_bytes()
+    other = tmp_path / "other" / "examples.jsonl"
+    other.parent.mkdir()
+    other.write_text('{"question_id": "b"}\n')
+    settings.upload(other, settings.key_of(ref)[1])  # re-uploaded: its own metadata is right
+    with pytest.raises(StorageError, match=f"!= its sender's {sha256}"):
+        store.fetch(ref, tmp_path / "child2", sha256)
+
+    local = LocalStore(tmp_path)
+    ref, sha256 = local.put(examples, "load_dataset")
+    assert local.fetch(ref, tmp_path, sha256) == examples
+    examples.write_text('{"question_id": "c"}\n')
+    with pytest.raises(StorageError, match="changed after the step that wrote it"):
+        local.fetch(ref, tmp_path, sha256)
+
+
 def finished_run(output_dir, name: str, *, age_days: float, upload_to=None, checkpoint=False):
     """A finished run folder, uploaded (or not), last changed ``age_days`` ago."""
     from components.atomic import file_info

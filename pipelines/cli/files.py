@@ -26,7 +26,7 @@ def fetch(s3: S3, what: dict, container: dict) -> None:
     if bool(what["source"]) == bool(what["task_id"]):
         raise StorageError("fetch needs SRC=s3://... or TASK=<task id> (one of them)")
     source = what["source"] or task_source(str(what["task_id"]))
-    for path, checked in s3.download(source, what["dest"]).items():
+    for path, checked in s3.download(source, what["dest"], accept_unrecorded=True).items():
         print(f"{path}  ({'sha256 verified' if checked else 'no sha256 recorded'})")
 
 
