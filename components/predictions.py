@@ -3,69 +3,55 @@ question's scores, not its record, so a million questions score in flat memory."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from components.atomic import write_json_array_atomic
 from components.contexts import context_summary
-from components.scoring import SHOWN, score_records, summarize
+from components.scoring import SHOWN, Tally, score_records
 
 MAX_CATEGORIES = 100  # a per-question "category" with more values is not broken down
 
 
-def in_order(generations: Iterable[Mapping[str, Any]], where: str) -> Mapping[str, Any]:
-    """The generations file as score_records looks it up: read alongside the examples (a
+Lookup = Callable[[str], Mapping[str, Any]]  # a question id -> its generation
+
+
+def in_order(generations: Iterable[Mapping[str, Any]], where: str) -> Lookup:
+    """The generations file as score_records asks for it: read alongside the examples (a
     run writes them in the examples' order), never loaded whole."""
-    return _InOrder(iter(generations), where)
+    following = iter(generations)
 
-
-class _InOrder(Mapping[str, Any]):
-    def __init__(self, generations: Iterator[Mapping[str, Any]], where: str) -> None:
-        self._next, self._where = generations, where
-
-    def __getitem__(self, question_id: str) -> Mapping[str, Any]:
-        found = next(self._next, None)
+    def answer_to(question_id: str) -> Mapping[str, Any]:
+        found = next(following, None)
         if found is None or found["question_id"] != question_id:
             got = "its end" if found is None else repr(found["question_id"])
             raise ValueError(
-                f"{self._where}: expected the answer to {question_id!r}, found {got}: the "
+                f"{where}: expected the answer to {question_id!r}, found {got}: the "
                 "generations are not in the examples' order; run the inference step again"
             )
         return found
 
-    def __iter__(self) -> Iterator[str]:
-        raise TypeError("read in order only")
-
-    def __len__(self) -> int:
-        raise TypeError("read in order only")
+    return answer_to
 
 
 def write_predictions(
     examples: Iterable[Mapping[str, Any]],
-    generations: Mapping[str, Mapping[str, Any]],
+    answer_to: Lookup,
     path: str | Path,
     mode: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Writes predictions.json; returns its path, the metrics, the unscorable ids and what
     the questions were shown (results.json's ``context``)."""
-    recalls: list[float | None] = []
-    matches: list[bool | None] = []
-    precisions: list[float | None] = []
-    f1s: list[float | None] = []
-    words: list[int] = []
+    tally = Tally()
     unscorable: list[str] = []
     shown: list[dict[str, Any]] = []
     keep_shown = mode["name"] != "no_context"
     categories: dict[str, dict[str, float]] = {}  # running sums: flat memory
 
     def scored() -> Iterator[dict[str, Any]]:
-        for record in score_records(examples, generations):
-            recalls.append(record["token_recall"])
-            matches.append(record["exact_match"])
-            precisions.append(record["token_precision"])
-            f1s.append(record["token_f1"])
-            words.append(record["answer_words"])
+        for record in score_records(examples, answer_to):
+            tally.add(record)
             if record["token_recall"] is None:
                 unscorable.append(record["question_id"])
             category = (record.get("metadata") or {}).get("category")
@@ -79,7 +65,7 @@ def write_predictions(
     written = write_json_array_atomic(path, scored())
     out = {
         "predictions_path": str(written),
-        "metrics": summarize(recalls, matches, precisions, f1s, words).to_dict(),
+        "metrics": tally.summary().to_dict(),
         "unscorable_ids": unscorable,
         "context": context_summary(shown, mode),
     }

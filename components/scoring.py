@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import statistics
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from components.stats import bootstrap_mean
@@ -112,44 +112,64 @@ class Summary:
         }
 
 
-def summarize(
-    recalls: Sequence[float | None],
-    matches: Sequence[bool | None],
-    precisions: Sequence[float | None] = (),
-    f1s: Sequence[float | None] = (),
-    words: Sequence[int] = (),
-) -> Summary:
-    """Means over scorable examples only; unscorable ones are counted, not averaged in. The
-    answer length is averaged over every answer."""
-    scored = [r for r in recalls if r is not None]
-    ems = [m for m, r in zip(matches, recalls, strict=True) if r is not None]
+@dataclass
+class Tally:
+    """Running sums of the scores as records stream by; the recalls themselves are kept
+    (one float per question) for the median and the interval."""
 
-    def mean(values: Sequence[float | None]) -> float | None:
-        kept = [v for v in values if v is not None]
-        return statistics.fmean(kept) if kept else None
+    examples: int = 0
+    recalls: list[float] = field(default_factory=list)
+    matches: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # precision, F1, words
+    counts: dict[str, int] = field(default_factory=dict)
 
-    return Summary(
-        recall_interval=recall_interval(scored),
-        token_precision_mean=mean(precisions),
-        token_f1_mean=mean(f1s),
-        answer_words_mean=mean(words),
-        examples=len(recalls),
-        scored=len(scored),
-        unscorable=len(recalls) - len(scored),
-        token_recall_mean=statistics.fmean(scored) if scored else None,
-        token_recall_median=statistics.median(scored) if scored else None,
-        token_recall_share_full=sum(r == 1.0 for r in scored) / len(scored) if scored else None,
-        exact_match=sum(bool(m) for m in ems) / len(ems) if ems else None,
-    )
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.examples += 1
+        if record["token_recall"] is not None:
+            self.recalls.append(record["token_recall"])
+            self.matches += bool(record["exact_match"])
+        for key in ("token_precision", "token_f1", "answer_words"):
+            if record.get(key) is not None:
+                self.sums[key] = self.sums.get(key, 0.0) + record[key]
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mean(self, key: str) -> float | None:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+
+    def summary(self) -> Summary:
+        """Means over scorable examples only; unscorable ones are counted, not averaged in.
+        The answer length is averaged over every answer."""
+        scored = self.recalls
+        return Summary(
+            recall_interval=recall_interval(scored),
+            token_precision_mean=self.mean("token_precision"),
+            token_f1_mean=self.mean("token_f1"),
+            answer_words_mean=self.mean("answer_words"),
+            examples=self.examples,
+            scored=len(scored),
+            unscorable=self.examples - len(scored),
+            token_recall_mean=statistics.fmean(scored) if scored else None,
+            token_recall_median=statistics.median(scored) if scored else None,
+            token_recall_share_full=sum(r == 1.0 for r in scored) / len(scored) if scored else None,
+            exact_match=self.matches / len(scored) if scored else None,
+        )
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> Summary:
+    """The summary of scored records (``score_records``' keys)."""
+    tally = Tally()
+    for record in records:
+        tally.add(record)
+    return tally.summary()
 
 
 def score_records(
-    examples: Iterable[Mapping[str, Any]], generations: Mapping[str, Mapping[str, Any]]
+    examples: Iterable[Mapping[str, Any]], answer_to: Callable[[str], Mapping[str, Any]]
 ) -> Iterator[dict[str, Any]]:
-    """predictions.json's records, one at a time: each example with its answer, recall and
-    exact match (both None where no answer has a word to score)."""
+    """predictions.json's records, one at a time: each example with its answer (``answer_to``
+    its question id), recall and exact match (both None where no answer has a word)."""
     for example in examples:
-        gen = generations[example["question_id"]]
+        gen = answer_to(example["question_id"])
         recall = token_recall(gen["prediction"], example["answers"])
         matched = None if recall is None else exact_match(gen["prediction"], example["answers"])
         precision, f1 = precision_f1(gen["prediction"], example["answers"]) or (None, None)

@@ -51,7 +51,7 @@ def rescore(ref: str, cfg: dict[str, Any], fetch_task: TaskFetcher | None = None
     experiment = safe_name(f"{results['experiment']}_rescored")
     out = Path(cfg["experiment"]["output_dir"]) / experiment
     mode = (results.get("config") or {}).get("experiment_mode") or {"name": "no_context"}
-    scored = write_predictions(examples, generations, out / "predictions.json", mode)
+    scored = write_predictions(examples, generations.__getitem__, out / "predictions.json", mode)
     predictions, metrics = Path(scored["predictions_path"]), scored["metrics"]
     rescored = {
         **results,

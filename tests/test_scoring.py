@@ -48,8 +48,17 @@ def test_exact_match_normalizes_case_punctuation_and_articles():
     assert exact_match("Paris’", ["paris"])
 
 
+def scored(recalls, matches, precisions=None, f1s=None, words=None) -> list[dict]:
+    """Records as score_records gives them, with only the scores set."""
+    n = len(recalls)
+    columns = zip(recalls, matches, precisions or [None] * n, f1s or [None] * n,
+                  words or [None] * n, strict=True)  # fmt: skip
+    keys = ("token_recall", "exact_match", "token_precision", "token_f1", "answer_words")
+    return [dict(zip(keys, row, strict=True)) for row in columns]
+
+
 def test_summary_counts_unscorable_apart():
-    summary = summarize([1.0, 0.5, None, 0.0], [True, False, None, False])
+    summary = summarize(scored([1.0, 0.5, None, 0.0], [True, False, None, False]))
     assert summary.examples == 4
     assert summary.scored == 3
     assert summary.unscorable == 1
@@ -60,7 +69,7 @@ def test_summary_counts_unscorable_apart():
 
 
 def test_summary_of_nothing_scorable_has_no_mean():
-    summary = summarize([None], [None])
+    summary = summarize(scored([None], [None]))
     assert summary.token_recall_mean is None
     assert summary.exact_match is None
 
@@ -142,8 +151,9 @@ def test_a_ramble_that_holds_the_answer_has_full_recall_but_low_precision_and_f1
 
 
 def test_the_summary_reports_precision_f1_length_and_the_recall_interval():
-    summary = summarize([1.0, 0.0, 1.0, None], [False, False, True, None], [0.1, 0.0, 1.0, None],
-                        [0.2, 0.0, 1.0, None], [12, 3, 1, 4]).to_dict()  # fmt: skip
+    summary = summarize(scored([1.0, 0.0, 1.0, None], [False, False, True, None],
+                               [0.1, 0.0, 1.0, None], [0.2, 0.0, 1.0, None],
+                               [12, 3, 1, 4])).to_dict()  # fmt: skip
     assert summary["token_precision"]["mean"] == pytest.approx(1.1 / 3)
     assert summary["token_f1"]["mean"] == pytest.approx(0.4)
     assert summary["answer_words"]["mean"] == pytest.approx(5.0)
@@ -166,7 +176,9 @@ def test_metadata_reaches_predictions_and_a_category_field_gets_its_own_means(tm
         q: {"prediction": p, "prompt_tokens": 1, "output_tokens": 1}
         for q, (_, p, _) in said.items()
     }
-    out = write_predictions(examples, generations, tmp_path / "p.json", {"name": "no_context"})
+    out = write_predictions(
+        examples, generations.__getitem__, tmp_path / "p.json", {"name": "no_context"}
+    )
     records = json.loads((tmp_path / "p.json").read_text())
     assert records[0]["metadata"] == {"category": "geo"}
     assert out["by_category"]["geo"] == {
