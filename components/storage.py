@@ -223,36 +223,6 @@ class S3:
             raise StorageError(f"s3://{self.bucket}/{key}: server copy does not match {path}")
         return {"url": self.url(key), "key": key, "bytes": size, "sha256": sha256}
 
-    def publish_run(
-        self, run_dir: str | Path, experiment: str, run_id: str, *, cleanup_local: bool = False
-    ) -> dict[str, dict[str, Any]]:
-        """Uploads the three artifacts, results.json last (its presence means the run is
-        whole). With ``cleanup_local`` the folder's other files go first, under
-        ``<run key>/files/``, and every uploaded local file is deleted once all verified."""
-        run_dir = Path(run_dir)
-        run_key = self.run_key(experiment, run_id)
-        self.require_bucket(f"upload of {run_dir} to {self.url(run_key)}/")
-        local = []
-        if cleanup_local:
-            for relative in run_folder_files(run_dir):
-                segments = "/".join(safe_name(p) for p in relative.split("/"))
-                self.upload(run_dir / relative, f"{run_key}/files/{segments}")
-                local.append(run_dir / relative)
-        uploaded: dict[str, dict[str, Any]] = {}
-        for filename in sorted(ARTIFACT_NAMES, key=lambda name: name == "results.json"):
-            path = run_dir / filename
-            if path.is_file():
-                info = self.upload(path, artifact_subkey(run_key, filename))
-                uploaded[ARTIFACT_NAMES[filename]] = {**info, "path": str(path)}
-                local.append(path)
-        if cleanup_local:
-            for path in local:
-                path.unlink()
-            for folder in sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True):
-                if not any(folder.iterdir()):
-                    folder.rmdir()
-        return uploaded
-
     # ---- downloads -------------------------------------------------------------------------
 
     def fetch(
@@ -355,17 +325,3 @@ class S3:
         return {
             name: self.fetch(artifact_subkey(run_key, name), Path(dest) / name) for name in names
         }
-
-
-def run_folder_files(run_dir: str | Path) -> list[str]:
-    """The files of a run folder besides its three artifacts, as paths relative to it: what
-    goes to S3 with them when the local copies are to be deleted. Checkpoints stay out (a
-    finished run deletes its own), and so do temporary files."""
-    run_dir = Path(run_dir)
-    found = []
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir)
-        skip = relative.as_posix() in ARTIFACT_NAMES or path.name.startswith((".", "checkpoint-"))
-        if path.is_file() and not skip:
-            found.append(relative.as_posix())
-    return found

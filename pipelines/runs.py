@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import file_info
+from components.run_upload import publish_run
 from components.storage import S3, StorageError
 from pipelines.config import ConfigError
 
@@ -56,7 +57,7 @@ def publish_again(s3: S3, run_dir: Path, cleanup: bool) -> list[str]:
         now = file_info(run_dir / name)
         if (now["bytes"], now["sha256"]) != (recorded["bytes"], recorded["sha256"]):
             raise StorageError(f"{run_dir / name}: changed since the run recorded it; not uploaded")
-    uploaded = s3.publish_run(
-        run_dir, results["experiment"], results["run_id"], cleanup_local=cleanup
+    uploaded = publish_run(
+        s3, run_dir, results["experiment"], results["run_id"], cleanup_local=cleanup
     )
     return [info["url"] for info in uploaded.values()]

@@ -44,9 +44,10 @@ from components.results import build_results
 from components.retrieval import create_retriever, index_key
 from components.retrieval.bm25 import MARKER as INDEX_MARKER
 from components.retrieval.run import retrieve_all
+from components.run_upload import publish_run, run_folder_files
 from components.secrets import redact
 from components.stats import bootstrap_options
-from components.storage import ARTIFACT_NAMES, StorageError, run_folder_files
+from components.storage import ARTIFACT_NAMES, StorageError
 from pipelines.config import PROJECT_ROOT
 from pipelines.executor import RunContext
 from pipelines.inputs import fetched_dataset, fetched_model
@@ -252,8 +253,8 @@ def publish_step(
     )
     uploaded: dict[str, dict[str, Any]] = {}
     if run.storage is not None:
-        uploaded = run.storage.publish_run(
-            run.dir, run.experiment, run.run_id, cleanup_local=run.cleanup_local
+        uploaded = publish_run(
+            run.storage, run.dir, run.experiment, run.run_id, cleanup_local=run.cleanup_local
         )
     if run.report is not None:
         links = uploaded or {

@@ -9,6 +9,7 @@ from components.checkpoint import FileCheckpoint
 from components.inference.config import InferenceConfig
 from components.inference.run import generate_answers
 from components.model_files import ModelConfig
+from components.run_upload import publish_run
 from pipelines.config import section
 from tests.conftest import SMOLLM2
 from tests.fault_proxy import FaultProxy
@@ -49,7 +50,7 @@ def test_results_json_is_uploaded_last(settings, tmp_path):
         run_dir = run_dir_with_results(tmp_path / str(cleanup))
         (run_dir / "contexts.jsonl").write_text("{}\n")  # a run's other file goes first too
         with FaultProxy(settings.endpoint) as proxy:
-            through(proxy).publish_run(run_dir, "exp", f"order{cleanup}", cleanup_local=cleanup)
+            publish_run(through(proxy), run_dir, "exp", f"order{cleanup}", cleanup_local=cleanup)
         puts = [r.split("?")[0].rsplit("/", 1)[1] for r in proxy.seen if r.startswith("PUT ")]
         assert puts[-1] == "results.json", (
             f"upload order is broken: results.json must go last, as the mark that the run is "

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from components.retention import LIFECYCLE_RULE_ID, set_retention
+from components.run_upload import publish_run
 from components.storage import StorageError, safe_name
 from tests.conftest import (
     BUCKET,
@@ -37,7 +38,7 @@ def test_output_uri_and_key_layout(settings):
 
 def test_publish_uploads_verified_keeps_local_by_default(settings, tmp_path):
     run_dir = fake_run(tmp_path)
-    uploaded = settings.publish_run(run_dir, "smollm2_135m_sample", "run1")
+    uploaded = publish_run(settings, run_dir, "smollm2_135m_sample", "run1")
     assert set(uploaded) == {"experiment_results", "model_predictions", "memory_usage"}
     key = uploaded["model_predictions"]["key"]
     assert (
@@ -53,7 +54,7 @@ def test_publish_uploads_verified_keeps_local_by_default(settings, tmp_path):
 
 def test_cleanup_deletes_local_copies_only_after_verified_upload(settings, tmp_path):
     run_dir = fake_run(tmp_path, size=9 * 2**20)  # above the multipart threshold
-    uploaded = settings.publish_run(run_dir, "exp", "run2", cleanup_local=True)
+    uploaded = publish_run(settings, run_dir, "exp", "run2", cleanup_local=True)
     assert len(uploaded) == 3
     assert run_dir.is_dir() and list(run_dir.iterdir()) == []
 
@@ -64,7 +65,7 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
         endpoint=f"http://127.0.0.1:{closed_port()}", max_attempts=2, connect_timeout=1
     )
     with pytest.raises(StorageError, match="failed after 2 attempts"):
-        down.publish_run(run_dir, "exp", "run3", cleanup_local=True)
+        publish_run(down, run_dir, "exp", "run3", cleanup_local=True)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "memory_usage.json",
         "predictions.json",
@@ -75,12 +76,12 @@ def test_failed_upload_keeps_every_local_file(settings, tmp_path):
 def test_missing_bucket_says_how_to_create_it(settings, tmp_path):
     missing = storage_settings(endpoint=settings.endpoint, bucket="no-such")
     with pytest.raises(StorageError, match="bucket 'no-such' does not exist"):
-        missing.publish_run(fake_run(tmp_path), "exp", "run5")
+        publish_run(missing, fake_run(tmp_path), "exp", "run5")
 
 
 def test_retrieval_round_trip_and_tamper_detection(settings, tmp_path):
     run_dir = fake_run(tmp_path)
-    uploaded = settings.publish_run(run_dir, "exp", "run4")
+    uploaded = publish_run(settings, run_dir, "exp", "run4")
     prefix_url = uploaded["experiment_results"]["url"].split("/artifacts/")[0]
     files = settings.download(prefix_url, tmp_path / "back")
     assert len(files) == 3
@@ -266,7 +267,7 @@ def finished_run(output_dir, name: str, *, age_days: float, upload_to=None, chec
     if checkpoint:
         (run_dir / "checkpoint-abc.jsonl").write_text("{}\n")
     if upload_to is not None:
-        upload_to.publish_run(run_dir, name, f"id-{name}")
+        publish_run(upload_to, run_dir, name, f"id-{name}")
     os_utime_days(run_dir, age_days)
     return run_dir
 

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from components.atomic import file_info
+from components.run_upload import publish_run
 from components.storage import S3, StorageError
 from tests.conftest import BUCKET, CREDS, closed_port, make, run_module, storage_settings
 from tests.fault_proxy import FaultProxy
@@ -40,7 +41,7 @@ def test_transient_5xx_and_dropped_connections_are_retried(settings, tmp_path):
     run_dir = run_dir_with_results(tmp_path)
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_next, proxy.drop_next = 3, 2
-        uploaded = through(proxy).publish_run(run_dir, "exp", "r1", cleanup_local=True)
+        uploaded = publish_run(through(proxy), run_dir, "exp", "r1", cleanup_local=True)
     assert len(uploaded) == 3
     assert local_names(run_dir) == []  # deleted only after every upload verified
 
@@ -53,7 +54,7 @@ def test_persistent_failure_keeps_everything_then_publish_again_uploads(
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_always = True
         with pytest.raises(StorageError, match="failed after 3 attempts"):
-            through(proxy, attempts=3).publish_run(run_dir, "exp", "r1", cleanup_local=True)
+            publish_run(through(proxy, attempts=3), run_dir, "exp", "r1", cleanup_local=True)
         assert len(proxy.seen) >= 3  # retried, not given up at once
     assert local_names(run_dir) == before
 
@@ -88,7 +89,7 @@ def test_a_slow_endpoint_times_out_with_a_clear_error(settings, tmp_path):
             endpoint=proxy.endpoint, bucket=BUCKET, max_attempts=2, read_timeout=0.5
         )
         with pytest.raises(StorageError, match="failed after 2 attempts"):
-            slow.publish_run(run_dir, "exp", "r2", cleanup_local=True)
+            publish_run(slow, run_dir, "exp", "r2", cleanup_local=True)
     assert len(local_names(run_dir)) == 3
 
 
@@ -97,7 +98,7 @@ def test_a_failed_multipart_upload_is_aborted(settings, tmp_path):
     with FaultProxy(settings.endpoint) as proxy:
         proxy.fail_when = "partNumber="
         with pytest.raises(StorageError):
-            through(proxy, attempts=2).publish_run(run_dir, "exp", "r9")
+            publish_run(through(proxy, attempts=2), run_dir, "exp", "r9")
     pending = settings.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     assert [u for u in pending if "exp.r9" in u["Key"]] == []
     assert len(local_names(run_dir)) == 3

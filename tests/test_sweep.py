@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from components.leaderboard import leaderboard_row, to_markdown
+from components.run_upload import publish_run
 from components.stats import bootstrap_mean
 from tests.conftest import ROOT, make
 
@@ -181,7 +182,7 @@ def test_summary_reads_finished_runs_from_s3_and_lists_the_missing(settings, tmp
         folder = tmp_path / name
         write_json_atomic(folder / "results.json", results)
         write_json_atomic(folder / "predictions.json", predictions)
-        settings.publish_run(folder, name, f"id{name}")
+        publish_run(settings, folder, name, f"id{name}")
         runs.append({"id": f"id{name}", "experiment": name, "model": name[:2], "dataset": "d"})
     runs.append({"id": "idgone", "experiment": "m3_d", "model": "m3", "dataset": "d"})
     for run in runs:
