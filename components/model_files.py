@@ -172,10 +172,14 @@ def weights_digest(model: ModelConfig) -> str | None:
 def resolve_model(
     model: ModelConfig, cache_dir: str | Path | None = None, digest: str | None = None
 ) -> ModelFiles:
-    """The folder both backends load; ``digest``: the GGUF's sha256 from weights_digest()."""
+    """The folder both backends load; ``digest``: the GGUF's sha256 from weights_digest().
+    A hub id where the hub does not answer is read from the local cache only, at once."""
     gguf = model.gguf
     if not gguf:
-        return ModelFiles(path=model.path, source="local" if Path(model.path).is_dir() else "hub")
+        if Path(model.path).is_dir():
+            return ModelFiles(path=model.path, source="local")
+        _offline_where_the_hub_is_unreachable(model.path)
+        return ModelFiles(path=model.path, source="hub")
 
     assembler, gguf_path, digest = _packaged_gguf(gguf, digest)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -198,14 +202,15 @@ def resolve_model(
     return ModelFiles(str(target), "gguf-cache", digest)
 
 
-def offline_where_the_hub_is_unreachable(files: ModelFiles, timeout_s: float = 3.0) -> None:
-    """A hub id where the hub does not answer: read from the local cache only, at once,
-    rather than after huggingface_hub's retries (about 50 s) end in the same error."""
+def _offline_where_the_hub_is_unreachable(repo: str, timeout_s: float = 3.0) -> None:
+    """Where the hub does not answer, huggingface_hub goes offline (this process and the
+    ones an engine starts), so a missing model fails at once rather than after its retries
+    (about 50 s) end in the same error."""
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
 
-    if files.source != "hub" or constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE:
         return
     endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
@@ -215,7 +220,7 @@ def offline_where_the_hub_is_unreachable(files: ModelFiles, timeout_s: float = 3
         log.warning(
             "the Hugging Face hub (%s) does not answer: %s is read from the local cache only",
             constants.ENDPOINT,
-            files.path,
+            repo,
         )
         constants.HF_HUB_OFFLINE = True
         os.environ["HF_HUB_OFFLINE"] = "1"  # for the processes an engine starts

@@ -23,7 +23,6 @@ from components.model_files import (
     ModelFiles,
     ModelFilesError,
     loaded_weights_digest,
-    offline_where_the_hub_is_unreachable,
     resolve_model,
     weights_digest,
 )
@@ -130,7 +129,6 @@ def plan_inference(
     """``examples``: records with ``question`` (and, in a context mode, ``passages``);
     ``fetched``: the weights where a step fetched them (``model.path`` names them elsewhere)."""
     files = fetched or resolve_model(model, digest=weights_digest(model))
-    offline_where_the_hub_is_unreachable(files)
     weights = loaded_weights_digest(files, model.revision)
     if weights != files.gguf_sha256:
         files = dataclasses.replace(files, weights_sha256=weights)
