@@ -102,6 +102,39 @@ def write_json_array_atomic(path: str | os.PathLike[str], items: Iterable[Any]) 
     return Path(path)
 
 
+def read_json_array(path: str | os.PathLike[str], chunk: int = 2**20) -> Iterator[Any]:
+    """The items of a JSON array file, one at a time: what ``write_json_array_atomic`` wrote
+    read back without holding the whole array."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as fh:
+        buffer, at, eof, opened = "", 0, False, False
+        while True:
+            while at < len(buffer) and (buffer[at].isspace() or (opened and buffer[at] == ",")):
+                at += 1
+            if at < len(buffer):
+                if not opened:
+                    if buffer[at] != "[":
+                        raise json.JSONDecodeError("expected a JSON array", buffer, at)
+                    at, opened = at + 1, True
+                    continue
+                if buffer[at] == "]":
+                    return
+                try:
+                    item, end = decoder.raw_decode(buffer, at)
+                except json.JSONDecodeError:
+                    if eof:
+                        raise
+                    end = len(buffer)  # an item cut by the chunk (a number too): read on
+                if eof or (end < len(buffer) and (buffer[end].isspace() or buffer[end] in ",]")):
+                    yield item
+                    at = end
+                    continue
+            elif eof:
+                raise json.JSONDecodeError("the array is not closed", buffer, at)
+            more = fh.read(chunk)
+            buffer, at, eof = buffer[at:] + more, 0, not more
+
+
 def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
     """Streams records to a temp file, then renames: memory stays flat for large sets."""
     with atomic_writer(path) as fh:

@@ -3,6 +3,7 @@ question's scores, not its record, so a million questions score in flat memory."
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,31 @@ def write_predictions(
     if categories and len(categories) <= MAX_CATEGORIES:  # more: an id, not a category
         out["by_category"] = {name: _means(sums) for name, sums in sorted(categories.items())}
     return out
+
+
+HIGHLIGHT_FIELDS = ("question_id", "token_recall", "question", "prediction", "answers")
+
+
+def highlights(records: Iterable[Mapping[str, Any]], rows: int = 10) -> dict[str, Any]:
+    """What a tracked run shows of its predictions, read as the records stream by: a
+    histogram of recall in tenths and the ``rows`` worst and best answers (by recall, then
+    question id), each list from the extreme inwards."""
+    bins = [0] * 10
+    worst: list[dict[str, Any]] = []  # ascending, the lowest ``rows``
+    best: list[dict[str, Any]] = []  # ascending, the highest ``rows``
+
+    def order(record: Mapping[str, Any]) -> tuple[float, str]:
+        return record["token_recall"], record["question_id"]
+
+    for record in records:
+        if record["token_recall"] is None:
+            continue
+        bins[min(int(record["token_recall"] * 10), 9)] += 1
+        slim = {k: record[k] for k in HIGHLIGHT_FIELDS}
+        bisect.insort(worst, slim, key=order)
+        bisect.insort(best, slim, key=order)
+        del worst[rows:], best[:-rows]
+    return {"recall_bins": bins, "worst": worst, "best": best[::-1]}
 
 
 CATEGORY_MEANS = ("token_recall", "token_f1", "exact_match")

@@ -19,6 +19,7 @@ import yaml
 from components.atomic import (
     atomic_writer,
     file_info,
+    read_json_array,
     read_jsonl,
     sha256_file,
     write_json_atomic,
@@ -38,7 +39,7 @@ from components.leaderboard import leaderboard_row, write_leaderboard
 from components.memory import merge_reports
 from components.model_files import ModelConfig, default_cache_dir
 from components.modes import ModeConfig
-from components.predictions import in_order, write_predictions
+from components.predictions import highlights, in_order, write_predictions
 from components.provenance import code_identity, environment, utc_now
 from components.results import build_results
 from components.retrieval import create_retriever, index_key
@@ -248,9 +249,7 @@ def publish_step(
         }
     results_path = write_json_atomic(run.dir / "results.json", results)
     # Read before publish_run, which may delete the local copy; only a reporter needs it.
-    predictions = (
-        json.loads(predictions_file.read_text(encoding="utf-8")) if run.report is not None else None
-    )
+    shown = highlights(read_json_array(predictions_file)) if run.report is not None else None
     uploaded: dict[str, dict[str, Any]] = {}
     if run.storage is not None:
         uploaded = publish_run(
@@ -261,7 +260,7 @@ def publish_step(
             ARTIFACT_NAMES[name]: info
             for name, info in {**artifacts, "results.json": file_info(results_path)}.items()
         }
-        run.report(results=results, predictions=predictions, artifacts=links)
+        run.report(results=results, highlights=shown, artifacts=links)
     return {
         "results": results,
         "results_path": str(results_path),

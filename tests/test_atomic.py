@@ -46,3 +46,15 @@ def test_a_command_on_a_full_disk_says_so_and_stops(capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: [Errno 28] No space left on device")
     assert error.rstrip().endswith(DISK_FULL_HINT)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 2**20])
+def test_a_json_array_reads_back_item_by_item_whatever_the_chunk(tmp_path, chunk):
+    from components.atomic import read_json_array, write_json_array_atomic
+
+    for items in ([], [{"a": "x]y,[z", "n": 12345}, 2, "s", None, True, -1.5e3], [[1, [2]], {}]):
+        path = write_json_array_atomic(tmp_path / "a.json", items)
+        assert list(read_json_array(path, chunk=chunk)) == items == json.loads(path.read_text())
+    (tmp_path / "cut.json").write_text('[\n  {"a": 1},\n  {"b": ')
+    with pytest.raises(json.JSONDecodeError):
+        list(read_json_array(tmp_path / "cut.json", chunk=chunk))

@@ -186,3 +186,36 @@ def test_metadata_reaches_predictions_and_a_category_field_gets_its_own_means(tm
     }  # fmt: skip
     assert out["by_category"]["war"]["token_recall"] == 1.0
     assert out["by_category"]["war"]["token_f1"] == pytest.approx(0.4)
+
+
+def test_a_tracked_run_s_highlights_stream_the_predictions_file(tmp_path):
+    """The histogram and the worst and best answers ClearML shows equal those of the whole
+    list sorted, read from predictions.json without holding it."""
+    import random
+
+    from components.atomic import read_json_array, write_json_array_atomic
+    from components.predictions import highlights
+
+    rng = random.Random(7)
+    records = [
+        {"question_id": f"q{i:05d}", "question": "Q?", "answers": ["a"], "prediction": "x" * 1000,
+         "token_recall": rng.choice([None, 0.0, 0.25, 0.5, 1.0]), "exact_match": None}
+        for i in range(20_000)
+    ]  # fmt: skip
+    path = write_json_array_atomic(tmp_path / "predictions.json", records)
+    scored = sorted(
+        (r for r in records if r["token_recall"] is not None),
+        key=lambda r: (r["token_recall"], r["question_id"]),
+    )
+    got: dict = {}
+
+    def read() -> None:
+        got.update(highlights(read_json_array(path)))
+
+    assert traced_peak(read) < path.stat().st_size / 3  # the list alone is larger
+    assert [r["question_id"] for r in got["worst"]] == [r["question_id"] for r in scored[:10]]
+    assert [r["question_id"] for r in got["best"]] == [r["question_id"] for r in scored[::-1][:10]]
+    bins = [0] * 10
+    for r in scored:
+        bins[min(int(r["token_recall"] * 10), 9)] += 1
+    assert got["recall_bins"] == bins and sum(bins) == len(scored)

@@ -11,17 +11,16 @@ from typing import Any
 from components.leaderboard import COLUMNS, plot, sort_rows
 from components.memory import gib, highest_gpu_bytes
 
-WORST_BEST_ROWS = 10
-
 
 def report_results(
     task: Any,
     results: dict[str, Any],
-    predictions: list[dict[str, Any]],
+    highlights: dict[str, Any],
     artifacts: dict[str, dict[str, Any]],
 ) -> None:
-    """``artifacts``: name -> {url or path, bytes, sha256}. URLs are registered as links
-    (the bytes already live in S3); local paths are uploaded by ClearML."""
+    """``highlights``: components.predictions.highlights of predictions.json. ``artifacts``:
+    name -> {url or path, bytes, sha256}. URLs are registered as links (the bytes already
+    live in S3); local paths are uploaded by ClearML."""
     logger = task.get_logger()
     peak_gpu = highest_gpu_bytes(results["memory"].get("peak_gpu_bytes")) or 0
     values = {
@@ -43,28 +42,17 @@ def report_results(
     for stage, seconds in results["timing"]["stage_seconds"].items():
         logger.report_scalar("seconds per stage", stage, float(seconds), iteration=0)
 
-    recalls = [p["token_recall"] for p in predictions if p["token_recall"] is not None]
-    bins = [0] * 10
-    for recall in recalls:
-        bins[min(int(recall * 10), 9)] += 1
     logger.report_histogram(
         "token recall",
         "examples",
-        values=bins,
+        values=highlights["recall_bins"],
         iteration=0,
         xlabels=[f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)],
         xaxis="token recall",
         yaxis="examples",
     )
-    scored = sorted(
-        (p for p in predictions if p["token_recall"] is not None),
-        key=lambda p: (p["token_recall"], p["question_id"]),
-    )
     header = ["question_id", "token_recall", "question", "prediction", "answers"]
-    for series, rows in (
-        ("worst", scored[:WORST_BEST_ROWS]),
-        ("best", scored[::-1][:WORST_BEST_ROWS]),
-    ):
+    for series in ("worst", "best"):
         table = [header] + [
             [
                 p["question_id"],
@@ -73,7 +61,7 @@ def report_results(
                 p["prediction"],
                 " | ".join(p["answers"]),
             ]
-            for p in rows
+            for p in highlights[series]
         ]
         logger.report_table("predictions", series, iteration=0, table_plot=table)
 
@@ -142,7 +130,7 @@ def reporter(task: Any):
 
     def report(**what: Any) -> None:
         if "results" in what:
-            report_results(task, what["results"], what["predictions"], what["artifacts"])
+            report_results(task, what["results"], what["highlights"], what["artifacts"])
         if "leaderboard" in what:
             report_leaderboard(task, what["leaderboard"], what["runs"])
 
