@@ -34,7 +34,7 @@ from components.contexts import (
 from components.dataset import DatasetConfig
 from components.inference.config import InferenceConfig
 from components.inference.report import GenerationReport
-from components.inference.run import generate_answers, shard_bounds
+from components.inference.run import generate_answers, shards_in_order
 from components.leaderboard import leaderboard_row, write_leaderboard
 from components.memory import merge_reports
 from components.model_files import ModelConfig, default_cache_dir
@@ -174,19 +174,9 @@ def merge_shards_step(
 ) -> dict[str, Any]:
     """Joins the shards' answers in dataset order, checking every example is answered
     exactly once."""
-    ids = [e["question_id"] for e in read_jsonl(examples_path)]
     reports = [GenerationReport.from_dict(o) for o in shard_outputs]
     pairs = sorted(zip(reports, generations_paths, strict=True), key=lambda p: p[0].shard)
-    merged: list[dict[str, Any]] = []
-    for index, (report, path) in enumerate(pairs):
-        low, high = shard_bounds(len(ids), index, len(pairs))
-        got = list(read_jsonl(path))
-        if report.shard != index or [g["question_id"] for g in got] != ids[low:high]:
-            raise RuntimeError(
-                f"shard {index}: {path} does not answer examples {low}..{high - 1} in order "
-                f"({len(got)} answers); rerun that shard"
-            )
-        merged.extend(got)
+    merged = shards_in_order(examples_path, [(r.shard, path) for r, path in pairs])
     generations_path = write_jsonl_atomic(run.dir / "generations.jsonl", merged)
     return GenerationReport.merged(reports, str(generations_path)).to_dict()
 

@@ -71,9 +71,12 @@ def test_merge_refuses_a_shard_that_misses_or_repeats_an_answer(tmp_path):
     ids = [g["question_id"] for g in read_jsonl(merged["generations_path"])]
     assert ids == ["q0", "q1", "q2", "q3", "q4"]
     assert merged["questions_per_s"] == 5 / 4.0  # per GPU-second, comparable to one shard
-    bad = [_shard(tmp_path, 0, ["q0", "q1"]), _shard(tmp_path, 1, ["q2", "q2", "q4"])]
-    with pytest.raises(RuntimeError, match="shard 1: .* does not answer examples 2..4"):
-        merge_shards_step(str(examples), bad, [b["generations_path"] for b in bad], run)
+    for answers in (["q2", "q2", "q4"], ["q2", "q3"], ["q2", "q3", "q4", "q4"]):
+        bad = [_shard(tmp_path, 0, ["q0", "q1"]), _shard(tmp_path, 1, answers)]
+        with pytest.raises(RuntimeError, match="shard 1: .* does not answer examples 2..4"):
+            merge_shards_step(str(examples), bad, [b["generations_path"] for b in bad], run)
+        kept = [g["question_id"] for g in read_jsonl(merged["generations_path"])]
+        assert kept == ids  # the refused merge left the earlier file as it was
 
 
 @pytest.mark.slow

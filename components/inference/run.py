@@ -5,14 +5,14 @@ attempt loses at most the batch in flight); the answers are written in dataset o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from components import memory
-from components.atomic import write_jsonl_atomic
+from components.atomic import read_jsonl, write_jsonl_atomic
 from components.checkpoint import Checkpoint
 from components.contexts import contains_answer
 from components.fault_injection import hold_after_first_batch
@@ -27,6 +27,29 @@ from components.modes import ModeConfig
 def shard_bounds(count: int, shard: int, shards: int) -> tuple[int, int]:
     """Contiguous shards whose sizes differ by at most one, in dataset order."""
     return count * shard // shards, count * (shard + 1) // shards
+
+
+def shards_in_order(
+    examples_path: str | Path, shards: list[tuple[int, str]]
+) -> Iterator[dict[str, Any]]:
+    """The answers of ``shards`` ((recorded shard index, generations file), by index) as
+    one stream in dataset order, each checked against the examples as it passes."""
+    count = sum(1 for _ in read_jsonl(examples_path))
+    ids = (e["question_id"] for e in read_jsonl(examples_path))
+    for index, (recorded, path) in enumerate(shards):
+        low, high = shard_bounds(count, index, len(shards))
+        answered, whole = 0, recorded == index
+        for got in read_jsonl(path):
+            if not whole or answered == high - low or got["question_id"] != next(ids):
+                whole = False
+                break
+            answered += 1
+            yield got
+        if not whole or answered != high - low:
+            raise RuntimeError(
+                f"shard {index}: {path} does not answer examples {low}..{high - 1} in order "
+                f"(answer {answered + 1} differs); rerun that shard"
+            )
 
 
 def generate_answers(
