@@ -235,8 +235,10 @@ AGENT_RUN = $(if $(filter 1 true yes,$(STOP)),--stop,$(if $(filter 1 true yes,$(
 # clearml-agent's bootstrap in every step container, made a no-op because the images hold
 # everything: no apt-get (opencv libraries), a pip requirement no interpreter matches (so
 # `pip install -U pip` installs nothing), and clearml-agent from the image, never the index.
+# Queues polled every 2 s (clearml-agent's default: 5 s) unless the environment says otherwise.
 # docker/clearml.conf.example sets the same in clearml.conf (docs/deploy.md).
 AGENT_BOOTSTRAP = CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false \
+  CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=$${CLEARML_AGENT_QUEUE_POLL_FREQ_SEC:-2} \
   CLEARML_AGENT_DOCKER_ARGS_FILTERS="$(DOCKER_ARGS_FILTERS)" \
   CLEARML_AGENT__AGENT__PACKAGE_MANAGER__PIP_VERSION="\"<0 ; python_version < '3'\"" \
   CLEARML_AGENT_DOCKER_AGENT_REPO="--no-index clearml-agent"

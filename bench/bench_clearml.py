@@ -65,11 +65,15 @@ def breakdown(api, pipeline_id: str) -> dict:
     }
 
 
-def measure(stack: Stack, endpoint: str, docker: bool, runs: int = 3) -> dict:
-    """``runs`` pipelines one after another on one agent per queue; the first imports cold."""
-    stack.start_agent("services", "services", services=True, docker=docker)
-    stack.start_agent("cpu", "cpu", docker=docker)
-    stack.start_agent("gpu", "gpu", docker=docker)
+def measure(stack: Stack, endpoint: str, mode: str, runs: int = 3) -> dict:
+    """``runs`` pipelines one after another on one agent per queue; the first imports cold.
+    ``mode``: docker (`make agent`), bare (`clearml-agent daemon --queue Q --docker` with
+    the example conf alone) or venv."""
+    for queue in ("services", "cpu", "gpu"):
+        if mode == "bare":
+            stack.start_bare_agent(queue, queue, services=queue == "services")
+        else:
+            stack.start_agent(queue, queue, services=queue == "services", docker=mode == "docker")
     api = stack.api()
     measured = []
     try:
@@ -115,19 +119,20 @@ def main() -> int:
     stack = Stack(server_home(), Path(tempfile.mkdtemp()), endpoint).start()
     modes = {}
     try:
-        if docker_reason:
-            modes["docker"] = {"skipped": docker_reason}
-        else:
-            modes["docker"] = measure(stack, endpoint, docker=True)
-        modes["venv"] = measure(stack, endpoint, docker=False)
+        for mode in ("docker", "bare"):
+            skipped = {"skipped": docker_reason} if docker_reason else None
+            modes[mode] = skipped or measure(stack, endpoint, mode)
+        modes["venv"] = measure(stack, endpoint, "venv")
     finally:
         stack.stop()
         s3.stop()
     result = {
         "what": "make enqueue QUEUE=gpu ARGS='dataset.limit=4', SmolLM2-135M, the local "
-        "clearml-server 2.0.0 code with one agent per queue, CLEARML_AGENT_QUEUE_POLL_FREQ_SEC=1, "
+        "clearml-server 2.0.0 code with one agent per queue polling every second, "
         "moto S3; docker: `make agent` (every step in its container, the gpu queue served on "
-        "the CPU by the CUDA image); venv: the steps in this environment",
+        "the CPU by the CUDA image); bare: `clearml-agent daemon --queue Q --docker --cpu-only` "
+        "(services: --services-mode) with docker/clearml.conf.example alone; venv: the steps "
+        "in this environment",
         "measured": dt.date.today().isoformat(),
         "machine": f"{os.cpu_count()} cores, no GPU; the gpu queue served on the CPU",
         "target_end_to_end_s": 60,

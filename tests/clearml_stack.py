@@ -129,6 +129,7 @@ class Stack:
     docker_config_file: Path = Path()  # docker/clearml.conf.example, filled in
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)
     worker_ids: dict[str, str] = field(default_factory=dict)
+    server_env: dict[str, str] = field(default_factory=dict)  # what start.sh ran with
 
     @property
     def env(self) -> dict[str, str]:
@@ -161,6 +162,7 @@ class Stack:
                 for k, v in WATCHDOG.items()
             },
         }
+        self.server_env = env
         log = self.work / "server-start.log"
         with log.open("wb") as out:  # a file, not a pipe: the server's daemons inherit it
             proc = subprocess.run(
@@ -273,14 +275,17 @@ class Stack:
                 command.append("--services-mode")
         return self._spawn(name, command, env)
 
-    def start_bare_agent(self, name: str, queue: str) -> subprocess.Popen:
+    def start_bare_agent(self, name: str, queue: str, services: bool = False) -> subprocess.Popen:
         """The design card's `clearml-agent daemon --queue <queue> --docker`, with only
         docker/clearml.conf.example (filled in) behind it: the image comes from each task,
-        mounts and bootstrap settings from the conf. ``--cpu-only``: no GPU here."""
+        mounts, bootstrap settings and the queue polling from the conf (nothing from the
+        environment but the keys). ``--cpu-only``: no GPU here."""
         self.ensure_queue(queue)
         agent = str(Path(sys.executable).parent / "clearml-agent")
         command = [agent, "daemon", "--queue", queue, "--docker", "--cpu-only"]
-        return self._spawn(name, command, self.agent_env(name, docker=True))
+        env = self.agent_env(name, docker=True)
+        del env["CLEARML_AGENT_QUEUE_POLL_FREQ_SEC"]
+        return self._spawn(name, [*command, *(["--services-mode"] if services else [])], env)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.work / f"agent-{name}.log", "ab")  # noqa: SIM115  (closed with the agent)
@@ -311,6 +316,21 @@ class Stack:
             running = docker_stack.containers("clearml-parent-worker-id", worker)
             if running:
                 docker_stack.docker("kill", *running, check=False)
+
+    def restart_api(self, down_s: float) -> None:
+        """The apiserver restarted as an upgrade or a crash would, its data kept (the tool's
+        restart-api.sh), held down ``down_s`` seconds more; returns once it answers."""
+        log = self.work / "server-restart.log"
+        with log.open("ab") as out:
+            proc = subprocess.run(
+                ["bash", str(TOOLS / "restart-api.sh")],
+                env={**self.server_env, "DOWN_S": f"{down_s:g}"},
+                stdout=out,
+                stderr=out,
+                timeout=300,
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"the apiserver did not restart:\n{log.read_text()[-3000:]}")
 
     def stop_agents(self) -> None:
         for name in list(self.agents):
