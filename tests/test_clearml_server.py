@@ -772,6 +772,29 @@ def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, unint
     api.log_with(task_id, "its agent stopped answering")
 
 
+def test_the_server_restarting_mid_inference_loses_nothing(clearml_stack, uninterrupted):
+    """The apiserver restarts with its data (an upgrade, a crash) while the inference step
+    runs and stays down 20 s more: the step goes on generating, the step, its agent and the
+    controller wait for the server, and the pipeline completes with an uninterrupted run's
+    answers."""
+    api = clearml_stack.api()
+    hold = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_HOLD_S=10'\""
+    task_id = enqueue(clearml_stack, *SLOW, hold)
+    step_container(api, task_id, "inference")
+    wait_until(
+        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 1,
+        300,
+        poll=0.5,
+        what="a checkpointed batch",
+    )
+    clearml_stack.restart_api(down_s=20)  # the step's hold ends while the server is down
+    task = finished(clearml_stack, task_id)
+    results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
+    assert answers(predictions) == uninterrupted
+    assert results["counts"]["examples"] == 12
+    assert task["status_message"] in ("", None) or "failed" not in task["status_message"]
+
+
 def test_two_pipelines_of_one_experiment_at_once_never_collide(clearml_stack, tmp_path):
     # Each inference pauses 20 s after its first batch: the two overlap whatever the machine.
     hold = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_HOLD_S=20'\""
