@@ -1,7 +1,9 @@
 """What a large dataset costs the steps that do not generate: peak RSS and seconds of the
-load step (with `dataset.limit=10`, and whole) and of the score step, at 10k, 100k and 1M
-lines. Generation is replaced by a prepared generations file (each prediction the first
-answer), so the numbers are those of reading, checking, scoring and writing alone.
+load step (with `dataset.limit=10`, and whole), the score step and the publish step (results
+and the highlights a tracked run reports; the upload streams in 8 MiB parts and is left
+out), at 10k, 100k and 1M lines. Generation is replaced by a prepared generations file
+(each prediction the first answer), so the numbers are those of reading, checking, scoring
+and writing alone.
 
     make bench          # writes bench/results/scale_cpu.json, docs/images/scale_memory.png
 
@@ -25,28 +27,52 @@ ROOT = Path(__file__).resolve().parent.parent
 NQ_OPEN = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
 SIZES = (10_000, 100_000, 1_000_000)
 TARGET_MB = 300
+STAGES = ("load_limit_10", "load_all", "score_all", "publish_all")
 
 # One stage in a fresh interpreter; argv: stage, dataset, work folder.
 STAGE = """
-import dataclasses, sys, time
+import dataclasses, json, sys, time
 from pathlib import Path
 from components.dataset import DatasetConfig
+from components.inference.report import GenerationReport
+from components.memory import MemoryMonitor
 from components.modes import ModeConfig
 from pipelines.executor import RunContext
 from pipelines.stores import LocalStore
-from pipelines.steps import load_dataset_step, score_step
+from pipelines.steps import load_dataset_step, publish_step, score_step
 
 stage, dataset, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 run = RunContext("bench", "bench", "now", work, LocalStore(work))
+if stage == "publish_all":
+    from pipelines.config import compose, to_container
+
+    config = to_container(compose([f"dataset.path={dataset}"]))
+    memory = work / "steps.memory.json"
+    sampler = MemoryMonitor().start()
+    sampler.stop()
+    memory.write_text(json.dumps({"step": "bench", **sampler.report()}))
+    generated = GenerationReport(
+        str(work / "generations.jsonl"), "", 0, 0, 0, 0, 0, 0, 0.0, 0.0, "bench", "local",
+        None, "ctranslate2", "bench", "cpu", "int8", 8, "bench", False, {},
+    ).to_dict()
+    run.report = lambda **what: None  # a tracked run: its highlights are read too
 started = time.perf_counter()
 if stage.startswith("load"):
     limit = 10 if stage == "load_limit_10" else None
     config = DatasetConfig(name="bench", path=dataset, limit=limit)
     out = load_dataset_step(config, ModeConfig(), run)
     assert out["lines_in_file"] > 0
-else:
+    (work / f"{stage}.json").write_text(json.dumps(out))
+elif stage == "score_all":
     mode = dataclasses.asdict(ModeConfig())
     out = score_step(str(work / "examples.jsonl"), str(work / "generations.jsonl"), mode, run)
+    (work / "score_all.json").write_text(json.dumps(out))
+else:
+    loaded = json.loads((work / "load_all.json").read_text())
+    scores = json.loads((work / "score_all.json").read_text())
+    out = publish_step(config, loaded, [], generated, scores, scores["predictions_path"],
+                       [str(memory)], [], run)
+    assert out["results"]["counts"]["examples"] == loaded["count"]
 print(time.perf_counter() - started)
 """
 
@@ -110,7 +136,7 @@ def main() -> None:
             folder = Path(tmp)
             dataset = write_inputs(folder, lines, pool)
             row = {"lines": lines, "dataset_mb": round(dataset.stat().st_size / 2**20, 1)}
-            for stage in ("load_limit_10", "load_all", "score_all"):
+            for stage in STAGES:
                 row[stage] = measure_alone(stage, dataset, folder)
                 print(lines, stage, row[stage], flush=True)
             rows.append(row)
@@ -135,7 +161,7 @@ def plot(result: dict, path: Path) -> None:
     rows = result["rows"]
     lines = [r["lines"] for r in rows]
     fig, (rss, secs) = plt.subplots(1, 2, figsize=(10, 4))
-    for stage in ("load_limit_10", "load_all", "score_all"):
+    for stage in STAGES:
         rss.plot(lines, [r[stage]["peak_rss_mb"] for r in rows], marker="o", label=stage)
         secs.plot(lines, [r[stage]["seconds"] for r in rows], marker="o", label=stage)
     rss.axhline(result["target_peak_rss_mb_at_1m"], color="grey", linestyle="--", label="target")
@@ -145,7 +171,7 @@ def plot(result: dict, path: Path) -> None:
         axis.set_ylabel(label)
         axis.legend()
     secs.set_yscale("log")
-    fig.suptitle(f"load and score steps by dataset size ({result['date']}, 2 CPU cores)")
+    fig.suptitle(f"load, score and publish steps by dataset size ({result['date']}, 2 CPU cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
