@@ -202,6 +202,20 @@ def test_the_bootstrap_settings_agree_between_make_agent_and_the_conf_example():
     assert 'CLEARML_AGENT_QUEUE_POLL_FREQ_SEC: "2"' in compose
 
 
+def test_the_conf_example_polls_every_2_s_unless_the_agent_s_environment_says(monkeypatch):
+    """clearml-agent copies the conf's environment section over its own environment at start
+    (apply_environment): the conf's 2 s must not hide a value the agent was started with."""
+    from clearml_agent.external.pyhocon import ConfigFactory
+
+    example = ROOT / "docker" / "clearml.conf.example"
+    monkeypatch.delenv("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", raising=False)
+    environment = ConfigFactory.parse_file(str(example)).get("environment")
+    assert environment.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") == "2"
+    monkeypatch.setenv("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC", "1")
+    environment = ConfigFactory.parse_file(str(example)).get("environment")
+    assert environment.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") == "1"
+
+
 def test_deploy_doc_names_only_things_that_exist():
     doc = (ROOT / "docs" / "deploy.md").read_text()
     targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
