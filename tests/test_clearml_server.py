@@ -707,6 +707,16 @@ def checkpoint_parts(stack, experiment: str, pipeline_id: str) -> int:
     return len(keys_under(stack, prefix))
 
 
+def first_batch_saved(stack, pipeline_id: str) -> None:
+    """Waits for the inference step's first checkpointed batch (its hold begins there)."""
+    wait_until(
+        lambda: checkpoint_parts(stack, "smollm2_135m_sample", pipeline_id) >= 1,
+        300,
+        poll=0.5,
+        what="a checkpointed batch",
+    )
+
+
 SLOW = ("dataset.limit=12", "inference.batch_size=2", "inference.max_new_tokens=12")
 # The inference step's first attempt pauses after its first checkpointed batch (the test-only
 # hook of components/fault_injection.py, passed through the step's own docker arguments), so
@@ -730,12 +740,7 @@ def test_a_killed_inference_container_is_retried_and_resumes(clearml_stack, unin
     api = clearml_stack.api()
     task_id = enqueue(clearml_stack, *SLOW, HOLD)
     container = step_container(api, task_id, "inference")
-    wait_until(
-        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 1,
-        300,
-        poll=0.5,
-        what="a checkpointed batch",
-    )
+    first_batch_saved(clearml_stack, task_id)
     docker_stack.docker("kill", container)  # as the OOM killer would
     finished(clearml_stack, task_id)
     results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
@@ -751,12 +756,7 @@ def test_a_lost_gpu_agent_s_step_completes_on_another_agent(clearml_stack, unint
     api = clearml_stack.api()
     task_id = enqueue(clearml_stack, *SLOW, HOLD)
     step_container(api, task_id, "inference")
-    wait_until(
-        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 1,
-        300,
-        poll=0.5,
-        what="a checkpointed batch",
-    )
+    first_batch_saved(clearml_stack, task_id)
     step = api.children(task_id)["inference"]
     lost = step["last_worker"].split(":", 1)[0]
     clearml_stack.kill_agent(lost)  # the machine is gone: the agent and its containers
@@ -781,12 +781,7 @@ def test_the_server_restarting_mid_inference_loses_nothing(clearml_stack, uninte
     hold = "clearml.docker_args.gpu=\"'--ipc=host --env=SLM_QA_EVAL_TEST_HOLD_S=10'\""
     task_id = enqueue(clearml_stack, *SLOW, hold)
     step_container(api, task_id, "inference")
-    wait_until(
-        lambda: checkpoint_parts(clearml_stack, "smollm2_135m_sample", task_id) >= 1,
-        300,
-        poll=0.5,
-        what="a checkpointed batch",
-    )
+    first_batch_saved(clearml_stack, task_id)
     clearml_stack.restart_api(down_s=20)  # the step's hold ends while the server is down
     task = finished(clearml_stack, task_id)
     results, predictions = run_files(clearml_stack, "smollm2_135m_sample", task_id)
