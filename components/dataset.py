@@ -81,15 +81,24 @@ class Problem:
 class DatasetError(ValueError):
     """The dataset file cannot be used; ``problems`` lists every bad line found."""
 
-    def __init__(self, path: str, problems: list[Problem], total: int | None = None):
+    def __init__(
+        self,
+        path: str,
+        problems: list[Problem],
+        total: int | None = None,
+        lines: int | None = None,
+    ):
+        """``total``: every problem found (``problems`` may hold the first ones only);
+        ``lines``: how many lines they are on (a line may have several)."""
         self.path = path
         self.problems = problems
         self.total = len(problems) if total is None else total
+        self.lines = len({p.line for p in problems}) if lines is None else lines
         shown = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED_PROBLEMS])
         more = self.total - min(len(problems), MAX_REPORTED_PROBLEMS)
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(
-            f"{path}: {self.total} invalid line(s); fix them and run again:\n{shown}{tail}"
+            f"{path}: {self.lines} invalid line(s); fix them and run again:\n{shown}{tail}"
         )
 
 
@@ -266,7 +275,7 @@ def load_qa_dataset(
         raise DatasetError(shown, [Problem(shown, 0, "path", "file not found")])
     digest = hashlib.sha256()
     problems: list[Problem] = []
-    total_problems = 0
+    total_problems = bad_lines = 0
     examples: list[QAExample] = []
     handed_on = 0
     skipped: list[Problem] = []
@@ -316,12 +325,13 @@ def load_qa_dataset(
                                 keep(example)
                                 handed_on += 1
         total_problems += len(found)
+        bad_lines += 1 if found else 0
         if on_error == "skip":
             skipped.extend(found)
         elif len(problems) < MAX_REPORTED_PROBLEMS:
             problems.extend(found)
     if total_problems and on_error == "strict":
-        raise DatasetError(shown, problems, total_problems)
+        raise DatasetError(shown, problems, total_problems, bad_lines)
     if not examples and not handed_on:
         raise DatasetError(shown, [Problem(shown, max(lines, 1), "file", "holds no examples")])
     return LoadedDataset(

@@ -61,15 +61,18 @@ def test_malformed_line_fails_fast_with_its_line_number(tmp_path):
     data.write_text(
         '{"question_id": "q1", "question": "Q?", "answer": ["a"]}\n'
         '{"question_id": "q2", "question": "Q?", "answer": []}\n'
-        '{"question_id": "q3", "answer": ["b"]}\n',
+        '{"question_id": "q3", "answer": ["b"]}\n'
+        '{"question_id": "q4", "question": "", "answer": []}\n',
         encoding="utf-8",
     )
     proc = run_cli("dataset=qa_pairs", f"dataset.path={data}", f"experiment.output_dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"error: {data}: 2 invalid line(s); fix them and run again:",
+        f"error: {data}: 3 invalid line(s); fix them and run again:",  # lines, not problems
         f"  {data}:2: answer: is an empty list",
         f"  {data}:3: question: is missing",
+        f"  {data}:4: question: is empty",
+        f"  {data}:4: answer: is an empty list",
     ]
     assert "step inference" not in proc.stdout + proc.stderr
     assert not (tmp_path / "smollm2_135m_bad").exists()  # named after its file
