@@ -189,8 +189,22 @@ class Browser:
         self.open(f"/projects/{project_id}/tasks/{task_id}/execution")
         self.task_menu("Enqueue")
         dialog = self.page.locator("mat-dialog-container")
-        dialog.locator("[data-id='Select Queue']").fill(queue)
-        self.page.locator(".cdk-overlay-container mat-option", has_text=queue).first.click()
+        field = dialog.locator("[data-id='Select Queue']")
+        # The dialog writes its default queue into the field once it has loaded the queues,
+        # which can land in front of text filled in before ("defaultservices"), and the
+        # list then offers to create that queue: fill until the field holds the name alone,
+        # then pick the option that is exactly it.
+        exact = re.compile(rf"^\s*{re.escape(queue)}\s*$")
+        option = self.page.locator(".cdk-overlay-container mat-option", has_text=exact).first
+        for _ in range(20):
+            field.fill(queue)
+            self.page.wait_for_timeout(250)
+            if field.input_value() == queue and option.is_visible():
+                break
+        else:
+            raise AssertionError(f"the Enqueue dialog's queue field holds {field.input_value()!r}")
+        option.click()
+        assert field.input_value() == queue, field.input_value()
         with self.api_call("tasks.enqueue_many"):
             dialog.locator("[data-id='EnqueueButton']").click()
         self.dismiss()
