@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import zipfile
@@ -54,6 +55,8 @@ def test_a_step_definition_travels_as_json_unchanged():
 DUMP_CONTROLLER = """
 import json, sys
 from clearml import Task
+from pipelines.clearml.sdk import prepare_sdk
+prepare_sdk()  # as every entry point of the project does before its first task
 Task.set_offline(True)
 Task.init(project_name="p", task_name="controller", task_type="controller")
 from pipelines.clearml.controller import build_controller, evaluation_parameters
@@ -81,7 +84,7 @@ def dump_controllers(env: dict, *overrides: list[str]) -> list[dict]:
     """Controllers built under offline mode, one process each, side by side."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", DUMP_CONTROLLER, *args],
+            [sys.executable, "-X", "faulthandler", "-c", DUMP_CONTROLLER, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -92,7 +95,12 @@ def dump_controllers(env: dict, *overrides: list[str]) -> list[dict]:
     ]
     dags = []
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # -X faulthandler prints where every thread is
+            out, err = proc.communicate()
+            pytest.fail(f"building a controller offline hung:\n{out[-2000:]}\n{err[-6000:]}")
         assert proc.returncode == 0, err[-3000:]
         dags.append(json.loads(next(x for x in out.splitlines() if x.startswith("DAG="))[4:]))
     return dags
