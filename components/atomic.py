@@ -148,3 +148,14 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+class JsonLines:
+    """A JSON-lines file read afresh on each iteration: records a step walks more than once
+    without holding them."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(read_jsonl(self.path))

@@ -8,7 +8,6 @@ config and NVML only: nothing here initialises CUDA (see components/device.py fo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +144,8 @@ def resolve_batch_size(
     *,
     device: str,
     dtype: str,
-    prompt_lengths: Sequence[int],
+    prompts: int,
+    longest_prompt: int,
     max_new_tokens: int,
     shape: ModelShape | None = None,
 ) -> BatchChoice:
@@ -160,8 +160,8 @@ def resolve_batch_size(
     return auto_batch_size(
         device=device,
         dtype=dtype,
-        prompts=len(prompt_lengths),
-        prompt_tokens=max(prompt_lengths, default=0),
+        prompts=prompts,
+        prompt_tokens=longest_prompt,
         max_new_tokens=max_new_tokens,
         shape=shape,
         free_bytes=free,

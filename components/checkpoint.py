@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,12 +33,25 @@ def short_digest(value: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prompts_digest(prompts: Sequence[Sequence[int]]) -> str:
-    """The token ids every backend is given: template, few-shot and questions in one hash."""
-    digest = hashlib.sha256()
-    for ids in prompts:
-        digest.update(json.dumps(list(ids)).encode())
-        digest.update(b"\n")
+class PromptsDigest:
+    """The token ids every backend is given (template, few-shot, contexts and questions) in
+    one hash, fed a window of prompts at a time: a run's prompts are never held at once."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def update(self, prompts: Iterable[Sequence[int]]) -> None:
+        for ids in prompts:
+            self._sha.update(json.dumps(list(ids)).encode())
+            self._sha.update(b"\n")
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def prompts_digest(prompts: Iterable[Sequence[int]]) -> str:
+    digest = PromptsDigest()
+    digest.update(prompts)
     return digest.hexdigest()
 
 
@@ -68,22 +82,51 @@ def checkpoint_key(
 class Checkpoint(Protocol):
     location: str
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Records by question id."""
-        ...
+    def load(self) -> Answers: ...
 
     def append(self, records: Iterable[dict[str, Any]]) -> None: ...
 
 
-def _parse_lines(lines: Iterable[str], into: dict[str, dict[str, Any]]) -> None:
-    """A line cut short by a kill is not JSON: it is skipped, and its answer redone."""
+class Answers(Mapping[str, dict[str, Any]]):
+    """A checkpoint's answers by question id, in a private SQLite database on disk (deleted
+    when it closes): resuming a million answers holds none of them in memory."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a temporary on-disk database
+        self._db.execute("CREATE TABLE answers (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
+
+    def add_lines(self, lines: Iterable[str]) -> None:
+        """A line cut short by a kill is not JSON: it is skipped, and its answer redone; an
+        answer saved twice (a retried batch) keeps its last."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?)", _rows(lines))
+
+    def __contains__(self, qid: object) -> bool:
+        found = self._db.execute("SELECT 1 FROM answers WHERE id = ?", (qid,)).fetchone()
+        return found is not None
+
+    def __getitem__(self, qid: str) -> dict[str, Any]:
+        found = self._db.execute("SELECT record FROM answers WHERE id = ?", (qid,)).fetchone()
+        if found is None:
+            raise KeyError(qid)
+        return json.loads(found[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return (row[0] for row in self._db.execute("SELECT id FROM answers"))
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+
+def _rows(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(question id, line) of each whole answer line."""
     for line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "question_id" in record:
-            into[record["question_id"]] = record
+        if isinstance(record, dict) and isinstance(record.get("question_id"), str):
+            yield record["question_id"], line.strip()
 
 
 class FileCheckpoint:
@@ -93,11 +136,11 @@ class FileCheckpoint:
         self.path = Path(run_dir) / f"checkpoint-{key}.jsonl"
         self.location = str(self.path)
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
+    def load(self) -> Answers:
+        done = Answers()
         if self.path.is_file():
             with self.path.open(encoding="utf-8", errors="replace") as fh:
-                _parse_lines(fh, done)
+                done.add_lines(fh)
         return done
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
@@ -124,12 +167,12 @@ class S3Checkpoint:
         self.s3, self.prefix = s3, prefix.rstrip("/")
         self.location = s3.url(self.prefix + "/")
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
+    def load(self) -> Answers:
+        done = Answers()
         for key in sorted(self.s3.list_keys(self.prefix)):
             body, recorded = self._read(key)
             if hashlib.sha256(body).hexdigest() == recorded:
-                _parse_lines(body.decode("utf-8", errors="replace").splitlines(), done)
+                done.add_lines(body.decode("utf-8", errors="replace").splitlines())
             else:  # no record or another: the batch is generated again, never trusted
                 print(
                     f"checkpoint part {key}: sha256 unrecorded or different; its answers are "

@@ -8,7 +8,7 @@ the answer ends at the line break instead of running on into the next invented q
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,20 +175,32 @@ def encode_prompts(
     return tokenizer(texts, add_special_tokens=not uses_chat(tokenizer, fmt))["input_ids"]
 
 
-def shared_prefix(tokenizer, fmt: PromptFormat, prompts: Sequence[Sequence[int]] = ()) -> int:
-    """How many tokens every prompt of this format starts with, whatever the question: the
+def format_prefix(tokenizer, fmt: PromptFormat) -> list[int]:
+    """The tokens every prompt of this format starts with, whatever the question: the
     template, system prompt and examples before it. Found from two questions that share no
-    character; ``prompts``, where given, may only shorten it (a tokenizer that merges the
-    question's first characters into the template's last token)."""
+    character."""
     probes = ["x", "?"]
     first, second = encode_prompts(tokenizer, probes, fmt, probes if fmt.takes_context else None)
     shared = 0
     while shared < min(len(first), len(second)) and first[shared] == second[shared]:
         shared += 1
+    return first[:shared]
+
+
+def common_length(prefix: Sequence[int], prompts: Iterable[Sequence[int]]) -> int:
+    """How much of ``prefix`` every one of ``prompts`` starts with (a tokenizer may merge
+    a question's first characters into the template's last token)."""
+    shared = len(prefix)
     for prompt in prompts:
-        while shared and list(prompt[:shared]) != first[:shared]:
+        while shared and list(prompt[:shared]) != list(prefix[:shared]):
             shared -= 1
     return shared
+
+
+def shared_prefix(tokenizer, fmt: PromptFormat, prompts: Iterable[Sequence[int]] = ()) -> int:
+    """How many tokens every prompt of this format (and of ``prompts``, where given) starts
+    with."""
+    return common_length(format_prefix(tokenizer, fmt), prompts)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from components.atomic import (
+    JsonLines,
     atomic_writer,
     file_info,
     read_json_array,
@@ -153,7 +154,7 @@ def inference_step(
     report = generate_answers(
         model,
         inference,
-        list(read_jsonl(examples_path)),
+        JsonLines(examples_path),
         checkpoint_for=run.store.checkpoint,
         generations_path=run.dir / f"generations{suffix}.jsonl",
         environment=environment(PROJECT_ROOT),

@@ -118,7 +118,8 @@ def test_resolution_never_initialises_cuda_nor_poisons_fork(smollm2_config_folde
                 "auto",
                 device=target,
                 dtype=dtype,
-                prompt_lengths=[60, 42],
+                prompts=2,
+                longest_prompt=60,
                 max_new_tokens=32,
                 shape=shape,
             )
@@ -249,7 +250,7 @@ def test_resolve_batch_size_keeps_a_number_the_schema_checked():
     from components.settings import ConfigError
 
     numbered = resolve_batch_size(
-        64, device="cuda", dtype="bfloat16", prompt_lengths=[10], max_new_tokens=32
+        64, device="cuda", dtype="bfloat16", prompts=1, longest_prompt=10, max_new_tokens=32
     )
     assert numbered.size == 64
     for bad in (0, True, 2.5, "many"):  # checked once, where the setting is defined
@@ -257,7 +258,7 @@ def test_resolve_batch_size_keeps_a_number_the_schema_checked():
             InferenceConfig(batch_size=bad)
     assert InferenceConfig(batch_size="32").batch_size == 32  # as ClearML hands it over
     here = resolve_batch_size(
-        "auto", device="cpu", dtype="float32", prompt_lengths=[10, 20], max_new_tokens=32
+        "auto", device="cpu", dtype="float32", prompts=2, longest_prompt=20, max_new_tokens=32
     )
     assert here.size == CPU_BATCH
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.backends import Backend, Generation, create_backend
-from components.backends.pool import acquire, backend_key, release
+from components.backends.pool import acquire, backend_key
 from components.batching import BatchChoice, resolve_batch_size
 from components.inference.config import InferenceConfig
 from components.inference.plan import InferencePlan
@@ -37,16 +37,18 @@ class Loaded:
 
 
 def batch_for(
-    plan: InferencePlan, inference: InferenceConfig, prompts: Sequence[list[int]], cap: int | None
+    plan: InferencePlan, inference: InferenceConfig, prompts: int, cap: int | None
 ) -> BatchChoice:
-    """The batch size for these prompts, below ``cap`` after an attempt ran out of memory."""
+    """The batch size for ``prompts`` prompts (the run's longest decides the memory each
+    needs), below ``cap`` after an attempt ran out of memory."""
     if plan.backend_name == "vllm":
         return BatchChoice(None, "vLLM schedules its own batches")
     batch = resolve_batch_size(
         inference.batch_size,
         device=plan.device,
         dtype=plan.dtype,
-        prompt_lengths=[len(p) for p in prompts],
+        prompts=prompts,
+        longest_prompt=plan.longest_prompt,
         max_new_tokens=inference.max_new_tokens,
         shape=plan.execution.shape,
     )
@@ -60,10 +62,11 @@ def load_backend(
     plan: InferencePlan,
     inference: InferenceConfig,
     revision: str | None,
-    prompts: Sequence[list[int]],
+    prompts: int,
     cap: int | None = None,
 ) -> Loaded:
-    """The backend (kept loaded across runs of a sweep by the pool) at its batch size."""
+    """The backend (kept loaded across runs of a sweep by the pool) at its batch size for
+    ``prompts`` prompts to generate."""
     batch = batch_for(plan, inference, prompts, cap)
     if plan.backend_name == "vllm":
         options: dict[str, Any] = {
@@ -112,8 +115,8 @@ def generate(
     on_batch: Callable[[list[int], list[Generation]], None],
     on_progress: Callable[[int], None],
 ) -> None:
-    """Generates, handing each finished batch to ``on_batch``; frees the backend after
-    unless a sweep keeps it. Out of memory names the batch size it happened at."""
+    """Generates one window's prompts, handing each finished batch to ``on_batch``. Out of
+    memory names the batch size it happened at."""
     try:
         loaded.backend.generate(prompts, plan.params, on_progress=on_progress, on_batch=on_batch)
     except Exception as exc:
@@ -121,5 +124,3 @@ def generate(
             rows = min(loaded.batch.size or 1, len(prompts))
             raise GenerationOutOfMemory(f"out of memory at batch size {rows}: {exc}", rows) from exc
         raise
-    finally:
-        release(loaded.backend)

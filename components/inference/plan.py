@@ -1,12 +1,12 @@
 """Everything an inference step decides before the model loads: the weights' folder, the
-device, dtype and backend ``auto`` resolves to here, the prompt token ids of the whole run
-and the checkpoint key they make. One resolution for a run and for a sweep's check of
-whether an earlier run's results still stand on this machine."""
+device, dtype and backend ``auto`` resolves to here, and the checkpoint key the prompt token
+ids of the whole run make (walked a window at a time, never held at once). One resolution
+for a run and for a sweep's check of whether an earlier run's results still stand here."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +14,10 @@ from components.backends import BackendChoice, GenerationParams, resolve_backend
 from components.backends.ctranslate2_backend import DEFAULT_DTYPE as CTRANSLATE2_DTYPE
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES as CTRANSLATE2_DTYPES
 from components.batching import ModelShape, model_shape
-from components.checkpoint import checkpoint_key, prompts_digest
-from components.contexts import Context, fit_contexts
+from components.checkpoint import PromptsDigest, checkpoint_key
 from components.device import resolve_device, resolve_dtype
 from components.inference.config import InferenceConfig
+from components.inference.windows import WINDOW, Window, encode_window, encode_windows
 from components.model_files import (
     ModelConfig,
     ModelFiles,
@@ -27,13 +27,7 @@ from components.model_files import (
     weights_digest,
 )
 from components.modes import ModeConfig
-from components.prompts import (
-    PromptFormat,
-    encode_prompts,
-    load_tokenizer,
-    render,
-    shared_prefix,
-)
+from components.prompts import PromptFormat, common_length, format_prefix, load_tokenizer, render
 from components.seeding import seed_everything
 
 
@@ -50,11 +44,17 @@ class InferencePlan:
     files: ModelFiles
     execution: Execution
     tokenizer: Any
-    prompts: list[list[int]]  # of every example of the run, in dataset order
+    fmt: PromptFormat
+    mode: ModeConfig
     params: GenerationParams
     key: str  # the checkpoint's: everything that decides an answer, as resolved
-    contexts: list[Context] | None = None  # what each example is shown; None: closed-book
+    examples: int  # of the whole run
+    longest_prompt: int  # in tokens, of the whole run
     prompt: dict[str, Any] = field(default_factory=dict)  # as results.json records it
+
+    def encode(self, examples: list[Mapping[str, Any]]) -> Window:
+        """These examples' prompts (and contexts) exactly as the key was made from them."""
+        return encode_window(self.tokenizer, examples, self.fmt, self.mode)
 
     @property
     def device(self) -> str:
@@ -119,15 +119,55 @@ def check_gpus(gpus: int, backend_name: str, device: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PromptWalk:
+    """What the whole run's prompts decide, from one pass over them."""
+
+    examples: int
+    longest: int
+    shared_prefix: int
+    digest: str
+    first: str | None  # the first prompt as rendered
+
+
+def walk_prompts(
+    tokenizer,
+    examples: Iterable[Mapping[str, Any]],
+    fmt: PromptFormat,
+    mode: ModeConfig,
+    window: int = WINDOW,
+) -> PromptWalk:
+    """Every prompt of the run encoded once, a window at a time, into a digest, its count,
+    its longest and the prefix they all share (the CTranslate2 backend splits there)."""
+    from tqdm import tqdm
+
+    digest, prefix = PromptsDigest(), format_prefix(tokenizer, fmt)
+    count = longest = 0
+    shared, first = len(prefix), None
+    with tqdm(desc="prompts", unit="q", delay=2) as bar:  # shown where it takes a while
+        for w in encode_windows(tokenizer, examples, fmt, mode, window):
+            if first is None:
+                context = w.contexts[0].text if w.contexts else None
+                first = render(tokenizer, w.examples[0]["question"], fmt, context)
+            digest.update(w.prompts)
+            shared = common_length(prefix[:shared], w.prompts)
+            count += len(w.prompts)
+            longest = max(longest, *map(len, w.prompts))
+            bar.update(len(w.prompts))
+    return PromptWalk(count, longest, shared, digest.hexdigest(), first)
+
+
 def plan_inference(
     model: ModelConfig,
     inference: InferenceConfig,
-    examples: Sequence[Mapping[str, Any]],
+    examples: Iterable[Mapping[str, Any]],
     mode: ModeConfig | None = None,
     fetched: ModelFiles | None = None,
+    window: int = WINDOW,
 ) -> InferencePlan:
-    """``examples``: records with ``question`` (and, in a context mode, ``passages``);
-    ``fetched``: the weights where a step fetched them (``model.path`` names them elsewhere)."""
+    """``examples``: records with ``question`` (and, in a context mode, ``passages``), read
+    once here; ``fetched``: the weights where a step fetched them (``model.path`` names them
+    elsewhere)."""
     files = fetched or resolve_model(model, digest=weights_digest(model))
     weights = loaded_weights_digest(files, model.revision)
     if weights != files.gguf_sha256:
@@ -135,10 +175,6 @@ def plan_inference(
     if files.identity is None:
         where = {"source": files.source, "path": model.path, "revision": model.revision}
         files = dataclasses.replace(files, identity={**where, "sha256": weights})
-    execution = resolve_execution(inference, files.path, model.revision, len(examples))
-    if inference.seed is not None:
-        seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
-    check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
     try:
         tokenizer = load_tokenizer(files.path, model.revision)
     except OSError as exc:
@@ -152,16 +188,16 @@ def plan_inference(
     fmt = PromptFormat.from_config(model.prompt, inference, mode)
     for note in fmt.unused_settings(inference):
         print(f"note: inference.{note}", flush=True)
-    contexts = fit_contexts(tokenizer, examples, mode)
-    texts = [c.text for c in contexts] if contexts is not None else None
-    prompts = encode_prompts(tokenizer, [e["question"] for e in examples], fmt, texts)
+    walk = walk_prompts(tokenizer, examples, fmt, mode, window)
+    execution = resolve_execution(inference, files.path, model.revision, walk.examples)
+    if inference.seed is not None:
+        seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
+    check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
     shown = {  # results.json: the prompt as set, where from, and the first one as rendered
         "template": fmt.template,
         "system_prompt": fmt.system_prompt,
         **{f"{part}_from": where for part, where in fmt.origin},
-        "first": render(tokenizer, examples[0]["question"], fmt, texts[0] if texts else None)
-        if examples
-        else None,
+        "first": walk.first,
     }
     params = GenerationParams(
         max_new_tokens=inference.max_new_tokens,
@@ -169,7 +205,7 @@ def plan_inference(
         top_p=inference.top_p,
         seed=inference.seed,
         stop=fmt.stop,
-        shared_prefix=shared_prefix(tokenizer, fmt, prompts),
+        shared_prefix=walk.shared_prefix,
     )
     key = checkpoint_key(
         model={"name": model.name, "path": model.path, "revision": model.revision},
@@ -181,6 +217,8 @@ def plan_inference(
             k: getattr(params, k)
             for k in ("max_new_tokens", "temperature", "top_p", "seed", "stop")
         },
-        prompts=prompts_digest(prompts),
+        prompts=walk.digest,
     )
-    return InferencePlan(files, execution, tokenizer, prompts, params, key, contexts, shown)
+    return InferencePlan(
+        files, execution, tokenizer, fmt, mode, params, key, walk.examples, walk.longest, shown
+    )

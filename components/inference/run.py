@@ -1,11 +1,14 @@
 """One attempt of an inference step: what its checkpoint already holds is not generated
-again; the rest is, batch by batch, each batch saved to the checkpoint as it ends (a killed
-attempt loses at most the batch in flight); the answers are written in dataset order."""
+again; the rest is, a window of examples at a time and batch by batch within it, each batch
+saved to the checkpoint as it ends (a killed attempt loses at most the batch in flight); the
+answers are written in dataset order as each window ends."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ from tqdm import tqdm
 
 from components import memory
 from components.atomic import read_jsonl, write_jsonl_atomic
+from components.backends import Generation
+from components.backends.pool import release
 from components.checkpoint import Checkpoint
 from components.contexts import contains_answer
 from components.fault_injection import hold_after_first_batch
@@ -20,6 +25,7 @@ from components.inference.config import InferenceConfig
 from components.inference.engine import generate, load_backend
 from components.inference.plan import plan_inference
 from components.inference.report import GenerationReport
+from components.inference.windows import WINDOW, Window, chunks
 from components.model_files import ModelConfig, ModelFiles
 from components.modes import ModeConfig
 
@@ -52,10 +58,40 @@ def shards_in_order(
             )
 
 
+@dataclass
+class Tokens:
+    """Running sums over the answers a step writes, for its report."""
+
+    prompt: int = 0
+    output: int = 0
+    generated: int = 0
+    generated_output: int = 0
+
+
+def answer_record(window: Window, i: int, generation: Generation) -> dict[str, Any]:
+    """Example ``i`` of ``window`` answered: what the checkpoint and generations file hold."""
+    example = window.examples[i]
+    record = {
+        "question_id": example["question_id"],
+        "prediction": generation.text,
+        "prompt_tokens": generation.prompt_tokens,
+        "output_tokens": generation.output_tokens,
+    }
+    if window.contexts is not None:  # what the example was shown besides its question
+        context = window.contexts[i]
+        record.update(
+            passages=context.passages,
+            context_tokens=context.tokens,
+            context_truncated=context.truncated,
+            answer_in_context=contains_answer(context.text, example["answers"]),
+        )
+    return record
+
+
 def generate_answers(
     model: ModelConfig,
     inference: InferenceConfig,
-    examples: list[dict[str, Any]],
+    examples: Iterable[dict[str, Any]],
     *,
     checkpoint_for: Callable[[str], Checkpoint],
     generations_path: Path,
@@ -65,77 +101,83 @@ def generate_answers(
     batch_cap: int | None = None,
     mode: ModeConfig | None = None,
     fetched: ModelFiles | None = None,
+    window: int = WINDOW,
 ) -> GenerationReport:
-    """The answers of shard ``shard`` of ``shards`` of ``examples``; the prompts (and so the
-    checkpoint key) are those of the whole run, whichever shard this is."""
-    low, high = shard_bounds(len(examples), shard, shards)
-    mine = examples[low:high]
+    """The answers of shard ``shard`` of ``shards`` of ``examples`` (walked three times: a
+    list, or a JsonLines file), ``window`` examples tokenized and generated at a time; the
+    prompts (and so the checkpoint key) are those of the whole run, whichever shard this is."""
     with memory.stage("model_load"):
         started = time.perf_counter()
-        plan = plan_inference(model, inference, examples, mode, fetched)
+        plan = plan_inference(model, inference, examples, mode, fetched, window)
+        low, high = shard_bounds(plan.examples, shard, shards)
         checkpoint = checkpoint_for(plan.key)
-        done = checkpoint.load() if mine else {}
-        todo = [(i, e) for i, e in enumerate(mine) if e["question_id"] not in done]
-        resumed = len(mine) - len(todo)
+        done = checkpoint.load()
+        todo = sum(e["question_id"] not in done for e in islice(examples, low, high))
+        resumed = high - low - todo
         if resumed:
             print(
-                f"resuming: {resumed} of {len(mine)} answers in {checkpoint.location}", flush=True
+                f"resuming: {resumed} of {high - low} answers in {checkpoint.location}",
+                flush=True,
             )
-        prompts = [plan.prompts[low + i] for i, _ in todo]
-        loaded = load_backend(plan, inference, model.revision, prompts, batch_cap) if todo else None
+        loaded = load_backend(plan, inference, model.revision, todo, batch_cap) if todo else None
         load_seconds = time.perf_counter() - started
 
     saved: list[int] = []  # batches checkpointed by this attempt
+    tokens = Tokens()
 
-    def shown(i: int) -> dict:
-        """What example ``i`` of this shard was shown besides its question."""
-        if plan.contexts is None:
-            return {}
-        context = plan.contexts[low + todo[i][0]]
-        return {
-            "passages": context.passages,
-            "context_tokens": context.tokens,
-            "context_truncated": context.truncated,
-            "answer_in_context": contains_answer(context.text, todo[i][1]["answers"]),
-        }
+    def generated(asked: Window, bar: tqdm) -> dict[str, dict[str, Any]]:
+        """A window's answers by question id, each batch checkpointed as it ends."""
+        fresh: dict[str, dict[str, Any]] = {}
 
-    def keep(indices: list[int], generations: list) -> None:
-        records = [
-            {
-                "question_id": todo[i][1]["question_id"],
-                "prediction": g.text,
-                "prompt_tokens": g.prompt_tokens,
-                "output_tokens": g.output_tokens,
-                **shown(i),
-            }
-            for i, g in zip(indices, generations, strict=True)
-        ]
-        checkpoint.append(records)
-        done.update((r["question_id"], r) for r in records)
-        saved.append(len(records))
-        hold_after_first_batch(resumed, len(saved))
+        def keep(indices: list[int], generations: list[Generation]) -> None:
+            records = [
+                answer_record(asked, i, g) for i, g in zip(indices, generations, strict=True)
+            ]
+            checkpoint.append(records)
+            fresh.update((r["question_id"], r) for r in records)
+            saved.append(len(records))
+            hold_after_first_batch(resumed, len(saved))
+
+        if loaded is not None:
+            generate(plan, loaded, asked.prompts, on_batch=keep, on_progress=bar.update)
+        return fresh
+
+    def answered(bar: tqdm) -> Iterator[dict[str, Any]]:
+        """The shard's answers in dataset order, a window generated as it is reached."""
+        for chunk in chunks(islice(examples, low, high), window):
+            asked = [e for e in chunk if e["question_id"] not in done]
+            fresh = generated(plan.encode(asked), bar) if asked else {}
+            for example in chunk:
+                qid = example["question_id"]
+                record = fresh[qid] if qid in fresh else done[qid]
+                tokens.prompt += record["prompt_tokens"]
+                tokens.output += record["output_tokens"]
+                if qid in fresh:
+                    tokens.generated += 1
+                    tokens.generated_output += record["output_tokens"]
+                yield record
 
     with memory.stage("generate"):
         started = time.perf_counter()
         backend = plan.backend_name
         desc = f"generate ({backend})" + (f" shard {shard + 1}/{shards}" if shards > 1 else "")
-        with tqdm(total=len(mine), initial=resumed, desc=desc, unit="q") as bar:
+        try:
+            with tqdm(total=high - low, initial=resumed, desc=desc, unit="q") as bar:
+                write_jsonl_atomic(generations_path, answered(bar))
+        finally:
             if loaded is not None:
-                generate(plan, loaded, prompts, on_batch=keep, on_progress=bar.update)
+                release(loaded.backend)
         generate_seconds = time.perf_counter() - started
 
-    write_jsonl_atomic(generations_path, (done[e["question_id"]] for e in mine))
-    answers = [done[e["question_id"]] for e in mine]
-    new = [done[e["question_id"]] for _, e in todo]
     return GenerationReport(
         generations_path=str(generations_path),
         checkpoint=checkpoint.location,
-        examples=len(mine),
+        examples=high - low,
         resumed=resumed,
-        generated=len(new),
-        generated_output_tokens=sum(g["output_tokens"] for g in new),
-        prompt_tokens=sum(g["prompt_tokens"] for g in answers),
-        output_tokens=sum(g["output_tokens"] for g in answers),
+        generated=tokens.generated,
+        generated_output_tokens=tokens.generated_output,
+        prompt_tokens=tokens.prompt,
+        output_tokens=tokens.output,
         load_seconds=load_seconds,
         generate_seconds=generate_seconds,
         model_path=plan.files.path,
