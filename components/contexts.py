@@ -11,7 +11,6 @@ and shows them in corpus order (long oracle) or in priority order.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from components.mirage import is_mirage, load_mirage
 from components.modes import ModeConfig
 from components.passages import Corpus, Passage, load_corpus
 from components.retrieval.base import Hit
-from components.scoring import normalize_answer
+from components.scoring import Sums, normalize_answer
 
 SEPARATOR = "\n\n"
 MIN_CUT_TOKENS = 16  # a cut passage shorter than this is left out instead
@@ -115,26 +114,35 @@ def contains_answer(text: str, answers: Iterable[str]) -> bool:
     return any(n and f" {n} " in haystack for n in map(normalize_answer, answers))
 
 
-def context_summary(records: Sequence[Mapping[str, Any]], mode: Mapping[str, Any]) -> dict:
-    """results.json's ``context``: the mode, its budget, and what the questions were shown."""
-    summary: dict[str, Any] = {"mode": mode["name"]}
-    if mode["name"] == "no_context":
+class ContextTally:
+    """results.json's ``context`` (the mode, its budget, and what the questions were shown),
+    summed as the scored records stream by."""
+
+    def __init__(self) -> None:
+        self.sums, self.longest = Sums(), None
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        tokens = record.get("context_tokens", 0)
+        self.sums.add("context_tokens", tokens)
+        self.longest = tokens if self.longest is None else max(self.longest, tokens)
+        self.sums.add("truncated", bool(record.get("context_truncated")))
+        self.sums.add("without_passages", not record.get("passages"))
+        self.sums.add("answer_in_context", bool(record.get("answer_in_context")))
+
+    def summary(self, mode: Mapping[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {"mode": mode["name"]}
+        if mode["name"] == "no_context":
+            return summary
+        summary.update(
+            max_context_tokens=mode["max_context_tokens"],
+            truncated=int(self.sums.total("truncated")),
+            without_passages=int(self.sums.total("without_passages")),
+            context_tokens={"mean": self.sums.mean("context_tokens"), "max": self.longest},
+            answer_in_context=self.sums.mean("answer_in_context"),
+        )
+        if mode["name"] == "retriever_context":
+            summary.update(top_k=mode["top_k"], min_score=mode["min_score"])
         return summary
-    tokens = [r.get("context_tokens", 0) for r in records]
-    shown = [r.get("answer_in_context") for r in records]
-    summary.update(
-        max_context_tokens=mode["max_context_tokens"],
-        truncated=sum(bool(r.get("context_truncated")) for r in records),
-        without_passages=sum(not r.get("passages") for r in records),
-        context_tokens={
-            "mean": statistics.fmean(tokens) if tokens else None,
-            "max": max(tokens, default=None),
-        },
-        answer_in_context=sum(bool(s) for s in shown) / len(shown) if shown else None,
-    )
-    if mode["name"] == "retriever_context":
-        summary.update(top_k=mode["top_k"], min_score=mode["min_score"])
-    return summary
 
 
 def load_with_passages(

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from components.atomic import write_json_array_atomic
-from components.contexts import context_summary
-from components.scoring import SHOWN, Tally, score_records
+from components.contexts import ContextTally
+from components.scoring import Sums, Tally, score_records
 
 MAX_CATEGORIES = 100  # a per-question "category" with more values is not broken down
 
@@ -44,23 +44,19 @@ def write_predictions(
 ) -> dict[str, Any]:
     """Writes predictions.json; returns its path, the metrics, the unscorable ids and what
     the questions were shown (results.json's ``context``)."""
-    tally = Tally()
+    tally, shown = Tally(), ContextTally()
     unscorable: list[str] = []
-    shown: list[dict[str, Any]] = []
-    keep_shown = mode["name"] != "no_context"
-    categories: dict[str, dict[str, float]] = {}  # running sums: flat memory
+    categories: dict[str, Sums] = {}
 
     def scored() -> Iterator[dict[str, Any]]:
         for record in score_records(examples, answer_to):
             tally.add(record)
+            shown.add(record)
             if record["token_recall"] is None:
                 unscorable.append(record["question_id"])
             category = (record.get("metadata") or {}).get("category")
             if category is not None and len(categories) <= MAX_CATEGORIES:
-                _tally(categories.setdefault(str(category), {}), record)
-            if keep_shown:
-                slim = {k: record.get(k) for k in SHOWN}
-                shown.append({**slim, "passages": bool(record.get("passages"))})
+                _tally(categories.setdefault(str(category), Sums()), record)
             yield record
 
     written = write_json_array_atomic(path, scored())
@@ -68,7 +64,7 @@ def write_predictions(
         "predictions_path": str(written),
         "metrics": tally.summary().to_dict(),
         "unscorable_ids": unscorable,
-        "context": context_summary(shown, mode),
+        "context": shown.summary(mode),
     }
     if categories and len(categories) <= MAX_CATEGORIES:  # more: an id, not a category
         out["by_category"] = {name: _means(sums) for name, sums in sorted(categories.items())}
@@ -103,16 +99,13 @@ def highlights(records: Iterable[Mapping[str, Any]], rows: int = 10) -> dict[str
 CATEGORY_MEANS = ("token_recall", "token_f1", "exact_match")
 
 
-def _tally(sums: dict[str, float], record: Mapping[str, Any]) -> None:
-    sums["examples"] = sums.get("examples", 0) + 1
+def _tally(sums: Sums, record: Mapping[str, Any]) -> None:
+    sums.add("examples", 1)
     if record["token_recall"] is not None:
-        sums["scored"] = sums.get("scored", 0) + 1
         for k in CATEGORY_MEANS:
-            sums[k] = sums.get(k, 0.0) + float(record[k])
+            sums.add(k, record[k])
 
 
-def _means(sums: dict[str, float]) -> dict[str, Any]:
+def _means(sums: Sums) -> dict[str, Any]:
     """One category's count and means over its scorable questions."""
-    scored = sums.get("scored", 0)
-    means = {k: sums[k] / scored if scored else None for k in CATEGORY_MEANS}
-    return {"examples": int(sums["examples"]), **means}
+    return {"examples": sums.count("examples"), **{k: sums.mean(k) for k in CATEGORY_MEANS}}

@@ -112,6 +112,29 @@ class Summary:
         }
 
 
+class Sums:
+    """Running sums and counts by name (a value of None is not counted): means in flat
+    memory however many records pass."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, key: str, value: float | None) -> None:
+        if value is not None:
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def count(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def total(self, key: str) -> float:
+        return self._sums.get(key, 0.0)
+
+    def mean(self, key: str) -> float | None:
+        return self._sums[key] / self._counts[key] if self.count(key) else None
+
+
 @dataclass
 class Tally:
     """Running sums of the scores as records stream by; the recalls themselves are kept
@@ -120,8 +143,7 @@ class Tally:
     examples: int = 0
     recalls: list[float] = field(default_factory=list)
     matches: int = 0
-    sums: dict[str, float] = field(default_factory=dict)  # precision, F1, words
-    counts: dict[str, int] = field(default_factory=dict)
+    sums: Sums = field(default_factory=Sums)  # precision, F1, words
 
     def add(self, record: Mapping[str, Any]) -> None:
         self.examples += 1
@@ -129,12 +151,10 @@ class Tally:
             self.recalls.append(record["token_recall"])
             self.matches += bool(record["exact_match"])
         for key in ("token_precision", "token_f1", "answer_words"):
-            if record.get(key) is not None:
-                self.sums[key] = self.sums.get(key, 0.0) + record[key]
-                self.counts[key] = self.counts.get(key, 0) + 1
+            self.sums.add(key, record.get(key))
 
     def mean(self, key: str) -> float | None:
-        return self.sums[key] / self.counts[key] if self.counts.get(key) else None
+        return self.sums.mean(key)
 
     def summary(self) -> Summary:
         """Means over scorable examples only; unscorable ones are counted, not averaged in.

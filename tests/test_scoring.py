@@ -92,7 +92,8 @@ def traced_peak(work) -> int:
 
 def test_predictions_json_is_scored_and_written_as_it_streams(tmp_path):
     """A million questions score in flat memory: the peak stays far below the file written
-    (a list of records and one JSON string were each larger than the file)."""
+    (a list of records and one JSON string were each larger than the file), and what the
+    questions were shown (a context mode) is summed as it passes, not kept per question."""
     import json
 
     from components.predictions import in_order, write_predictions
@@ -101,25 +102,31 @@ def test_predictions_json_is_scored_and_written_as_it_streams(tmp_path):
     examples = [
         {"question_id": f"q{i}", "question": f"Q{i}?", "answers": ["paris"]} for i in range(20_000)
     ]
-    generations = tmp_path / "generations.jsonl"
-    generations.write_text(
-        "".join(
-            json.dumps({"question_id": f"q{i}", "prediction": f"{long} paris", "prompt_tokens": 9,
-                        "output_tokens": 30}) + "\n"
-            for i in range(20_000)
-        )
-    )  # fmt: skip
-    path = tmp_path / "predictions.json"
-    mode = {"name": "no_context"}
+    shown = {"passages": [{"id": "p1"}], "context_tokens": 100, "context_truncated": False,
+             "answer_in_context": True}  # fmt: skip
+    generations, path = tmp_path / "generations.jsonl", tmp_path / "predictions.json"
 
-    def score() -> None:
+    def score(mode: dict, context: dict) -> None:
         lines = (json.loads(line) for line in generations.open())
         out = write_predictions(iter(examples), in_order(lines, str(generations)), path, mode)
         assert out["metrics"]["counts"]["scored"] == 20_000
+        if context:
+            assert out["context"]["context_tokens"] == {"mean": 100.0, "max": 100}
+            assert out["context"]["answer_in_context"] == 1.0
 
-    assert traced_peak(score) < path.stat().st_size / 2  # records held: over 5 times it
-    records = json.loads(path.read_text())
-    assert len(records) == 20_000 and records[-1]["token_recall"] == 1.0
+    peaks = {}
+    for mode in ({"name": "no_context"}, {"name": "oracle_context", "max_context_tokens": 512}):
+        context = shown if mode["name"] != "no_context" else {}
+        generations.write_text(
+            "".join(
+                json.dumps({"question_id": f"q{i}", "prediction": f"{long} paris",
+                            "prompt_tokens": 9, "output_tokens": 30, **context}) + "\n"
+                for i in range(20_000)
+            )
+        )  # fmt: skip
+        peaks[mode["name"]] = traced_peak(lambda m=mode, c=context: score(m, c))
+        assert peaks[mode["name"]] < path.stat().st_size / 2  # records held: over 5 times it
+    assert peaks["oracle_context"] < 1.5 * peaks["no_context"], peaks
 
 
 def test_generations_out_of_the_examples_order_are_named(tmp_path):
