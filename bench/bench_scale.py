@@ -1,9 +1,11 @@
-"""What a large dataset costs the steps that do not generate: peak RSS and seconds of the
-load step (with `dataset.limit=10`, and whole), the score step and the publish step (results
+"""What a large dataset costs the steps around generation: peak RSS and seconds of the
+load step (with `dataset.limit=10`, and whole), the score step, the publish step (results
 and the highlights a tracked run reports; the upload streams in 8 MiB parts and is left
-out), at 10k, 100k and 1M lines. Generation is replaced by a prepared generations file
-(each prediction the first answer), so the numbers are those of reading, checking, scoring
-and writing alone.
+out) and the inference step with every answer already in its checkpoint (every prompt
+tokenized for the checkpoint key, the checkpoint read, the answers written in order), at
+10k, 100k and 1M lines. Generation is replaced by a prepared generations file (each
+prediction the first answer), so the numbers are those of reading, checking, tokenizing,
+scoring and writing alone.
 
     make bench          # writes bench/results/scale_cpu.json, docs/images/scale_memory.png
 
@@ -27,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NQ_OPEN = ROOT.parent / "shared" / "data" / "nq_open_dev.jsonl"
 SIZES = (10_000, 100_000, 1_000_000)
 TARGET_MB = 300
-STAGES = ("load_limit_10", "load_all", "score_all", "publish_all")
+STAGES = ("load_limit_10", "load_all", "score_all", "publish_all", "inference_resumed")
+PREPARED = {"inference_resumed": "checkpoint"}  # a stage's unmeasured preparation
 
 # One stage in a fresh interpreter; argv: stage, dataset, work folder.
 STAGE = """
@@ -39,7 +42,7 @@ from components.memory import MemoryMonitor
 from components.modes import ModeConfig
 from pipelines.executor import RunContext
 from pipelines.stores import LocalStore
-from pipelines.steps import load_dataset_step, publish_step, score_step
+from pipelines.steps import inference_step, load_dataset_step, publish_step, score_step
 
 stage, dataset, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 run = RunContext("bench", "bench", "now", work, LocalStore(work))
@@ -67,6 +70,24 @@ elif stage == "score_all":
     mode = dataclasses.asdict(ModeConfig())
     out = score_step(str(work / "examples.jsonl"), str(work / "generations.jsonl"), mode, run)
     (work / "score_all.json").write_text(json.dumps(out))
+elif stage in ("checkpoint", "inference_resumed"):
+    import shutil
+    from components.atomic import JsonLines
+    from components.inference.config import InferenceConfig
+    from components.inference.plan import plan_inference
+    from components.model_files import ModelConfig
+    from pipelines.config import compose, section, to_container
+
+    config = to_container(compose([f"dataset.path={dataset}"]))
+    model = section(ModelConfig, config["model"], "model")
+    inference = section(InferenceConfig, config["inference"], "inference")
+    examples = str(work / "examples.jsonl")
+    if stage == "checkpoint":  # every answer saved under the key the step will compute
+        key = plan_inference(model, inference, JsonLines(examples)).key
+        shutil.copy(work / "generations.jsonl", work / f"checkpoint-{key}.jsonl")
+    else:
+        out = inference_step(model, inference, ModeConfig(), examples, run)
+        assert out["resumed"] == out["examples"] and out["generated"] == 0, out
 else:
     loaded = json.loads((work / "load_all.json").read_text())
     scores = json.loads((work / "score_all.json").read_text())
@@ -137,6 +158,8 @@ def main() -> None:
             dataset = write_inputs(folder, lines, pool)
             row = {"lines": lines, "dataset_mb": round(dataset.stat().st_size / 2**20, 1)}
             for stage in STAGES:
+                if stage in PREPARED:
+                    measure_alone(PREPARED[stage], dataset, folder)
                 row[stage] = measure_alone(stage, dataset, folder)
                 print(lines, stage, row[stage], flush=True)
             rows.append(row)
@@ -171,7 +194,7 @@ def plot(result: dict, path: Path) -> None:
         axis.set_ylabel(label)
         axis.legend()
     secs.set_yscale("log")
-    fig.suptitle(f"load, score and publish steps by dataset size ({result['date']}, 2 CPU cores)")
+    fig.suptitle(f"the steps around generation by dataset size ({result['date']}, 2 CPU cores)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

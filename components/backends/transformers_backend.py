@@ -79,7 +79,7 @@ class TransformersBackend:
             torch.manual_seed(params.seed)
         config = self._generation_config(params)
         # Longest first: similar lengths share a batch (less padding) and a too-large
-        # batch fails on the first step rather than at the end.
+        # batch fails on a window's first step rather than at its end.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
