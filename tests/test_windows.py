@@ -56,7 +56,10 @@ def test_the_whole_run_s_prompts_decide_the_same_whatever_the_window(smollm2_pat
     ]:
         windows = next(encode_windows(tokenizer, examples, fmt, mode, len(examples)))
         whole = windows.prompts
-        walks = {size: walk_prompts(tokenizer, examples, fmt, mode, size) for size in (1, 4, 100)}
+        walks = {
+            size: walk_prompts(tokenizer, fmt, encode_windows(tokenizer, examples, fmt, mode, size))
+            for size in (1, 4, 100)
+        }
         assert len({w for w in walks.values()}) == 1, walks
         walk = walks[1]
         assert walk.digest == prompts_digest(whole)

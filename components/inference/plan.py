@@ -130,22 +130,16 @@ class PromptWalk:
     first: str | None  # the first prompt as rendered
 
 
-def walk_prompts(
-    tokenizer,
-    examples: Iterable[Mapping[str, Any]],
-    fmt: PromptFormat,
-    mode: ModeConfig,
-    window: int = WINDOW,
-) -> PromptWalk:
-    """Every prompt of the run encoded once, a window at a time, into a digest, its count,
-    its longest and the prefix they all share (the CTranslate2 backend splits there)."""
+def walk_prompts(tokenizer, fmt: PromptFormat, windows: Iterable[Window]) -> PromptWalk:
+    """Every prompt of the run (``encode_windows``' windows) into a digest, its count, its
+    longest and the prefix they all share (the CTranslate2 backend splits there)."""
     from tqdm import tqdm
 
     digest, prefix = PromptsDigest(), format_prefix(tokenizer, fmt)
     count = longest = 0
     shared, first = len(prefix), None
     with tqdm(desc="prompts", unit="q", delay=2) as bar:  # shown where it takes a while
-        for w in encode_windows(tokenizer, examples, fmt, mode, window):
+        for w in windows:
             if first is None:
                 context = w.contexts[0].text if w.contexts else None
                 first = render(tokenizer, w.examples[0]["question"], fmt, context)
@@ -188,7 +182,7 @@ def plan_inference(
     fmt = PromptFormat.from_config(model.prompt, inference, mode)
     for note in fmt.unused_settings(inference):
         print(f"note: inference.{note}", flush=True)
-    walk = walk_prompts(tokenizer, examples, fmt, mode, window)
+    walk = walk_prompts(tokenizer, fmt, encode_windows(tokenizer, examples, fmt, mode, window))
     execution = resolve_execution(inference, files.path, model.revision, walk.examples)
     if inference.seed is not None:
         seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
