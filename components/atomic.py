@@ -159,3 +159,15 @@ class JsonLines:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(read_jsonl(self.path))
+
+    def __len__(self) -> int:
+        """The records, counted without parsing them."""
+        with open(self.path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> None:
+    """Temp files ``atomic_writer`` left for ``path`` when a process was killed mid-write."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)

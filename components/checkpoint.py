@@ -88,8 +88,9 @@ class Checkpoint(Protocol):
 
 
 class Answers(Mapping[str, dict[str, Any]]):
-    """A checkpoint's answers by question id, in a private SQLite database on disk (deleted
-    when it closes): resuming a million answers holds none of them in memory."""
+    """A checkpoint's answers by question id, in a private SQLite database in the temp
+    folder (deleted when this object goes): resuming a million answers holds none of them
+    in memory."""
 
     def __init__(self) -> None:
         self._db = sqlite3.connect("")  # "": a temporary on-disk database

@@ -285,7 +285,13 @@ def test_after_resolution_a_forked_child_can_still_use_cuda(smollm2_config_folde
     shape = model_shape(smollm2_config_folder)
     resolve_backend("auto", device, parameters=shape.parameters, questions=10)
     resolve_batch_size(
-        "auto", device=device, dtype=dtype, prompt_lengths=[50], max_new_tokens=32, shape=shape
+        "auto",
+        device=device,
+        dtype=dtype,
+        prompts=1,
+        longest_prompt=50,
+        max_new_tokens=32,
+        shape=shape,
     )
     assert not torch.cuda.is_initialized()
     child = multiprocessing.get_context("fork").Process(target=_use_cuda)

@@ -8,10 +8,12 @@ import itertools
 import json
 import tracemalloc
 
+import pytest
+
 from components.atomic import read_jsonl
 from components.checkpoint import FileCheckpoint, prompts_digest
 from components.inference.config import InferenceConfig
-from components.inference.plan import walk_prompts
+from components.inference.plan import plan_inference, walk_prompts
 from components.inference.run import generate_answers
 from components.inference.windows import encode_windows
 from components.model_files import ModelConfig
@@ -111,6 +113,8 @@ def test_answers_go_window_by_window_in_dataset_order_around_resumed_ones(tmp_pa
             super().append(records)
 
     FileCheckpoint(tmp_path, "k").append(kept)
+    stale = tmp_path / ".generations.jsonl.killed.tmp"  # what a SIGKILL mid-write leaves
+    stale.write_text('{"question_id": "q0"')
     report = generate_answers(
         section(ModelConfig, SMOLLM2, "model"),
         section(InferenceConfig, {"max_new_tokens": 4, "batch_size": 32}, "inference"),
@@ -130,6 +134,7 @@ def test_answers_go_window_by_window_in_dataset_order_around_resumed_ones(tmp_pa
     assert [n for n, _ in appends] == [1, 1, 1], appends  # q0, q2, q4: one window each
     assert appends[0][1] <= 2, f"the whole shard was read before the first answer: {appends}"
     assert (report.examples, report.resumed, report.generated) == (5, 2, 3)
+    assert not stale.exists()
     assert report.prompt_tokens == sum(g["prompt_tokens"] for g in got)
 
 
@@ -153,3 +158,36 @@ def test_a_resume_holds_the_checkpoint_s_answers_on_disk_not_in_memory(tmp_path)
     finally:
         tracemalloc.stop()
     assert peak < size / 4, f"loading {size} bytes of answers took {peak} bytes of memory"
+
+
+class Untouchable(list):
+    def __iter__(self):
+        raise AssertionError("the examples were read before the settings were checked")
+
+
+def test_settings_this_machine_refuses_fail_before_any_prompt_is_tokenized():
+    model = section(ModelConfig, SMOLLM2, "model")
+    inference = section(InferenceConfig, {"tensor_parallel_size": 2}, "inference")
+    examples = Untouchable([{"question": "Who wrote Hamlet?"}])
+    with pytest.raises(ValueError, match="tensor_parallel_size: > 1 needs the vllm backend"):
+        plan_inference(model, inference, examples)
+
+
+def test_sampled_windows_do_not_replay_one_random_stream(tmp_path):
+    """One question four times, a window of two, sampling with a seed: the second window's
+    answers are not the first's again (each backend reseeds per call)."""
+    examples = [
+        {"question_id": f"q{i}", "question": "Name a colour.", "answers": ["red"]} for i in range(4)
+    ]
+    settings = {"max_new_tokens": 12, "temperature": 1.0, "seed": 7, "batch_size": 2}
+    generate_answers(
+        section(ModelConfig, SMOLLM2, "model"),
+        section(InferenceConfig, settings, "inference"),
+        examples,
+        checkpoint_for=lambda key: FileCheckpoint(tmp_path, key),
+        generations_path=tmp_path / "generations.jsonl",
+        environment={},
+        window=2,
+    )
+    got = [g["prediction"] for g in read_jsonl(tmp_path / "generations.jsonl")]
+    assert got[:2] != got[2:], got

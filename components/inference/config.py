@@ -21,7 +21,9 @@ SYSTEM_PROMPT = (
 class VLLMOptions:
     """vLLM engine options (the vllm backend only)."""
 
-    chunk_size: int = 1024  # prompts per engine call: finished chunks survive a kill; 0: all
+    # Prompts per engine call, finished chunks surviving a kill; 0: a whole window of the
+    # inference step (4,096 prompts, components/inference/windows.py), also the most.
+    chunk_size: int = 1024
     enforce_eager: bool = True  # false: CUDA graphs (faster generation, longer start)
     max_num_seqs: int | None = None  # sequences scheduled at once; null: vLLM's default
     cpu_kvcache_space_gib: float = 2.0

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.backends import Backend, Generation, create_backend
+from components.backends import Backend, Generation, GenerationParams, create_backend
 from components.backends.pool import acquire, backend_key
 from components.batching import BatchChoice, resolve_batch_size
 from components.inference.config import InferenceConfig
@@ -108,17 +108,28 @@ def _out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
 
 
+def window_params(params: GenerationParams, offset: int) -> GenerationParams:
+    """Sampling gives each window its own seed, the run's plus the place of the window's
+    first example in the run: backends reseed per call, and windows must not replay one
+    random stream. The first window, and greedy decoding, keep the run's settings."""
+    if params.greedy or params.seed is None or offset == 0:
+        return params
+    return dataclasses.replace(params, seed=params.seed + offset)
+
+
 def generate(
     plan: InferencePlan,
     loaded: Loaded,
     prompts: Sequence[list[int]],
+    offset: int,
     on_batch: Callable[[list[int], list[Generation]], None],
     on_progress: Callable[[int], None],
 ) -> None:
-    """Generates one window's prompts, handing each finished batch to ``on_batch``. Out of
-    memory names the batch size it happened at."""
+    """Generates one window's prompts (its first example at ``offset`` in the run), handing
+    each finished batch to ``on_batch``. Out of memory names the batch size it happened at."""
+    params = window_params(plan.params, offset)
     try:
-        loaded.backend.generate(prompts, plan.params, on_progress=on_progress, on_batch=on_batch)
+        loaded.backend.generate(prompts, params, on_progress=on_progress, on_batch=on_batch)
     except Exception as exc:
         if _out_of_memory(exc):
             rows = min(loaded.batch.size or 1, len(prompts))

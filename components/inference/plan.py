@@ -6,7 +6,7 @@ for a run and for a sweep's check of whether an earlier run's results still stan
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,11 +182,13 @@ def plan_inference(
     fmt = PromptFormat.from_config(model.prompt, inference, mode)
     for note in fmt.unused_settings(inference):
         print(f"note: inference.{note}", flush=True)
-    walk = walk_prompts(tokenizer, fmt, encode_windows(tokenizer, examples, fmt, mode, window))
-    execution = resolve_execution(inference, files.path, model.revision, walk.examples)
+    # Settings the machine refuses fail before every prompt is tokenized (minutes at 1M).
+    questions = len(examples) if isinstance(examples, Sized) else sum(1 for _ in examples)
+    execution = resolve_execution(inference, files.path, model.revision, questions)
     if inference.seed is not None:
         seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
     check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
+    walk = walk_prompts(tokenizer, fmt, encode_windows(tokenizer, examples, fmt, mode, window))
     shown = {  # results.json: the prompt as set, where from, and the first one as rendered
         "template": fmt.template,
         "system_prompt": fmt.system_prompt,

@@ -15,7 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from components import memory
-from components.atomic import read_jsonl, write_jsonl_atomic
+from components.atomic import read_jsonl, remove_stale_temps, write_jsonl_atomic
 from components.backends import Generation
 from components.backends.pool import release
 from components.checkpoint import Checkpoint
@@ -106,6 +106,8 @@ def generate_answers(
     """The answers of shard ``shard`` of ``shards`` of ``examples`` (walked three times: a
     list, or a JsonLines file), ``window`` examples tokenized and generated at a time; the
     prompts (and so the checkpoint key) are those of the whole run, whichever shard this is."""
+    if iter(examples) is examples:
+        raise TypeError("examples: read more than once; give a list or a JsonLines file")
     with memory.stage("model_load"):
         started = time.perf_counter()
         plan = plan_inference(model, inference, examples, mode, fetched, window)
@@ -125,7 +127,7 @@ def generate_answers(
     saved: list[int] = []  # batches checkpointed by this attempt
     tokens = Tokens()
 
-    def generated(asked: Window, bar: tqdm) -> dict[str, dict[str, Any]]:
+    def generated(asked: Window, offset: int, bar: tqdm) -> dict[str, dict[str, Any]]:
         """A window's answers by question id, each batch checkpointed as it ends."""
         fresh: dict[str, dict[str, Any]] = {}
 
@@ -139,14 +141,14 @@ def generate_answers(
             hold_after_first_batch(resumed, len(saved))
 
         if loaded is not None:
-            generate(plan, loaded, asked.prompts, on_batch=keep, on_progress=bar.update)
+            generate(plan, loaded, asked.prompts, offset, on_batch=keep, on_progress=bar.update)
         return fresh
 
     def answered(bar: tqdm) -> Iterator[dict[str, Any]]:
         """The shard's answers in dataset order, a window generated as it is reached."""
-        for chunk in chunks(islice(examples, low, high), window):
+        for n, chunk in enumerate(chunks(islice(examples, low, high), window)):
             asked = [e for e in chunk if e["question_id"] not in done]
-            fresh = generated(plan.encode(asked), bar) if asked else {}
+            fresh = generated(plan.encode(asked), low + n * window, bar) if asked else {}
             for example in chunk:
                 qid = example["question_id"]
                 record = fresh[qid] if qid in fresh else done[qid]
@@ -161,6 +163,7 @@ def generate_answers(
         started = time.perf_counter()
         backend = plan.backend_name
         desc = f"generate ({backend})" + (f" shard {shard + 1}/{shards}" if shards > 1 else "")
+        remove_stale_temps(generations_path)  # a killed attempt's half-written answers
         try:
             with tqdm(total=high - low, initial=resumed, desc=desc, unit="q") as bar:
                 write_jsonl_atomic(generations_path, answered(bar))
