@@ -65,15 +65,6 @@ def finished(stack, task_id: str, status: str = "completed") -> dict:
             f"{task['status']}: {task.get('status_message')}\nsteps: {steps}\n"
             + api.log(task_id)[-3000:]
         )
-    if status == "failed":
-        # The SDK marks a pipeline with a failed step failed ("Pipeline step failed") a moment
-        # before the controller records why (pipelines/clearml/controller.py fail()).
-        def recorded():
-            task = api.task(task_id)
-            reason = task["hyperparams"].get("properties", {}).get("failure_reason", {})
-            return task if reason.get("value") == task["status_message"] else None
-
-        return wait_until(recorded, 60, what=f"task {task_id}'s failure_reason as its message")
     return task
 
 

@@ -12,10 +12,13 @@ gives, each step receiving its parents' outputs, and ``start()``.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import yaml
 
 from components.provenance import code_identity, utc_now
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 NON_RESPONSIVE = "forced stop (non-responsive)"
 MAX_LOST_AGENT_RELAUNCHES = 3
+HANDOVER_POLLS = 6  # agent polls a failing controller lets pass (+6 s); measured: 5 s at 1 s
 
 
 def step_kwargs(spec: StepSpec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
@@ -172,11 +176,16 @@ def outcome(pipe: PipelineController, policy: RetryPolicy) -> str | None:
 
 def run_pipeline(task: Task, pipe: PipelineController, policy: RetryPolicy) -> int:
     """Starts the pipeline here (on the services agent) and waits for it; a failure
-    leaves its reason on this task."""
-    pipe.start()
+    leaves its reason on this task. Not ``start()``'s own wait: its ``stop()`` marks the task
+    failed ("Pipeline step failed") before the reason is written, so that the failed status
+    would show for a while without it."""
+    pipe.start(wait=False)
+    pipe.wait()
     reason = outcome(pipe, policy)
     if reason:
+        pipe.update_execution_plot()
         return fail(task, reason)
+    pipe.stop()
     print("pipeline completed", flush=True)
     return 0
 
@@ -259,12 +268,25 @@ def forget_other_dag(task: Task, steps: Sequence[StepSpec]) -> None:
     task.reload()
 
 
+def wait_for_agent_handover() -> None:
+    """A services agent in docker mode watches the task it started until it reads, in the
+    container's output, that the task's own code has begun: a task that turns failed before
+    then is killed and marked stopped, its reason lost (clearml-agent 3.0.3; measured here
+    about 5 s after the start with a 1 s poll). A controller that fails sooner waits it out."""
+    poll = float(os.environ.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") or 5.0)  # as the agent does
+    left = HANDOVER_POLLS * poll + 6 - (time.time() - psutil.Process().create_time())
+    if left > 0:
+        print(f"waiting {left:.0f} s for the services agent to hand this task over", flush=True)
+        time.sleep(left)
+
+
 def fail(task: Task, reason: str) -> int:
     """The reason where a user looks: the controller's log, its ``failure_reason`` property
     and its status message. Returns the exit code: 0, because the agent marks a task whose
     process exits non-zero failed again, with a message of its own ("Changed by
     clearml-agent ..."), while it cannot turn a failed task completed."""
     print(f"pipeline failed: {reason}", file=sys.stderr, flush=True)
+    wait_for_agent_handover()
     task.get_logger().report_text(f"pipeline failed: {reason}")
     task.set_user_properties(failure_reason=reason[:1000])
     task.flush(wait_for_uploads=True)  # the log first: a failed task takes no more of it
