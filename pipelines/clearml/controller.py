@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 NON_RESPONSIVE = "forced stop (non-responsive)"
 MAX_LOST_AGENT_RELAUNCHES = 3
-HANDOVER_POLLS = 6  # agent polls a failing controller lets pass (+6 s); measured: 5 s at 1 s
+# How long a failing controller leaves the services agent to hand it over: 6 of its polls
+# plus 6 s (the handover measured 5 s after the start, polling every 1 s).
+HANDOVER_POLLS, HANDOVER_MARGIN_S = 6, 6.0
 
 
 def step_kwargs(spec: StepSpec, cfg: dict[str, Any], run: dict[str, Any]) -> dict[str, str]:
@@ -177,8 +179,7 @@ def outcome(pipe: PipelineController, policy: RetryPolicy) -> str | None:
 def run_pipeline(task: Task, pipe: PipelineController, policy: RetryPolicy) -> int:
     """Starts the pipeline here (on the services agent) and waits for it; a failure
     leaves its reason on this task. Not ``start()``'s own wait: its ``stop()`` marks the task
-    failed ("Pipeline step failed") before the reason is written, so that the failed status
-    would show for a while without it."""
+    failed ("Pipeline step failed") before the reason is written, which would then follow."""
     pipe.start(wait=False)
     pipe.wait()
     reason = outcome(pipe, policy)
@@ -274,7 +275,8 @@ def wait_for_agent_handover() -> None:
     then is killed and marked stopped, its reason lost (clearml-agent 3.0.3; measured here
     about 5 s after the start with a 1 s poll). A controller that fails sooner waits it out."""
     poll = float(os.environ.get("CLEARML_AGENT_QUEUE_POLL_FREQ_SEC") or 5.0)  # as the agent does
-    left = HANDOVER_POLLS * poll + 6 - (time.time() - psutil.Process().create_time())
+    age = time.time() - psutil.Process().create_time()
+    left = HANDOVER_POLLS * poll + HANDOVER_MARGIN_S - age
     if left > 0:
         print(f"waiting {left:.0f} s for the services agent to hand this task over", flush=True)
         time.sleep(left)
