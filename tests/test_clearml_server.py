@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.inputs import folder_digest
 from tests import docker_stack
 from tests.clearml_stack import BUCKET, wait_until
-from tests.conftest import make, s3_client
+from tests.conftest import ROOT, make, s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker]
 PIPELINE_TIMEOUT = 420
@@ -186,11 +187,9 @@ print(json.dumps({{"predictions": predictions, "hash": artifact.hash,
 
 
 def run_module_code(code: str, env: dict):
-    import subprocess
-    import sys
-
+    """Python code in a process of its own, from the project's root (it may import it)."""
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
     )
 
 
@@ -378,6 +377,44 @@ print(task.id)
     assert model["name"] == "trained-step-100"
     local = json.loads((sample_run / "predictions.json").read_text())
     assert answers(predictions) == answers(local)
+
+
+def test_a_model_package_clearml_s_cache_cleanup_stripped_is_unpacked_again(
+    clearml_stack, submitter_inputs, tmp_path
+):
+    """ClearML's disk-space cache cleanup (clearml-agent's default config turns it on below
+    10 GB free) deletes cached files one at a time and keeps their folders: a model package
+    ClearML had unpacked there came back empty on a later run (CI's failure, "an empty
+    folder"). The step unpacks it into a folder of ours, checked against the archive."""
+    line = hand_over_lines(submitter_inputs["stdout"])["model.path"]
+    model_id = line.split("clearml://model/", 1)[1].split()[0]
+    clearml_cache = tmp_path / "clearml-cache"
+    code = f"""
+import json, pathlib
+from pipelines.clearml import inputs
+def strip(root):  # what the cleanup leaves: every folder, no file
+    for path in pathlib.Path(root).rglob("*"):
+        if path.is_file():
+            path.unlink()
+got = [inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path("."))]
+strip("{clearml_cache}")
+got.append(inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path(".")))
+strip(got[-1].path)
+got.append(inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path(".")))
+print(json.dumps([[str(f.path), f.identity["sha256"]] for f in got]))
+"""
+    env = {
+        **clearml_stack.env,
+        "CLEARML_CACHE_DIR": str(clearml_cache),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    proc = run_module_code(code, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = folder_digest(submitter_inputs["model"])
+    assert [sha for _, sha in got] == [expected] * 3
+    assert len({path for path, _ in got}) == 1
+    assert not Path(got[0][0]).is_relative_to(clearml_cache)
 
 
 def clearml_data(stack, *args: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from components.archives import is_archive, unpacked
 from components.atomic import sha256_file
 from components.inputs import FETCHERS, Fetched, InputError, folder_digest
 from components.model_files import default_cache_dir
@@ -102,7 +103,7 @@ def _dataset(reference: str, setting: str, rest: str) -> Fetched:
         "name": found.name,
         "version": found.version,
         "file": chosen or None,
-        "sha256": sha256_file(path) if path.is_file() else folder_digest(path),
+        "sha256": _digest(path),
     }
     return Fetched(path, identity)
 
@@ -123,9 +124,11 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
     current = Task.current_task()
     if current is not None:
         current.connect(model, name="evaluated")  # the task's input model, and its lineage
-    local = Path(model.get_local_copy(extract_archive=True, raise_on_error=True))
-    while local.is_dir() and len(entries := list(local.iterdir())) == 1 and entries[0].is_dir():
-        local = entries[0]  # an archive of one folder
+    local = Path(model.get_weights(raise_on_error=True))  # ClearML's cache: the archive
+    if is_archive(local):
+        local = unpacked(local, default_cache_dir() / "packages", key=model.url)
+    while local.is_dir() and len(shown := _shown(local)) == 1 and shown[0].is_dir():
+        local = shown[0]  # an archive of one folder
     identity = {
         "source": "clearml-model",
         "reference": reference,
@@ -134,9 +137,17 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
         "project": model.project,
         "uri": model.url,
         "task": model.original_task,  # the task that made it (.task: the one using it)
-        "sha256": folder_digest(local) if local.is_dir() else sha256_file(local),
+        "sha256": _digest(local),
     }
     return Fetched(local, identity)
+
+
+def _shown(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def _digest(local: Path) -> str:
+    return folder_digest(local, default_cache_dir()) if local.is_dir() else sha256_file(local)
 
 
 def hand_over(node: DictConfig, s3: S3, project: str) -> list[str]:
@@ -162,7 +173,7 @@ def hand_over(node: DictConfig, s3: S3, project: str) -> list[str]:
 
 def _store(s3: S3, path: Path) -> tuple[str, bool]:
     """A file (or a folder, file by file) under its content's sha256; (URL, uploaded)."""
-    digest = sha256_file(path) if path.is_file() else folder_digest(path, default_cache_dir())
+    digest = _digest(path)
     base = f"{s3.prefix}/inputs/{digest}/{safe_name(path.name)}"
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     uploaded = False
