@@ -28,7 +28,7 @@ DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(SUFFIXES)
+    return path.name.lower().endswith(SUFFIXES)
 
 
 def index(archive: Path) -> dict[str, list[int]]:

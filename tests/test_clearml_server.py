@@ -401,6 +401,17 @@ strip("{clearml_cache}")
 got.append(inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path(".")))
 strip(got[-1].path)
 got.append(inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path(".")))
+# The cleanup may also take the archive between its download and its unpacking.
+from clearml import InputModel
+get_weights = InputModel.get_weights
+def taken(self, **kwargs):
+    InputModel.get_weights = get_weights
+    local = get_weights(self, **kwargs)
+    pathlib.Path(local).unlink()
+    return local
+InputModel.get_weights = taken
+strip(got[-1].path)
+got.append(inputs.fetch("clearml://model/{model_id}", "model.path", pathlib.Path(".")))
 print(json.dumps([[str(f.path), f.identity["sha256"]] for f in got]))
 """
     env = {
@@ -412,7 +423,7 @@ print(json.dumps([[str(f.path), f.identity["sha256"]] for f in got]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     expected = folder_digest(submitter_inputs["model"])
-    assert [sha for _, sha in got] == [expected] * 3
+    assert [sha for _, sha in got] == [expected] * 4
     assert len({path for path, _ in got}) == 1
     assert not Path(got[0][0]).is_relative_to(clearml_cache)
 

@@ -124,9 +124,7 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
     current = Task.current_task()
     if current is not None:
         current.connect(model, name="evaluated")  # the task's input model, and its lineage
-    local = Path(model.get_weights(raise_on_error=True))  # ClearML's cache: the archive
-    if is_archive(local):
-        local = unpacked(local, default_cache_dir() / "packages", key=model.url)
+    local = _weights(model)
     while local.is_dir() and len(shown := _shown(local)) == 1 and shown[0].is_dir():
         local = shown[0]  # an archive of one folder
     identity = {
@@ -140,6 +138,19 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
         "sha256": _digest(local),
     }
     return Fetched(local, identity)
+
+
+def _weights(model: Any) -> Path:
+    """The model's file, or its package unpacked into the model cache (components/archives.py
+    says why not ClearML's cache)."""
+    local = Path(model.get_weights(raise_on_error=True))
+    if not is_archive(local):
+        return local
+    packages = default_cache_dir() / "packages"
+    try:
+        return unpacked(local, packages, key=model.url)
+    except FileNotFoundError:  # ClearML's cache cleanup took it before it was unpacked
+        return unpacked(Path(model.get_weights(raise_on_error=True)), packages, key=model.url)
 
 
 def _shown(folder: Path) -> list[Path]:
