@@ -4,7 +4,7 @@ Not into ClearML's storage cache: with its disk-space strategy (clearml-agent's 
 config turns it on below 10 GB free) a cleanup deletes cached files one at a time, oldest
 first, and keeps their folders, so a model unpacked there on an earlier run came back empty
 or without its weights. Our folder is checked against the archive's index on every use and
-unpacked again when any file is missing or of another size, or the archive changed.
+unpacked again when any file is missing or of another size.
 """
 
 from __future__ import annotations
@@ -48,22 +48,22 @@ def index(archive: Path) -> dict[str, list[int]]:
         raise InputError(f"{archive}: not a readable archive ({exc})") from exc
 
 
-def unpacked(archive: Path, cache: Path, key: str) -> Path:
-    """``archive``'s files in ``cache/<digest of key>-<name>``: the folder as it is when it
-    holds every file the archive lists, at its size, unpacked from an archive with the same
-    index; else unpacked again (a temporary sibling renamed into place)."""
+def unpacked(archive: Path, cache: Path) -> Path:
+    """``archive``'s files in ``cache/<digest of its index>``: one folder per content, whatever
+    the address (a checkpoint registered twice, a server moved), used as it is while it holds
+    every file the index lists, at its size; else unpacked again (a temporary sibling renamed
+    into place)."""
     listed = index(archive)
     if not listed:
         raise InputError(f"{archive}: an archive with no files")
     digest = hashlib.sha256(json.dumps(sorted(listed.items())).encode()).hexdigest()
-    stem = archive.name[: -len(next(s for s in SUFFIXES if archive.name.lower().endswith(s)))]
-    target = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{stem}"
+    target = cache / digest[:32]
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(f".{target.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # steps on one machine: one unpacks, the rest wait
         if _complete(target, listed, digest):
             return target
-        if target.exists():  # stripped or from another archive: set aside, then removed
+        if target.exists():  # stripped: set aside, then removed
             aside = target.with_name(f".{target.name}.stale.{os.getpid()}")
             os.replace(target, aside)
             shutil.rmtree(aside, ignore_errors=True)

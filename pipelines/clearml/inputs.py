@@ -148,9 +148,9 @@ def _weights(model: Any) -> Path:
         return local
     packages = default_cache_dir() / "packages"
     try:
-        return unpacked(local, packages, key=model.url)
+        return unpacked(local, packages)
     except FileNotFoundError:  # ClearML's cache cleanup took it before it was unpacked
-        return unpacked(Path(model.get_weights(raise_on_error=True)), packages, key=model.url)
+        return unpacked(Path(model.get_weights(raise_on_error=True)), packages)
 
 
 def _shown(folder: Path) -> list[Path]:
