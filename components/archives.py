@@ -15,14 +15,15 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from components.atomic import atomic_folder, write_text_atomic
+from components.atomic import atomic_folder, sha256_file, write_text_atomic
 from components.inputs import InputError
 
-SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-MARKER = ".unpacked.json"  # written last: the index this folder was unpacked from
+SUFFIXES = (".zip", ".tar.gz", ".tgz")  # what ClearML unpacks; any other file is used as it is
+MARKER = ".unpacked.json"  # written last: the digest this folder was unpacked from
 UNREADABLE = (zipfile.BadZipFile, tarfile.TarError, EOFError)  # not OSError: a full disk
 DATA_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
@@ -31,60 +32,78 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
-def index(archive: Path) -> dict[str, list[int]]:
-    """Each file's relative name with its size and checksum (a zip's CRC, a tar's mtime),
-    from the archive's index: a zip's central directory is read without its data."""
+def index(archive: Path) -> tuple[dict[str, int], str]:
+    """Each file's relative name and size, and a digest of the content: a zip's from its
+    central directory (names, sizes, CRCs; no data read), a tar's from its bytes (listing a
+    .tar.gz reads them anyway, and retrained weights keep their size and may keep an mtime)."""
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zipped:
-                return {
-                    _relative(i.filename): [i.file_size, i.CRC]
-                    for i in zipped.infolist()
-                    if not i.is_dir()
-                }
-        with tarfile.open(archive) as tar:
-            return {_relative(m.name): [m.size, int(m.mtime)] for m in tar if m.isreg()}
+                listed = zipped.infolist()
+            files = [(i.filename, True, i.file_size, i.CRC) for i in listed if not i.is_dir()]
+            digest = hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()
+        else:
+            with tarfile.open(archive) as tar:
+                files = [(m.name, m.isreg(), m.size, 0) for m in tar if not m.isdir()]
+            digest = sha256_file(archive)
     except UNREADABLE as exc:
-        raise InputError(f"{archive}: not a readable archive ({exc})") from exc
+        raise InputError(
+            f"{archive}: not a readable archive ({exc}); if it is ClearML's cached copy, delete "
+            "it and run again, else register the model again from its folder"
+        ) from exc
+    return {_inside(archive, name, regular): size for name, regular, size, _ in files}, digest
 
 
 def unpacked(archive: Path, cache: Path) -> Path:
-    """``archive``'s files in ``cache/<digest of its index>``: one folder per content, whatever
-    the address (a checkpoint registered twice, a server moved), used as it is while it holds
-    every file the index lists, at its size; else unpacked again (a temporary sibling renamed
-    into place)."""
-    listed = index(archive)
-    if not listed:
-        raise InputError(f"{archive}: an archive with no files")
-    digest = hashlib.sha256(json.dumps(sorted(listed.items())).encode()).hexdigest()
+    """``archive``'s files in ``cache/<digest>``: one folder per content, whatever the address
+    (a checkpoint registered twice, a server moved), used as it is while it holds every file
+    the index lists, at its size; else unpacked again (a temporary sibling renamed into place)."""
+    sizes, digest = index(archive)
+    if not sizes:
+        raise InputError(
+            f"{archive}: an archive with no files; register the model again from a folder "
+            "that holds its weights"
+        )
     target = cache / digest[:32]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{target.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # steps on one machine: one unpacks, the rest wait
-        if _complete(target, listed, digest):
+        if _complete(target, sizes, digest):
             return target
-        if target.exists():  # stripped: set aside, then removed
-            aside = target.with_name(f".{target.name}.stale.{os.getpid()}")
-            os.replace(target, aside)
-            shutil.rmtree(aside, ignore_errors=True)
+        if target.exists():  # stripped: set aside (a unique name), removed below
+            os.replace(target, tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=cache))
+        for left in cache.glob(f".{target.name}.*"):  # and what killed unpacks left behind
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
         with atomic_folder(target, MARKER) as tmp:
             _extract(archive, tmp)
-            marker = json.dumps({"archive": archive.name, "index": digest})
+            marker = json.dumps({"archive": archive.name, "digest": digest})
             write_text_atomic(tmp / MARKER, marker)
-    if not _complete(target, listed, digest):
-        raise InputError(f"{archive}: unpacked into {target}, which does not hold its files")
+    if not _complete(target, sizes, digest):
+        raise InputError(
+            f"{archive}: unpacked into {target}, which does not hold its files; delete that "
+            "folder and run again"
+        )
     return target
 
 
-def _relative(name: str) -> str:
-    return PurePosixPath(name.lstrip("/")).as_posix().removeprefix("./")
+def _inside(archive: Path, name: str, regular: bool) -> str:
+    """A regular file's name inside the archive's folder, or an error: links and names with
+    ``..`` or a leading ``/`` are refused (Debian 12's Python 3.11.2 has no tarfile filter)."""
+    parts = PurePosixPath(name).parts
+    if not regular or name.startswith("/") or ".." in parts:
+        raise InputError(
+            f"{archive}: cannot unpack it ({name!r}: a link, or outside its folder); package "
+            "the model folder again (make enqueue does)"
+        )
+    return PurePosixPath(*parts).as_posix()
 
 
-def _complete(folder: Path, listed: dict[str, list[int]], digest: str) -> bool:
+def _complete(folder: Path, sizes: dict[str, int], digest: str) -> bool:
     try:
         kept = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-        return kept.get("index") == digest and all(
-            (folder / name).stat().st_size == size for name, (size, _) in listed.items()
+        return kept.get("digest") == digest and all(
+            (folder / name).stat().st_size == size for name, size in sizes.items()
         )
     except (OSError, ValueError):
         return False
@@ -94,22 +113,9 @@ def _extract(archive: Path, folder: Path) -> None:
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zipped:
-                zipped.extractall(folder)  # names with .. or a leading / are made safe
+                zipped.extractall(folder)
         else:
             with tarfile.open(archive) as tar:
-                members = [_inside(archive, member) for member in tar]
-                tar.extractall(folder, members, **DATA_FILTER)
+                tar.extractall(folder, **DATA_FILTER)  # index() refused links and ../ names
     except UNREADABLE as exc:
         raise InputError(f"{archive}: cannot unpack it ({exc})") from exc
-
-
-def _inside(archive: Path, member: tarfile.TarInfo) -> tarfile.TarInfo:
-    """Files and folders inside the archive's folder only (Python 3.11.2, Debian 12's, has no
-    tarfile filter)."""
-    if (
-        not (member.isreg() or member.isdir())
-        or member.name.startswith("/")
-        or ".." in (PurePosixPath(member.name).parts)
-    ):
-        raise InputError(f"{archive}: cannot unpack it ({member.name!r}: a link or outside it)")
-    return member

@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from components.archives import is_archive, unpacked
-from components.atomic import sha256_file
+from components.atomic import disk_full, sha256_file
 from components.inputs import FETCHERS, Fetched, InputError, folder_digest
 from components.model_files import default_cache_dir
 from components.storage import S3, safe_name
@@ -49,6 +49,8 @@ def fetch(reference: str, setting: str, folder: Path) -> Fetched:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 (the SDK raises ValueError, ConnectionError, ...)
+        if disk_full(exc):  # the failure's own hint says what to do
+            raise
         raise InputError(
             f"{setting}: cannot fetch {reference!r}: {exc.__class__.__name__}: {exc}; check it "
             "exists on the server (clearml-data list, the web UI's Datasets or Models) and "
@@ -124,7 +126,10 @@ def _model(reference: str, kind: str, target: str) -> Fetched:
     current = Task.current_task()
     if current is not None:
         current.connect(model, name="evaluated")  # the task's input model, and its lineage
-    local = _weights(model)
+    try:
+        local = _weights(model)
+    except InputError as exc:
+        raise InputError(f"model.path: {reference!r}: {exc}") from exc
     while local.is_dir() and len(shown := _shown(local)) == 1 and shown[0].is_dir():
         local = shown[0]  # an archive of one folder
     identity = {
