@@ -127,7 +127,7 @@ def folder_digest(root: Path, cache_dir: Path | None = None) -> str:
     (hidden files left out). With ``cache_dir`` the answer is kept under a key of the files'
     names, sizes and modification times, so an unchanged folder is not read again, while
     weights re-saved in place get a new identity."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not hidden(p, root))
     if not files:
         raise InputError(f"{root}: an empty folder")
     stats = [(p.relative_to(root).as_posix(), *_size_and_time(p)) for p in files]
@@ -151,5 +151,6 @@ def _size_and_time(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _hidden(path: Path, root: Path) -> bool:
+def hidden(path: Path, root: Path) -> bool:
+    """A dot-name on the way from ``root`` (.cache, .git, our markers): not the content."""
     return any(part.startswith(".") for part in path.relative_to(root).parts)

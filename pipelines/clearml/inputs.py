@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from components.archives import is_archive, unpacked
 from components.atomic import disk_full, sha256_file
-from components.inputs import FETCHERS, Fetched, InputError, folder_digest
+from components.inputs import FETCHERS, Fetched, InputError, folder_digest, hidden
 from components.model_files import default_cache_dir
 from components.storage import S3, safe_name
 from pipelines.config import PROJECT_ROOT
@@ -159,7 +159,7 @@ def _weights(model: Any) -> Path:
 
 
 def _shown(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return [p for p in folder.iterdir() if not hidden(p, folder)]
 
 
 def _digest(local: Path) -> str:
@@ -213,7 +213,7 @@ def _register_model(s3: S3, folder: Path, project: str) -> Any:
             archive = Path(tmp) / "model.zip"
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
                 for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    if not any(part.startswith(".") for part in file.relative_to(folder).parts):
+                    if not hidden(file, folder):
                         zipped.write(file, file.relative_to(folder).as_posix())
             s3.upload(archive, key)
     return InputModel.import_model(
