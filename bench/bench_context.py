@@ -101,7 +101,11 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--modes", default="no_context,oracle_context,retriever_context")
     parser.add_argument("--model", default="smollm2_135m")
-    parser.add_argument("--skip", default="vllm,llamacpp", help="engines to leave out")
+    parser.add_argument(
+        "--skip",
+        default="vllm,llamacpp",
+        help="engines to leave out: vllm,llamacpp,ctranslate2,packed or a row's label",
+    )
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument(
         "--retrieval-only", action="store_true", help="measure BM25 again, keep the rows"

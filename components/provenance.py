@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from components.device import cpu_has_native_bf16
+from components.device import cpu_has_amx, cpu_has_native_bf16
 
 PACKAGES = (
     "slm-qa-eval",
@@ -89,6 +89,7 @@ def environment(root: Path) -> dict[str, Any]:
         "platform": platform.platform(),
         "host": platform.node(),
         "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_amx": cpu_has_amx(),
         "packages": package_versions(),
         "git": code["git"],
         "source_sha256": code["source_sha256"],

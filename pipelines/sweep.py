@@ -32,6 +32,7 @@ from components.model_files import (
     resolve_model,
     weights_digest,
 )
+from components.modes import ModeConfig
 from components.results import config_fingerprint
 from components.stats import bootstrap_options
 from components.storage import StorageError, safe_name
@@ -145,6 +146,7 @@ def finished_results(combo: Combination) -> dict[str, Any] | None:
                 results["model"]["loaded_from"],
                 model.revision,
                 results["counts"]["examples"],
+                section(ModeConfig, combo.cfg["experiment_mode"], "experiment_mode").uses_context,
             )
             return {"backend": here.backend.name, "device": here.device, "dtype": here.dtype}
 

@@ -418,3 +418,33 @@ def test_tensor_parallel_beyond_the_visible_gpus_says_where_to_run(tmp_path):
         assert "2 GPUs asked" in proc.stderr and "QUEUE=gpu-2x" in proc.stderr
     else:
         assert "tensor_parallel_size: > 1 needs the vllm backend on CUDA" in proc.stderr
+
+
+def test_packed_by_name_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="packed is a CPU engine; on cuda"):
+        resolve_backend("packed", "cuda")
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}'
+    )
+    with pytest.raises(ValueError, match="packed cannot run this model: the packed backend"):
+        resolve_backend("packed", "cpu", model_path=str(tmp_path))
+    assert batch_invariance("packed", "cpu", "bfloat16")["identical_at_batch_1_8_32"] == 1.0
+
+
+def test_auto_on_a_cpu_with_amx_takes_packed_where_prompts_carry_passages(tmp_path, smollm2_path):
+    """make bench, 2026-12-07 (AMX): with the gold passage packed bf16 6.31 q/s, recall
+    -0.014 of fp32; CTranslate2 int8 2.76 q/s, -0.036. Closed-book CTranslate2 stays (11.24
+    against 8.12 q/s)."""
+
+    def auto(path=smollm2_path, **kwargs):
+        return resolve_backend("auto", "cpu", model_path=path, **kwargs)
+
+    chosen = auto(context=True, cpu_amx=True)
+    assert chosen.name == "packed" and "context mode on a CPU with AMX" in chosen.reason
+    assert auto(context=False, cpu_amx=True).name == "ctranslate2"
+    assert auto(context=True, cpu_amx=False).name == "ctranslate2"
+    assert auto(context=True, cpu_amx=True, dtype="int8").name == "ctranslate2"
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}'
+    )
+    assert auto(path=str(tmp_path), context=True, cpu_amx=True).name != "packed"

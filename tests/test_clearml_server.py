@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.device import cpu_has_amx
 from components.inputs import folder_digest
 from tests import docker_stack
 from tests.clearml_stack import BUCKET, wait_until
@@ -270,6 +271,9 @@ def test_a_retrieval_pipeline_retrieves_on_the_cpu_queue_and_stores_its_index_on
     assert results["retrieval"]["gold_recall_at_k"] == 1.0
     assert results["context"]["mode"] == "retriever_context"
     assert all(1 <= len(p["passages"]) <= 3 for p in predictions)
+    # The agent's container shares this CPU: with AMX, auto is the packed bf16 engine there.
+    expected = "packed" if cpu_has_amx() else "ctranslate2"
+    assert results["inference"]["backend"] == expected
     index = keys_under(clearml_stack, "slm-experiments/cache/index/")
     assert len({k.split("/")[0] for k in index}) == 1 and any(k.endswith(".npy") for k in index)
 

@@ -214,3 +214,9 @@ def test_nq_open_without_its_file_says_where_it_comes_from(tmp_path, monkeypatch
     monkeypatch.setenv("NQ_OPEN_PATH", str(tmp_path / "missing.jsonl"))
     with pytest.raises(ConfigError, match=r"no such file: .*missing.jsonl'; NQ-open's dev file"):
         validate(to_container(compose(["dataset=nq_open"])))
+
+
+def test_the_packed_backend_is_refused_a_sampling_temperature_before_anything_loads():
+    with pytest.raises(ConfigError, match=r"inference\.temperature.*decodes greedily"):
+        validate(to_container(compose(["inference.backend=packed", "inference.temperature=0.7"])))
+    validate(to_container(compose(["inference.backend=packed"])))

@@ -120,9 +120,11 @@ def ct2_backend(smollm2_path, hf_backend):
     backend.close()
 
 
-def test_ctranslate2_answers_like_the_model_and_counts_its_tokens(ct2_backend):
-    prompts = encode_prompts(ct2_backend.tokenizer, QUESTIONS, FMT)
-    out = ct2_backend.generate(prompts, GenerationParams(max_new_tokens=16))
+@pytest.mark.parametrize("engine", ["ct2_backend", "packed_backend"])
+def test_a_cpu_engine_answers_like_the_model_and_counts_its_tokens(engine, request):
+    backend = request.getfixturevalue(engine)
+    prompts = encode_prompts(backend.tokenizer, QUESTIONS, FMT)
+    out = backend.generate(prompts, GenerationParams(max_new_tokens=16))
     assert len(out) == len(QUESTIONS)
     assert "paris" in out[0].text.lower()
     for generation, prompt in zip(out, prompts, strict=True):
@@ -213,3 +215,68 @@ def test_each_prompt_is_split_by_its_own_length():
     batches = batches_by_split(lengths, 2, shared_prefix=30)
     assert batches == [(94, [2]), (62, [4]), (30, [0, 1]), (30, [3])]
     assert sorted(i for _, b in batches for i in b) == list(range(len(lengths)))
+
+
+# ---- bf16 with prompts packed: the packed backend --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packed_backend(smollm2_path, hf_backend):
+    from components.backends import create_backend
+
+    backend = create_backend(
+        "packed", smollm2_path, device="cpu", dtype="bfloat16", tokenizer=hf_backend.tokenizer
+    )
+    yield backend
+    backend.close()
+
+
+def oracle_prompts(tokenizer) -> list[list[int]]:
+    """The sample's questions with their gold passages (one or two), a few hundred tokens."""
+    from components.contexts import fit_context
+    from components.passages import load_corpus
+    from tests.conftest import ROOT
+
+    corpus = load_corpus(ROOT / "data" / "sample" / "passages.jsonl")
+    lines = (ROOT / "data" / "sample" / "with_passages.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    window = [[corpus.get(g).to_record() for g in r["gold"]] for r in records]
+    contexts = [
+        fit_context(tokenizer, w + window[(i + 1) % len(window)][: i % 2], 512).text
+        for i, w in enumerate(window)
+    ]
+    fmt = PromptFormat(template="Background:\n{context}\n\nQuestion:\n{question}")
+    return encode_prompts(tokenizer, [r["question"] for r in records], fmt, contexts)
+
+
+def test_packed_answers_do_not_depend_on_the_batch(packed_backend):
+    """Closed-book and with passages, prompts of many lengths in several slots, at batch 1,
+    8 and all at once: the same answers (batch 1 is each prompt computed alone)."""
+    from components.backends.packed_backend import slot
+
+    tokenizer = packed_backend.tokenizer
+    prompts = oracle_prompts(tokenizer) + encode_prompts(tokenizer, QUESTIONS, FMT)
+    params = GenerationParams(max_new_tokens=10)
+    assert len({slot(len(p), 10) for p in prompts}) >= 3  # several slots, else less is tested
+    seen = []
+    for batch in (1, 8, len(prompts)):
+        packed_backend.batch_size = batch
+        seen.append([g.text for g in packed_backend.generate(prompts, params)])
+    assert seen[0] == seen[1] == seen[2]
+    assert "canberra" in " ".join(seen[0]).lower()
+
+
+def test_packed_refuses_what_it_does_not_compute(smollm2_path):
+    from types import SimpleNamespace
+
+    from components.backends import create_backend
+    from components.backends.packed_backend import unsupported_reason
+
+    gemma = SimpleNamespace(architectures=["Gemma3ForCausalLM"], sliding_window=512)
+    assert "not Gemma3ForCausalLM" in unsupported_reason(gemma)
+    assert unsupported_reason(SimpleNamespace(architectures=["LlamaForCausalLM"])) is None
+    with pytest.raises(ValueError, match="runs bfloat16 on the cpu, not float32"):
+        create_backend("packed", smollm2_path, device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match="greedy decoding only"):
+        packed = create_backend("packed", smollm2_path, device="cpu", dtype="bfloat16")
+        packed.generate([[1, 2, 3]], GenerationParams(temperature=0.7))

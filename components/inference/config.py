@@ -8,7 +8,7 @@ from typing import Any
 
 from components.settings import non_negative_int, one_of, positive_int, require
 
-BACKENDS = ("auto", "transformers", "ctranslate2", "vllm")
+BACKENDS = ("auto", "transformers", "ctranslate2", "packed", "vllm")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 SYSTEM_PROMPT = (
@@ -85,6 +85,11 @@ class InferenceConfig:
             self.dtype != "int8" or self.backend in ("auto", "ctranslate2"),
             "inference.dtype",
             "int8 is ctranslate2's (inference.backend=ctranslate2 or auto on a CPU)",
+        )
+        require(
+            self.backend != "packed" or self.temperature == 0,
+            "inference.temperature",
+            "the packed backend decodes greedily: set 0, or use another backend to sample",
         )
         require(
             self.tensor_parallel_size == 1 or self.backend == "auto" or self.backend == "vllm",

@@ -70,8 +70,14 @@ class InferencePlan:
 
 
 def resolve_execution(
-    inference: InferenceConfig, model_path: str, revision: str | None, questions: int
+    inference: InferenceConfig,
+    model_path: str,
+    revision: str | None,
+    questions: int,
+    context: bool = False,
 ) -> Execution:
+    """``context``: the prompts carry passages (a context mode), which can change what
+    ``auto`` means on a CPU (components/backends/choice.py)."""
     device = resolve_device(inference.device)
     # Only CUDA's choices (backend by model size, batch by memory) need it; it reads files.
     shape = model_shape(model_path, revision) if device == "cuda" else None
@@ -84,19 +90,24 @@ def resolve_execution(
         model_path=model_path,
         revision=revision,
         dtype=inference.dtype,
+        context=context,
     )
     return Execution(device, engine_dtype(inference.dtype, device, backend.name), backend, shape)
 
 
 def engine_dtype(dtype: str, device: str, backend: str) -> str:
     """``inference.dtype`` as the chosen backend runs it: CTranslate2 computes in int8 (or
-    float32) on its converted weights; the others take a torch dtype."""
+    float32) on its converted weights, packed in bfloat16; the others take a torch dtype."""
     if backend == "ctranslate2":
         if dtype not in CTRANSLATE2_DTYPES:
             raise ValueError(f"inference.dtype: {dtype} with ctranslate2; it runs int8 or float32")
         return CTRANSLATE2_DTYPE if dtype == "auto" else dtype
     if dtype == "int8":
         raise ValueError(f"inference.dtype: int8 is ctranslate2's; this run uses {backend}")
+    if backend == "packed":
+        if dtype not in ("auto", "bfloat16"):
+            raise ValueError(f"inference.dtype: {dtype} with packed; it runs bfloat16")
+        return "bfloat16"
     return resolve_dtype(dtype, device)
 
 
@@ -184,7 +195,9 @@ def plan_inference(
         print(f"note: inference.{note}", flush=True)
     # Settings the machine refuses fail before every prompt is tokenized (minutes at 1M).
     questions = len(examples) if isinstance(examples, Sized) else sum(1 for _ in examples)
-    execution = resolve_execution(inference, files.path, model.revision, questions)
+    execution = resolve_execution(
+        inference, files.path, model.revision, questions, mode.uses_context
+    )
     if inference.seed is not None:
         seed_everything(inference.seed, torch=execution.backend.name != "ctranslate2")
     check_gpus(inference.tensor_parallel_size, execution.backend.name, execution.device)
