@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from components.backends.base import REGISTRY
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES, unsupported_reason
+from components.backends.packed_backend import unsupported_reason as packed_reason
 from components.device import cpu_has_amx, cuda_available
+from components.model_files import model_config
 
 # What CTranslate2 measured against transformers here (docs/benchmarks.md, make bench).
 CPU_ENGINE = (
@@ -141,9 +143,6 @@ def ctranslate2_unavailable(model_path: str | None, revision: str | None) -> str
 
 def packed_unavailable(model_path: str | None, revision: str | None) -> str | None:
     """Why the packed backend cannot run this model, or None when it can."""
-    from components.backends.packed_backend import unsupported_reason as packed_reason
-    from components.model_files import model_config
-
     if model_path is None:
         return "no model to check"
     try:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from components.backends.base import Generation, GenerationParams
+from components.backends.packed_attention import AttentionShape, SlotGroup, spans_of
 from components.batching import CPU_BATCH
 from components.fault_injection import out_of_memory_above
 from components.prompts import decode_answer, load_tokenizer
@@ -84,6 +85,7 @@ class PackedBackend:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.shape = AttentionShape(self.heads, self.kv_heads, self.head_dim, len(self.layers))
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -106,36 +108,15 @@ class PackedBackend:
     def _weights(self) -> list[dict[str, Any]]:
         """Each layer's matrices, the three attention inputs and the two MLP inputs each
         joined into one (fewer, larger products)."""
-        import torch
-
         layers = []
         for layer in self.model.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
-            bias = None
-            if attention.q_proj.bias is not None:
-                bias = torch.cat(
-                    [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]
-                )
             layers.append(
                 {
-                    "qkv": _Linear(
-                        torch.cat(
-                            [
-                                attention.q_proj.weight,
-                                attention.k_proj.weight,
-                                attention.v_proj.weight,
-                            ]
-                        ),
-                        bias,
-                    ),
-                    "o": _Linear(attention.o_proj.weight, attention.o_proj.bias),
-                    "gate_up": _Linear(
-                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                        None
-                        if mlp.gate_proj.bias is None
-                        else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]),
-                    ),
-                    "down": _Linear(mlp.down_proj.weight, mlp.down_proj.bias),
+                    "qkv": _Linear.of(attention.q_proj, attention.k_proj, attention.v_proj),
+                    "o": _Linear.of(attention.o_proj),
+                    "gate_up": _Linear.of(mlp.gate_proj, mlp.up_proj),
+                    "down": _Linear.of(mlp.down_proj),
                     "norm_in": layer.input_layernorm.weight,
                     "norm_post": layer.post_attention_layernorm.weight,
                 }
@@ -229,12 +210,12 @@ class PackedBackend:
         for row, prompt in enumerate(prompts):
             by_slot.setdefault(slot(len(prompt), params.max_new_tokens), []).append(row)
         groups = [
-            _Group(self, [prompts[r] for r in rows], rows, width, params.max_new_tokens)
+            SlotGroup(self.shape, [prompts[r] for r in rows], rows, width, params.max_new_tokens)
             for width, rows in sorted(by_slot.items())
         ]
         h = self.model.model.embed_tokens(torch.cat([g.ids.view(-1) for g in groups]))
         positions = torch.cat([torch.arange(g.room).repeat(len(g.rows)) for g in groups])
-        spans = _spans([len(g.rows) * g.room for g in groups])
+        spans = spans_of([len(g.rows) * g.room for g in groups])
 
         def prefill(index, q, k, v):
             return torch.cat(
@@ -267,7 +248,7 @@ class PackedBackend:
             groups = [g for g in groups if g.rows]
             if not groups or step == params.max_new_tokens - 1:
                 break
-            spans = _spans([len(g.rows) for g in groups])
+            spans = spans_of([len(g.rows) for g in groups])
 
             def decode(index, q, k, v, step=step, groups=groups, spans=spans):
                 return torch.cat(
@@ -342,6 +323,16 @@ class _Linear:
                 self.packed = {}
                 break
 
+    @classmethod
+    def of(cls, *linears) -> _Linear:
+        """One product for these ``nn.Linear`` of one input, their outputs side by side."""
+        import torch
+
+        weight = torch.cat([linear.weight for linear in linears])
+        if linears[0].bias is None:
+            return cls(weight)
+        return cls(weight, torch.cat([linear.bias for linear in linears]))
+
     def __call__(self, x):
         import torch
         import torch.nn.functional as F
@@ -350,81 +341,3 @@ class _Linear:
         if packed is None:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
-
-
-def _spans(sizes: list[int]) -> list[tuple[int, int]]:
-    """(start, end) of consecutive parts of these sizes."""
-    spans, start = [], 0
-    for size in sizes:
-        spans.append((start, start + size))
-        start += size
-    return spans
-
-
-class _Group:
-    """The prompts of one slot in a batch: per layer their keys and values (each prompt
-    padded to ``room``, then its answer's tokens), and which are still answering."""
-
-    def __init__(self, backend: PackedBackend, prompts, rows: list[int], width: int, new: int):
-        import torch
-
-        self.rows, self.room = list(rows), width - new
-        self.heads, self.head_dim = backend.heads, backend.head_dim
-        self.ids = torch.zeros(len(prompts), self.room, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            self.ids[row, : len(prompt)] = torch.tensor(prompt)
-        self.lengths = torch.tensor([len(p) for p in prompts])
-        shape = (len(prompts), backend.kv_heads, width, backend.head_dim)
-        self.keys = [torch.zeros(shape, dtype=torch.bfloat16) for _ in backend.layers]
-        self.values = [torch.zeros(shape, dtype=torch.bfloat16) for _ in backend.layers]
-        self.visible = torch.arange(width)[None, :] < self.lengths[:, None]
-
-    def prefill(self, index: int, q, k, v):
-        """Causal attention of each padded prompt to itself (padding comes after the prompt,
-        so no prompt token sees it); keeps the keys and values."""
-        import torch.nn.functional as F
-
-        count, room, dim = len(self.rows), self.room, self.head_dim
-        keys, values = self.keys[index], self.values[index]
-        keys[:, :, :room] = k.reshape(count, room, -1, dim).transpose(1, 2)
-        values[:, :, :room] = v.reshape(count, room, -1, dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.reshape(count, room, self.heads, dim).transpose(1, 2),
-            keys[:, :, :room],
-            values[:, :, :room],
-            is_causal=True,
-            enable_gqa=True,
-        )
-        return out.transpose(1, 2).reshape(count * room, self.heads, dim)
-
-    def decode(self, index: int, step: int, q, k, v):
-        """One new token per prompt: its key and value kept at ``room + step``, attention over
-        the prompt and the answer so far (the slot's padding masked)."""
-        import torch.nn.functional as F
-
-        at = self.room + step
-        self.keys[index][:, :, at] = k
-        self.values[index][:, :, at] = v
-        if index == 0:
-            self.visible[:, at] = True
-        out = F.scaled_dot_product_attention(
-            q[:, :, None],
-            self.keys[index][:, :, : at + 1],
-            self.values[index][:, :, : at + 1],
-            attn_mask=self.visible[:, None, None, : at + 1],
-            enable_gqa=True,
-        )
-        return out[:, :, 0]
-
-    def keep(self, going: list[int]) -> None:
-        """Only these prompts (positions in the group) answer on."""
-        import torch
-
-        if len(going) == len(self.rows):
-            return
-        index = torch.tensor(going, dtype=torch.long)
-        self.rows = [self.rows[i] for i in going]
-        self.lengths = self.lengths.index_select(0, index)
-        self.visible = self.visible.index_select(0, index)
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
