@@ -1,3 +1,4 @@
+import mmap
 import time
 
 from components.memory import MemoryMonitor, stage
@@ -7,10 +8,12 @@ def test_stages_have_their_own_peaks_and_seconds():
     monitor = MemoryMonitor(interval=0.01).start()
     try:
         with stage("big"):
-            blob = bytearray(200 * 2**20)
+            # Fresh pages from the kernel: a bytearray may reuse memory the process already
+            # holds (freed by earlier tests, kept by malloc), and then RSS would not rise.
+            blob = mmap.mmap(-1, 200 * 2**20)
             blob[::4096] = b"x" * len(blob[::4096])
             time.sleep(0.05)
-            del blob
+            blob.close()
         with stage("small"):
             time.sleep(0.05)
     finally:
