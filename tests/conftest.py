@@ -32,6 +32,21 @@ SMOLLM2 = {
 }
 
 
+def pytest_report_header(config) -> str:
+    """Free disk where the suite writes: the worker images, converted models and the S3
+    server's objects take about 25 GB (README), and a full disk fails tests late."""
+    import shutil
+    import tempfile
+
+    places = [tempfile.gettempdir(), MODEL_CACHE["XDG_CACHE_HOME"], "/var/lib/docker"]
+    free = [
+        f"{place} {shutil.disk_usage(place).free / 2**30:.1f} GB"
+        for place in places
+        if Path(place).is_dir()
+    ]
+    return "free disk: " + ", ".join(free)
+
+
 def run_module(
     module: str,
     *args: str,
@@ -139,6 +154,21 @@ def check_run_folder(run_dir, expected_examples: int) -> dict:
     assert predictions[0]["question"] in results["inference"]["prompt"]["first"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
     return results
+
+
+def model_folder_copy(source: str, target: Path) -> Path:
+    """A copy of a model folder that no test writes to: hard links where the two folders
+    share a file system (a CI machine's disk is not always large), else a real copy."""
+    import shutil
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link)
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from components.device import cpu_has_amx
 from components.inputs import folder_digest
 from tests import docker_stack
 from tests.clearml_stack import BUCKET, wait_until
-from tests.conftest import ROOT, make, s3_client
+from tests.conftest import ROOT, make, model_folder_copy, s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.docker]
 PIPELINE_TIMEOUT = 420
@@ -303,7 +302,7 @@ def submitter_inputs(clearml_stack, sample_path, smollm2_path, tmp_path_factory)
     dataset = here / "my_questions.jsonl"
     dataset.write_bytes(b"".join(sample_path.read_bytes().splitlines(keepends=True)[:4]))
     model = here / "my-checkpoint"
-    shutil.copytree(smollm2_path, model)
+    model_folder_copy(smollm2_path, model)
     args = (f"dataset.path={dataset}", f"model.path={model}", "model.gguf=null")
     proc = enqueue_proc(clearml_stack, *args, "experiment.name=only_here")
     assert proc.returncode == 0, proc.stdout + proc.stderr

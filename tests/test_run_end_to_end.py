@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.config import compose, to_container
 from pipelines.local import run_local
-from tests.conftest import ROOT, check_run_folder, make, make_dry_run, run_cli
+from tests.conftest import ROOT, check_run_folder, make, make_dry_run, model_folder_copy, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -190,10 +190,7 @@ def test_the_default_cpu_run_never_imports_torch(tmp_path, smollm2_path):
 
 def test_a_model_folder_given_is_the_model_run_and_recorded(tmp_path, smollm2_path):
     """The default model config has a packaged GGUF; `model.path=FOLDER` runs FOLDER."""
-    import shutil
-
-    folder = tmp_path / "my_model"
-    shutil.copytree(smollm2_path, folder)
+    folder = model_folder_copy(smollm2_path, tmp_path / "my_model")
     outputs = run_here(
         f"model.path={folder}",
         "dataset.limit=2",
