@@ -21,22 +21,23 @@ log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo), read once; empty where there is none."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """avx512_bf16 or AMX: there bf16 matmul runs several times faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_has_amx() -> bool:
     """Intel AMX with bf16 tiles: bf16 matrix products several times faster than avx512_bf16
     alone (what the packed backend is chosen for, docs/benchmarks.md)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_flags()
 
 
 def torch_built_with_cuda() -> bool:

@@ -203,6 +203,22 @@ def shared_prefix(tokenizer, fmt: PromptFormat, prompts: Iterable[Sequence[int]]
     return common_length(format_prefix(tokenizer, fmt), prompts)
 
 
+def eos_ids(model_eos: int | list[int] | None, tokenizer) -> list[int]:
+    """The model's end-of-generation token(s) (its generation config), else the tokenizer's."""
+    eos = tokenizer.eos_token_id if model_eos is None else model_eos
+    return sorted(set(eos if isinstance(eos, list) else [eos]))
+
+
+def end_ids(tokenizer, eos: Sequence[int], stop: Sequence[str], vocab_size: int) -> list[int]:
+    """Where generation ends: EOS, and every token whose text holds a stop sequence (a stop
+    spread over several tokens is cut from the text afterwards, decode_answer)."""
+    ids = list(eos)
+    if stop:
+        texts = tokenizer.batch_decode([[i] for i in range(vocab_size)])
+        ids += [i for i, text in enumerate(texts) if any(s in text for s in stop)]
+    return sorted(set(ids))
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str | None:
     """The text before the first stop sequence, or None when none occurs."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from components.backends.base import REGISTRY
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES, unsupported_reason
+from components.backends.packed_backend import SETTINGS_DTYPES as PACKED_DTYPES
 from components.backends.packed_backend import unsupported_reason as packed_reason
 from components.device import cpu_has_amx, cuda_available
 from components.model_files import model_config
@@ -175,7 +176,7 @@ def resolve_backend(
         if (
             device == "cpu"
             and context
-            and dtype in ("auto", "bfloat16")
+            and dtype in PACKED_DTYPES
             and (cpu_has_amx() if cpu_amx is None else cpu_amx)
             and packed_unavailable(model_path, revision) is None
         ):

@@ -35,7 +35,7 @@ from components.batching import CPU_BATCH
 from components.checkpoint import short_digest
 from components.fault_injection import out_of_memory_above
 from components.model_files import MARKER, default_cache_dir, model_config, model_file
-from components.prompts import decode_answer, load_tokenizer
+from components.prompts import decode_answer, end_ids, eos_ids, load_tokenizer
 
 COMPUTE_TYPES = ("int8", "int8_float32", "float32")
 DEFAULT_DTYPE = "int8"  # what inference.dtype=auto means here (docs/benchmarks.md)
@@ -192,21 +192,13 @@ class CTranslate2Backend:
             intra_threads=1,
         )
         self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
-        eos = generation_eos(model_path, revision)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]))
+        self.eos_ids = eos_ids(generation_eos(model_path, revision), self.tokenizer)
         self._stop_ids: dict[tuple[str, ...], list[int]] = {}
 
     def _end_ids(self, stop: tuple[str, ...]) -> list[int]:
-        """End of generation: EOS, and every token whose text holds a stop sequence (a stop
-        spread over several tokens is cut from the text afterwards)."""
         if stop not in self._stop_ids:
-            ids = list(self.eos_ids)
-            if stop:
-                texts = self.tokenizer.batch_decode([[i] for i in range(len(self.vocabulary))])
-                ids += [i for i, text in enumerate(texts) if any(s in text for s in stop)]
-            self._stop_ids[stop] = sorted(set(ids))
+            size = len(self.vocabulary)
+            self._stop_ids[stop] = end_ids(self.tokenizer, self.eos_ids, stop, size)
         return self._stop_ids[stop]
 
     def generate(

@@ -25,7 +25,7 @@ from components.backends.base import Generation, GenerationParams
 from components.backends.packed_attention import AttentionShape, SlotGroup, spans_of
 from components.batching import CPU_BATCH
 from components.fault_injection import out_of_memory_above
-from components.prompts import decode_answer, load_tokenizer
+from components.prompts import decode_answer, end_ids, eos_ids, load_tokenizer
 
 # Rows of every matrix product: oneDNN's bf16 kernels ran 1.3-1.6 TFLOP/s on two cores at
 # 256-512 rows against 0.6 at 32 (2026-12-07, a Xeon with AMX).
@@ -35,6 +35,7 @@ DECODE_BLOCK = 32
 # A prompt's keys sit in a slot of its length rounded up to this.
 SLOT = 32
 SUPPORTED = ("LlamaForCausalLM",)  # SmolLM2 among them; what the tests run
+SETTINGS_DTYPES = ("auto", "bfloat16")  # the inference.dtype values it runs
 
 
 def unsupported_reason(config: Any) -> str | None:
@@ -81,28 +82,19 @@ class PackedBackend:
         config = model.config
         self.eps = config.rms_norm_eps
         self.layers = self._weights()
+        model.model.layers = torch.nn.ModuleList()  # their weights now live in self.layers
         self.head = _Linear(model.lm_head.weight)
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.shape = AttentionShape(self.heads, self.kv_heads, self.head_dim, len(self.layers))
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos]))
-        self._stop_ids: dict[tuple[str, ...], Any] = {}
+        self.eos_ids = eos_ids(model.generation_config.eos_token_id, self.tokenizer)
+        self._stop_ids: dict[tuple[str, ...], set[int]] = {}
 
-    def _end_ids(self, stop: tuple[str, ...]):
-        """EOS and every token whose text holds a stop sequence."""
-        import torch
-
+    def _end_ids(self, stop: tuple[str, ...]) -> set[int]:
         if stop not in self._stop_ids:
-            ids = list(self.eos_ids)
-            if stop:
-                size = self.model.config.vocab_size
-                texts = self.tokenizer.batch_decode([[i] for i in range(size)])
-                ids += [i for i, text in enumerate(texts) if any(s in text for s in stop)]
-            self._stop_ids[stop] = torch.tensor(sorted(set(ids)))
+            size = self.model.config.vocab_size
+            self._stop_ids[stop] = set(end_ids(self.tokenizer, self.eos_ids, stop, size))
         return self._stop_ids[stop]
 
     def _weights(self) -> list[dict[str, Any]]:
@@ -276,7 +268,7 @@ class PackedBackend:
 
         if not params.greedy:
             raise ValueError("packed backend: greedy decoding only (inference.temperature=0)")
-        end = set(self._end_ids(params.stop).tolist())
+        end = self._end_ids(params.stop)
         # Longest first (a batch too large fails at once), prompts of one slot together.
         order = sorted(range(len(prompts)), key=lambda i: -slot(len(prompts[i]), 0))
         batches = [
@@ -308,8 +300,9 @@ class PackedBackend:
 class _Linear:
     """``x @ weight.T (+ bias)`` for blocks of BLOCK or DECODE_BLOCK rows, the weight
     reordered once per block size for oneDNN (what torch.compile's CPU backend does: 1.3-1.6x
-    faster here than reordering it on every call); plain ``F.linear`` where this torch
-    cannot."""
+    faster here than reordering it on every call). Where oneDNN has no bf16 kernel for this
+    CPU (no AVX-512), in fp32 on the same shapes, then rounded to bf16: torch's own bf16
+    product ran 5x slower than fp32 there (an AMD EPYC with AVX2, 2026-12-07)."""
 
     def __init__(self, weight, bias=None) -> None:
         import torch
@@ -321,6 +314,8 @@ class _Linear:
                 self.packed[rows] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
             except (AttributeError, RuntimeError):
                 self.packed = {}
+                self.weight = weight.float()
+                self.bias = None if bias is None else bias.float()
                 break
 
     @classmethod
@@ -339,5 +334,5 @@ class _Linear:
 
         packed = self.packed.get(x.shape[0])
         if packed is None:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")

@@ -8,7 +8,7 @@ from typing import Any
 from components.backends.base import Generation, GenerationParams
 from components.batching import CPU_BATCH
 from components.fault_injection import out_of_memory_above
-from components.prompts import decode_answer
+from components.prompts import decode_answer, eos_ids
 
 
 class TransformersBackend:
@@ -37,10 +37,7 @@ class TransformersBackend:
             model_path, revision=revision, dtype=getattr(torch, dtype)
         ).to(device)
         self.model.eval()
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = set(eos_ids(self.model.generation_config.eos_token_id, self.tokenizer))
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
 

@@ -13,6 +13,7 @@ from typing import Any
 from components.backends import BackendChoice, GenerationParams, resolve_backend
 from components.backends.ctranslate2_backend import DEFAULT_DTYPE as CTRANSLATE2_DTYPE
 from components.backends.ctranslate2_backend import SETTINGS_DTYPES as CTRANSLATE2_DTYPES
+from components.backends.packed_backend import SETTINGS_DTYPES as PACKED_DTYPES
 from components.batching import ModelShape, model_shape
 from components.checkpoint import PromptsDigest, checkpoint_key
 from components.device import resolve_device, resolve_dtype
@@ -105,7 +106,7 @@ def engine_dtype(dtype: str, device: str, backend: str) -> str:
     if dtype == "int8":
         raise ValueError(f"inference.dtype: int8 is ctranslate2's; this run uses {backend}")
     if backend == "packed":
-        if dtype not in ("auto", "bfloat16"):
+        if dtype not in PACKED_DTYPES:
             raise ValueError(f"inference.dtype: {dtype} with packed; it runs bfloat16")
         return "bfloat16"
     return resolve_dtype(dtype, device)
