@@ -34,7 +34,7 @@ SMOLLM2 = {
 
 def pytest_report_header(config) -> str:
     """Free disk where the suite writes: the worker images, converted models and the S3
-    server's objects take about 25 GB (README), and a full disk fails tests late."""
+    server's objects take about 25 GB (docs/deploy.md), and a full disk fails tests late."""
     import shutil
     import tempfile
 
